@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from hpo import _parse, calibration, data, synthetic
+
+
+def test_full_size_counts_are_the_real_files() -> None:
+    assert synthetic.scaled_counts(synthetic.FULL_ROWS).tolist() == list(synthetic.DECADE_COUNTS)
+    assert sum(synthetic.DECADE_COUNTS) == synthetic.FULL_ROWS
+    assert synthetic.DECADE_COUNTS[8] / synthetic.FULL_ROWS == pytest.approx(0.5802, abs=5e-5)
+    assert synthetic.SyntheticSpec().uci_train_rows == synthetic.UCI_TRAIN_ROWS
+
+
+@pytest.mark.parametrize("rows", [10, 11, 1000, 20_000, 123_457])
+def test_scaled_counts_sum_and_keep_every_decade(rows: int) -> None:
+    counts = synthetic.scaled_counts(rows)
+    assert counts.sum() == rows and counts.min() >= 1
+
+
+def test_draw_is_deterministic_from_seed() -> None:
+    a = synthetic.draw(synthetic.SyntheticSpec(rows=3000, seed=5))
+    b = synthetic.draw(synthetic.SyntheticSpec(rows=3000, seed=5))
+    c = synthetic.draw(synthetic.SyntheticSpec(rows=3000, seed=6))
+    assert np.array_equal(a.features, b.features) and np.array_equal(a.years, b.years)
+    assert not np.array_equal(a.features, c.features)
+
+
+def test_written_file_uses_the_uci_layout_and_parser(tmp_path: Path) -> None:
+    spec = synthetic.SyntheticSpec(rows=2000, seed=1)
+    path = synthetic.write_uci_text(spec, tmp_path / "syn.txt")
+    first = path.read_text().splitlines()[0].split(",")
+    assert len(first) == 91 and first[0].isdigit()
+    assert all(len(cell.split(".")[1]) == 5 for cell in first[1:])
+    raw = _parse.parse_uci(path)
+    drawn = synthetic.draw(spec)
+    assert np.array_equal(raw.years, drawn.years)
+    assert np.abs(raw.features - drawn.features).max() < 1e-2  # 5 decimals, then float32
+    assert raw.years.min() >= 1922 and raw.years.max() <= 2011
+    assert not (tmp_path / "syn.txt.partial").exists()
+
+
+def test_years_stay_inside_each_decade_and_real_range() -> None:
+    d = synthetic.draw(synthetic.SyntheticSpec(rows=50_000, seed=3))
+    decades = data.decade_of(d.years)
+    assert np.bincount(decades, minlength=10).tolist() == synthetic.scaled_counts(50_000).tolist()
+    assert set(np.unique(d.years[decades == 9]).tolist()) <= {2010, 2011}
+    assert d.years.min() >= 1922
+
+
+def test_features_look_like_the_real_sample(sample_dir: Path) -> None:
+    real = np.concatenate([_parse.parse_uci(p).features for p in sorted(sample_dir.glob("*.txt"))])
+    syn = synthetic.draw(synthetic.SyntheticSpec(rows=20_000, seed=2)).features
+    q = [0.05, 0.25, 0.5, 0.75, 0.95]
+    rq, sq = np.quantile(real, q, axis=0), np.quantile(syn, q, axis=0)
+    iqr_ratio = (sq[3] - sq[1]) / (rq[3] - rq[1])
+    assert np.all((iqr_ratio > 0.7) & (iqr_ratio < 1.4)), iqr_ratio
+    spread = rq[4] - rq[0]
+    assert np.all(np.abs(sq[2] - rq[2]) < 0.15 * spread)  # medians where the real ones are
+    assert stats.spearmanr(stats.skew(real), stats.skew(syn)).statistic > 0.8
+    heavy = stats.kurtosis(real) > 5
+    assert np.mean(stats.kurtosis(syn)[heavy] > 3) > 0.8  # outliers / heavy tails kept
+    positive = real.min(axis=0) > 0
+    assert np.all(syn[:, positive] > 0)  # variances stay positive
+    upper = np.triu_indices(90, 1)
+    real_corr = np.asarray(np.corrcoef(real, rowvar=False))[upper]
+    syn_corr = np.asarray(np.corrcoef(syn, rowvar=False))[upper]
+    assert float(np.corrcoef(real_corr, syn_corr)[0, 1]) > 0.7
+
+
+@pytest.mark.slow
+def test_calibration_on_a_smaller_draw(tmp_path: Path) -> None:
+    """60,000 rows (42,000 train): the majority share, logistic regression well below the MLP,
+    and the MLP in the range that this draw size reaches (the full size reaches the mid-60s,
+    docs/synthetic.md)."""
+    result = calibration.calibrate(
+        data.DataSpec(source="synthetic", rows=60_000, seed=11),
+        config=calibration.CalibrationConfig(epochs=6, batch_size=256),
+        data_dir=tmp_path,
+    )
+    assert result["majority_accuracy"] == pytest.approx(0.5802, abs=0.005)
+    assert 0.59 < result["logreg_accuracy"] < 0.635
+    assert 0.62 < result["mlp_accuracy"] < 0.68
+    assert result["mlp_accuracy"] - result["logreg_accuracy"] > 0.02
