@@ -1,0 +1,99 @@
+"""LR range test, as torch-lr-finder (which the write-up used) computes it. Knows nothing of Optuna.
+
+The learning rate grows exponentially from the optimizer's LR to ``end_lr`` over ``num_iter``
+training batches (one epoch by default). The batch loss is smoothed exponentially
+(``smooth_f``), the test stops once the smoothed loss exceeds ``diverge_th`` times the best
+one, and the suggestion is torch-lr-finder's: trim ``skip_start``/``skip_end`` points, then take
+the LR at ``argmin(np.gradient(smoothed loss))``, the steepest descent. torch-lr-finder itself
+calls ``plt.show()`` when asked for the suggestion; this module returns data only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from hpo.models import ModelConfig, OptimConfig, build_model, build_optimizer
+from hpo.train import TensorData
+
+
+@dataclass(frozen=True)
+class RangeTestResult:
+    lrs: list[float]
+    losses: list[float]  # smoothed
+    suggested_lr: float
+    suggested_index: int
+    diverged: bool
+
+
+def suggest(lrs: list[float], losses: list[float], *, skip_start: int, skip_end: int) -> tuple[float, int]:
+    """torch-lr-finder's steepest-descent pick (index into the untrimmed lists)."""
+    end = len(lrs) - skip_end if skip_end else len(lrs)
+    trimmed = losses[skip_start:end]
+    if len(trimmed) < 2:
+        raise ValueError(
+            f"the range test recorded {len(losses)} points, too few after trimming "
+            f"{skip_start} + {skip_end}; raise num_iter or lower skip_start/skip_end"
+        )
+    idx = int(np.gradient(np.asarray(trimmed)).argmin()) + skip_start
+    return lrs[idx], idx
+
+
+def range_test(
+    model_config: ModelConfig,
+    optim_config: OptimConfig,
+    data: TensorData,
+    *,
+    batch_size: int,
+    seed: int,
+    end_lr: float = 1.0,
+    num_iter: int | None = None,
+    smooth_f: float = 0.05,
+    diverge_th: float = 5.0,
+    skip_start: int = 10,
+    skip_end: int = 5,
+) -> RangeTestResult:
+    model = build_model(model_config, seed=seed)
+    optimizer = build_optimizer(model.parameters(), optim_config)
+    start_lr = optim_config.lr
+    n = data.x_train.shape[0]
+    iters = num_iter or math.ceil(n / batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    lrs: list[float] = []
+    losses: list[float] = []
+    best = math.inf
+    diverged = False
+    model.train()
+    pos = 0
+    for i in range(iters):
+        if pos >= n:
+            order = torch.randperm(n, generator=generator)
+            pos = 0
+        # torch-lr-finder's ExponentialLR: base * (end / base) ** (i / (num_iter - 1))
+        lr = start_lr * (end_lr / start_lr) ** (i / max(iters - 1, 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = order[pos : pos + batch_size]
+        pos += batch_size
+        loss = F.cross_entropy(model(data.x_train.index_select(0, idx)), data.y_train.index_select(0, idx))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        value = loss.item()
+        if losses:
+            value = smooth_f * value + (1 - smooth_f) * losses[-1]
+        lrs.append(lr)
+        losses.append(value)
+        best = min(best, value)
+        if not math.isfinite(value) or value > diverge_th * best:
+            diverged = True
+            break
+    suggested, index = suggest(lrs, losses, skip_start=skip_start, skip_end=skip_end)
+    return RangeTestResult(
+        lrs=lrs, losses=losses, suggested_lr=suggested, suggested_index=index, diverged=diverged
+    )
