@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,8 @@ def test_three_workers_share_a_grid_stage(tmp_path: Path, postgres_url: str) -> 
     for w, (_, err) in zip(workers, results, strict=True):
         assert w.returncode == 0, err
     trials = _check_grid_done_once(postgres_url)
-    assert len(trials) == 5  # nothing failed, nothing repeated
+    # nothing failed, nothing repeated
+    assert len(trials) == 5, [(t.number, t.state.name, t.params, t.user_attrs) for t in trials]
 
 
 @pytest.mark.postgres
@@ -207,6 +209,48 @@ def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) ->
     assert killed.state == TrialState.FAIL
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed_number]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+
+
+def test_point_claimed_but_not_yet_suggested_is_not_claimed_again(tmp_path: Path) -> None:
+    """Another worker's trial is RUNNING before its objective suggests its params; its point
+    (known only from the enqueued fixed params) must count as taken."""
+    from hpo import pipeline
+    from hpo.stages import _base
+
+    cfg = _config(tmp_path, epochs=1)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    ctx = pipeline.context(config_path=cfg, storage_url=url, artifacts=tmp_path / "a")
+    name, choices = "claims", {"x": [1, 2, 3]}
+    other = optuna.create_study(study_name=name, storage=ctx.storage, direction="maximize")
+    other.enqueue_trial({"x": 1})
+    foreign = other.ask()  # claimed by "another worker", params not suggested yet
+    assert foreign.params == {}
+
+    def finish_foreign() -> None:
+        time.sleep(1.5)
+        foreign.suggest_categorical("x", choices["x"])
+        other.tell(foreign, 0.5)
+
+    finisher = threading.Thread(target=finish_foreign)
+    finisher.start()
+    ran: list[int] = []
+
+    def objective(trial: optuna.Trial, point: dict[str, Any]) -> float:
+        ran.append(point["x"])
+        return float(point["x"])
+
+    study = _base.run_points(
+        ctx,
+        name,
+        points=[{"x": v} for v in choices["x"]],
+        choices=choices,
+        objective=objective,
+        direction="maximize",
+    )
+    finisher.join()
+    assert sorted(ran) == [2, 3]  # point 1 was left to its owner
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
 
 
 def test_second_sqlite_worker_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -290,8 +290,10 @@ def run_points(
             trials = study.get_trials(deepcopy=False)
             if any(t.state == TrialState.WAITING for t in trials):
                 return claim(*args, **kwargs)
-            done = {trial_point(t, names) for t in trials if t.state in DONE_STATES}
-            running = {trial_point(t, names) for t in trials if t.state == TrialState.RUNNING}
+            # A trial just claimed by another worker is RUNNING before its objective has
+            # suggested its params: its point is read from the enqueued ``fixed_params``.
+            done = {_point_of(t, names) for t in trials if t.state in DONE_STATES}
+            running = {_point_of(t, names) for t in trials if t.state == TrialState.RUNNING}
             missing = [p for p in points if point_key(p) not in done | running]
             if not missing:
                 raise _NothingToClaim
@@ -303,7 +305,7 @@ def run_points(
                 and not t.user_attrs.get("interrupted")
                 and not t.user_attrs.get("storage_error")
                 and "duplicate_of" not in t.user_attrs
-                and trial_point(t, names) == point_key(point)
+                and _point_of(t, names) == point_key(point)
             ]
             if len(failures) >= MAX_FAILURES_PER_POINT:
                 raise HpoError(
