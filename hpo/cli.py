@@ -137,6 +137,42 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return predict.export_model(_context(args), args.out)
 
 
+def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from hpo import report
+
+    return report.write(_context(args), args.out)
+
+
+def _cmd_data_explore(args: argparse.Namespace) -> dict[str, Any]:
+    from hpo import report
+
+    return report.write(_context(args), args.out, stages=False)
+
+
+def _render_report(r: dict[str, Any]) -> str:
+    figs = ", ".join(f"{k} {v}" for k, v in r["figures"].items())
+    return f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB; figures: {figs})"
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> None:
+    from hpo import dashboard, storage
+
+    url = storage.storage_url(args.storage)
+    st = storage.open_storage(url)
+    artifacts = storage.artifact_store(args.artifacts)
+    try:
+        server = dashboard.make_server(st, artifacts=artifacts, host=args.host, port=args.port)
+    except OSError as exc:
+        raise HpoError(
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another with --port"
+        ) from None
+    shown = "[" + args.host + "]" if ":" in args.host else args.host
+    print(f"optuna-dashboard for {storage._redact(url)} on http://{shown}:{args.port}/ (Ctrl-C to stop)")
+    sys.stdout.flush()
+    with server:
+        server.serve_forever()
+
+
 def _fmt_selected(selected: dict[str, Any]) -> str:
     parts = []
     for k, v in selected.items():
@@ -261,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=42)
     synth.add_argument("--format", choices=("table", "json"), default="table")
     synth.set_defaults(handler=_cmd_data_synth, render=lambda r: f"wrote {r['rows']:,} rows to {r['path']}")
+
+    explore = data_commands.add_parser(
+        "explore", help="write the data section (decades, histograms, box plots, correlations) as HTML"
+    )
+    explore.add_argument("--out", type=Path, default=Path("data.html"), help="HTML file (default data.html)")
+    _pipeline_options(explore)
+    explore.set_defaults(handler=_cmd_data_explore, render=_render_report)
     from hpo.config import STAGE_ORDER
 
     run_stage = commands.add_parser("run-stage", help="run one stage of the pipeline")
@@ -298,6 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, help="CSV to write (default: print)")
     _pipeline_options(predict)
     predict.set_defaults(handler=_cmd_predict, render=_render_predict)
+
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page: data, every stage's figures, results, provenance"
+    )
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="default report.html")
+    _pipeline_options(report)
+    report.set_defaults(handler=_cmd_report, render=_render_report)
+
+    dash = commands.add_parser("dashboard", help="start optuna-dashboard on the storage and artifacts")
+    dash.add_argument("--storage", help="SQLAlchemy URL (default $HPO_STORAGE or sqlite:///hpo.db)")
+    dash.add_argument(
+        "--artifacts", type=Path, help="artifact directory (default $HPO_ARTIFACTS or ./artifacts)"
+    )
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
+    dash.add_argument("--port", type=_positive_int, default=8080)
+    dash.set_defaults(handler=_cmd_dashboard, render=str)
 
     export = commands.add_parser("export-model", help="write the final model file (torch.load weights_only)")
     export.add_argument("--out", type=Path, required=True)

@@ -26,7 +26,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from hpo import _locks, data, models, train
+from hpo import _locks, dashboard, data, models, train
 from hpo.config import PipelineConfig
 from hpo.errors import HpoError, PrerequisiteError
 
@@ -387,10 +387,21 @@ def finished(study: optuna.Study, points: list[Point], names: list[str]) -> list
     return out
 
 
-def mark_complete(study: optuna.Study, *, selected: Mapping[str, Any], config_out: Config, why: str) -> None:
+def mark_complete(
+    study: optuna.Study,
+    *,
+    stage: str,
+    selected: Mapping[str, Any],
+    config_out: Config,
+    why: str,
+    sweep: str | None = None,
+) -> None:
+    """Store the selection, save the stage's figures and note for optuna-dashboard, and only
+    then flag the study complete (an error in between leaves it to be finished by a re-run)."""
     study.set_user_attr("selected", dict(selected))
     study.set_user_attr("selection_reason", why)
     study.set_user_attr("config_out", config_out)
+    dashboard.publish_stage(stage, study, sweep=sweep)
     study.set_user_attr("complete", True)
     logger.info("%s complete: selected %s (%s)", study.study_name, dict(selected), why)
 

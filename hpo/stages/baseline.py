@@ -49,6 +49,7 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
         cfg: dict[str, Any] = best.user_attrs["config"]
         _base.mark_complete(
             study,
+            stage="baseline",
             selected={
                 "architecture": best.params["architecture"],
                 "hidden": cfg["hidden"],

@@ -65,6 +65,8 @@ def _run_sweep(
         best = max(_base.finished(study, points, [sweep]), key=lambda t: t.value or 0.0)
         _base.mark_complete(
             study,
+            stage="components",
+            sweep=sweep,
             selected={sweep: best.params[sweep], "peak_val_accuracy": best.value},
             config_out=best.user_attrs["config"],
             why=f"highest peak validation accuracy over {epochs} epochs",

@@ -71,6 +71,7 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
         study.set_user_attr("model_artifact_id", trial.user_attrs["model_artifact_id"])
         _base.mark_complete(
             study,
+            stage="final",
             selected={
                 "test_accuracy": m["accuracy"],
                 "test_loss": m["loss"],

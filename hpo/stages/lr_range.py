@@ -62,6 +62,7 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
             lr, why = picked, "steepest descent of the smoothed loss (torch-lr-finder's suggestion), verified"
         _base.mark_complete(
             study,
+            stage="lr_range",
             selected={"lr": lr, "suggested_lr": picked, "verification_val_accuracy": trial.value},
             config_out={**base, "lr": lr},
             why=why,

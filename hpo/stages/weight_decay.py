@@ -68,6 +68,7 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
         best = max(_base.finished(study, points, ["weight_decay"]), key=lambda t: t.user_attrs["mean"])
         _base.mark_complete(
             study,
+            stage="weight_decay",
             selected={
                 "weight_decay": best.params["weight_decay"],
                 "cv_mean_accuracy": best.user_attrs["mean"],
