@@ -1,0 +1,151 @@
+"""Stacked training reproduces separate runs (same seeds, same batch order) to float tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hpo import models, stacked, train
+from hpo.errors import ConfigError
+
+
+def _data(n: int, seed: int) -> train.TensorData:
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(n, 90)).astype(np.float32)
+    xv = r.normal(size=(400, 90)).astype(np.float32)
+
+    def label(a: np.ndarray) -> np.ndarray:
+        out: np.ndarray = (a[:, 0] > 0).astype(int) + 2 * (a[:, 1] * a[:, 2] > 0.3) + 4 * (a[:, 3] > 1)
+        return out
+
+    return train.TensorData.from_numpy(x, label(x), xv, label(xv))
+
+
+DATA = [_data(1000, 1), _data(1001, 2)]  # a ragged last batch: 104 vs 105 rows
+
+
+def _member(
+    norm: str,
+    act: str,
+    init: str,
+    wd: float,
+    data: int,
+    seed: int,
+    opt: str = "adam",
+    patience: int | None = None,
+) -> stacked.Member:
+    return stacked.Member(
+        models.ModelConfig(hidden=(32, 32), activation=act, norm=norm, init=init),  # type: ignore[arg-type]
+        models.OptimConfig(name=opt, lr=1e-3, weight_decay=wd),  # type: ignore[arg-type]
+        train.TrainConfig(epochs=4, batch_size=128, seed=seed, patience=patience),
+        data,
+    )
+
+
+def _compare(members: list[stacked.Member], *, rtol: float) -> list[train.FitResult]:
+    results = stacked.fit_stacked(members, DATA)
+    for mb, got in zip(members, results, strict=True):
+        ref = train.fit(mb.model, mb.optim, mb.train, DATA[mb.data])
+        assert len(got.history) == len(ref.history)
+        for a, b in zip(got.history, ref.history, strict=True):
+            assert a.epoch == b.epoch and a.step == b.step
+            assert a.val_loss == pytest.approx(b.val_loss, rel=rtol)
+            assert a.train_loss == pytest.approx(b.train_loss, rel=rtol)
+            assert abs(a.val_accuracy - b.val_accuracy) <= 2 / 400  # at most a borderline row or two
+        assert got.best_index == ref.best_index and got.stopped_early == ref.stopped_early
+        ref_state = ref.model.state_dict()
+        for key, value in got.model.state_dict().items():
+            if key.endswith("num_batches_tracked"):
+                assert int(value) == int(ref_state[key])
+            elif mb.model.norm != "batchnorm":
+                torch.testing.assert_close(value, ref_state[key], rtol=1e-4, atol=1e-5)
+    return results
+
+
+def test_weight_decay_grid_and_folds_match_separate_runs() -> None:
+    members = [
+        _member("none", "relu", "default", wd, data, seed=42) for wd in (0.0, 1e-4, 1e-2) for data in (0, 1)
+    ]
+    _compare(members, rtol=1e-5)
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd", "rmsprop"])
+def test_per_member_activation_norm_and_init(opt: str) -> None:
+    members = [
+        _member("none", "relu", "default", 0.0, 0, seed=1, opt=opt),
+        _member("layernorm", "leaky_relu", "kaiming_normal", 1e-3, 1, seed=2, opt=opt),
+        _member("none", "gelu", "xavier_uniform", 1e-4, 0, seed=3, opt=opt),
+    ]
+    _compare(members, rtol=1e-5)
+
+
+def test_batchnorm_statistics_are_per_member_and_masked() -> None:
+    # A Linear bias before BatchNorm gets a gradient of ~0 that Adam normalises, so rounding
+    # noise moves it (and the running mean with it) by ~1e-4 in separate runs too: looser rtol.
+    members = [
+        _member("batchnorm", "relu", "default", 0.0, 0, seed=5),
+        _member("batchnorm", "gelu", "xavier_uniform", 1e-2, 1, seed=6),
+    ]
+    _compare(members, rtol=1e-3)
+
+
+def test_early_stopping_state_is_per_member() -> None:
+    members = [
+        _member("none", "relu", "default", 0.0, 0, seed=42, patience=1),
+        _member("none", "relu", "default", 1e-2, 1, seed=7, patience=1),
+    ]
+    members = [
+        stacked.Member(
+            m.model,
+            models.OptimConfig(name="adam", lr=1e-2, weight_decay=m.optim.weight_decay),
+            train.TrainConfig(epochs=8, batch_size=128, seed=m.train.seed, patience=1),
+            m.data,
+        )
+        for m in members
+    ]
+    results = _compare(members, rtol=1e-3)  # lr 1e-2 amplifies rounding differences
+    assert any(r.stopped_early for r in results)
+
+
+def test_callback_stops_one_member_only() -> None:
+    members = [
+        _member("none", "relu", "default", 0.0, 0, seed=1),
+        _member("none", "relu", "default", 0.0, 1, seed=2),
+    ]
+    results = stacked.fit_stacked(members, DATA, callbacks=[[lambda r: r.epoch >= 2], []])
+    assert [len(r.history) for r in results] == [2, 4]
+
+
+def test_members_that_cannot_share_a_stack() -> None:
+    a = _member("none", "relu", "default", 0.0, 0, seed=1)
+    b = stacked.Member(models.ModelConfig(hidden=(16, 16)), a.optim, a.train, 0)
+    with pytest.raises(ConfigError, match="share hidden sizes"):
+        stacked.fit_stacked([a, b], DATA)
+    with pytest.raises(ConfigError, match="data index"):
+        stacked.fit_stacked([stacked.Member(a.model, a.optim, a.train, 5)], DATA)
+
+
+def test_bf16_stays_within_noise_of_fp32() -> None:
+    """bf16 autocast vs fp32 on the same stack: the gap in validation accuracy is no larger than
+    the spread fp32 itself shows across seeds."""
+    members = [_member("none", "relu", "default", 1e-4, 0, seed=s) for s in range(6)]
+    fp32 = stacked.fit_stacked(members, DATA)
+    bf16 = stacked.fit_stacked(members, DATA, precision="bf16")
+    acc32 = np.array([r.history[-1].val_accuracy for r in fp32])
+    acc16 = np.array([r.history[-1].val_accuracy for r in bf16])
+    loss32 = np.array([r.history[-1].val_loss for r in fp32])
+    loss16 = np.array([r.history[-1].val_loss for r in bf16])
+    assert abs(acc16.mean() - acc32.mean()) <= max(acc32.std(), 0.005)
+    assert abs(loss16.mean() - loss32.mean()) <= max(loss32.std(), 0.005)
+    assert not np.array_equal(acc32, acc16) or not np.array_equal(loss32, loss16)  # bf16 really ran
+
+
+def test_members_with_different_optimizers_share_one_stack() -> None:
+    """The optimizer sweep: each member keeps its own leaves and optimizer inside the stack."""
+    members = [
+        _member("none", "gelu", "default", 1e-4, 0, seed=3, opt="adam"),
+        _member("none", "gelu", "default", 1e-4, 0, seed=3, opt="sgd"),
+        _member("batchnorm", "relu", "default", 0.0, 1, seed=4, opt="rmsprop"),
+    ]
+    _compare(members, rtol=1e-3)
