@@ -47,6 +47,7 @@ verify_epochs = 1
 grid = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2]
 folds = 2
 epochs = {epochs}
+stack = {stack}
 """
 
 
@@ -88,11 +89,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=40_000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--stack",
+        type=int,
+        default=1,
+        help="grid points per stacked batch (1: workers share points one by one)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = work / "bench.toml"
-        config.write_text(PIPELINE.format(rows=args.rows, epochs=args.epochs))
+        config.write_text(PIPELINE.format(rows=args.rows, epochs=args.epochs, stack=args.stack))
         one = run(1, config, work)
         two = run(2, config, work)
     print(

@@ -43,6 +43,7 @@ class Defaults:
     weight_decay: float = 0.0
     batch_size: int = 128
     seed: int = 42
+    precision: str = "fp32"  # "fp32" | "bf16" (CPU autocast; tested to stay within fp32's noise)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +73,8 @@ class WeightDecayStage:
     grid: list[float] = field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3, 1e-2])
     folds: int = 5
     epochs: int = 10
-    pruner: str = "none"  # "none" | "median"
+    pruner: str = "none"  # "none" | "median" (prunes between folds: one trial at a time, unstacked)
+    stack: int = 5  # grid points trained together (x folds models); 1 = one trial at a time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +85,7 @@ class ComponentsStage:
     activation: list[str] = field(default_factory=lambda: list(models.ACTIVATIONS))
     norm: list[str] = field(default_factory=lambda: list(models.NORMS))
     optimizer: list[str] = field(default_factory=lambda: list(models.OPTIMIZERS))
+    stack: int = 3  # choices of a sweep trained together (those sharing an optimizer); 1 = one at a time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,6 +250,11 @@ def load(path: Path | str) -> PipelineConfig:
         raise ConfigError(f"{file}: stages.weight_decay.folds must be at least 2")
     if stages["weight_decay"].pruner not in ("none", "median"):
         raise ConfigError(f"{file}: stages.weight_decay.pruner must be 'none' or 'median'")
+    if defaults.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"{file}: defaults.precision = {defaults.precision!r}; use 'fp32' or 'bf16'")
+    for stage_name in ("weight_decay", "components"):
+        if stages[stage_name].stack < 1:
+            raise ConfigError(f"{file}: stages.{stage_name}.stack must be at least 1 (1 = no stacking)")
     return PipelineConfig(
         name=name,
         path=file,

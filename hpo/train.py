@@ -7,10 +7,11 @@ Optuna (or anything else) plugs in through ``callbacks``: each is called with an
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +28,16 @@ from hpo.models import ModelConfig, OptimConfig, build_model, build_optimizer
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def autocast(precision: str) -> Iterator[None]:
+    """``bf16``: CPU autocast to bfloat16 (matmuls in bf16; losses and reductions in float32)."""
+    if precision == "bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     epochs: int = 15
@@ -37,11 +48,14 @@ class TrainConfig:
     max_batches: int | None = None  # stop after this many optimizer steps
     eval_every: int | None = None  # evaluate every N steps (default: at the end of each epoch)
     eval_batch_size: int = 16_384
+    precision: str = "fp32"  # "bf16": CPU autocast for forward passes (losses stay float32)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be at least 1")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision = {self.precision!r}; use 'fp32' or 'bf16'")
         for name in ("patience", "max_batches", "eval_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -119,7 +133,7 @@ class FitResult:
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16_384) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
     model.train(was_training)
     return out
 
@@ -163,7 +177,10 @@ def fit(
 
     def evaluate(epoch: int) -> bool:
         nonlocal best_loss, best_state, since_best, run_loss, run_correct, run_seen
-        val_loss, val_acc = loss_and_accuracy(model, data.x_val, data.y_val, batch_size=cfg.eval_batch_size)
+        with autocast(cfg.precision):
+            val_loss, val_acc = loss_and_accuracy(
+                model, data.x_val, data.y_val, batch_size=cfg.eval_batch_size
+            )
         record = EvalRecord(
             epoch=epoch,
             step=step,
@@ -205,7 +222,8 @@ def fit(
             idx = order[start : start + cfg.batch_size]
             xb = data.x_train.index_select(0, idx)
             yb = data.y_train.index_select(0, idx)
-            logits = model(xb)
+            with autocast(cfg.precision):
+                logits = model(xb).float()
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

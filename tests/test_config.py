@@ -27,6 +27,8 @@ def test_faithful_protocol_numbers() -> None:
     assert (cfg.final.epochs, cfg.final.patience) == (15, 5)
     assert (cfg.defaults.batch_size, cfg.defaults.seed, cfg.defaults.lr) == (128, 42, 1e-3)
     assert cfg.data.rows is None and cfg.data.split == "stratified"
+    # speed levers, each tested elsewhere to reproduce (stacking) or stay within noise (bf16)
+    assert (cfg.weight_decay.stack, cfg.components.stack, cfg.defaults.precision) == (5, 3, "bf16")
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -55,6 +57,9 @@ def _write(tmp_path: Path, body: str) -> Path:
         ("[data]\nrows = true\n", "data.rows = True must be of type int | None"),
         ("[extra]\nx = 1\n", "unknown key extra"),
         ("[stages.baseline]\narchitectures = [[128, 0]]\n", "stages.baseline.architectures"),
+        ("[defaults]\nprecision = 'fp16'\n", "defaults.precision = 'fp16'; use 'fp32' or 'bf16'"),
+        ("[stages.weight_decay]\nstack = 0\n", "stages.weight_decay.stack must be at least 1"),
+        ("[stages.components]\nstack = -2\n", "stages.components.stack must be at least 1"),
     ],
 )
 def test_bad_study_files_name_file_and_key(tmp_path: Path, body: str, needle: str) -> None:

@@ -123,10 +123,20 @@ def test_prerequisite_error_is_one_line_and_writes_nothing(tmp_path: Path, tiny:
     assert optuna.get_all_study_names(storage=f"sqlite:///{tmp_path / 'hpo.db'}") == []
 
 
+def _one_at_a_time(tmp_path: Path) -> Path:
+    path = tmp_path / "one.toml"
+    path.write_text(
+        TINY.replace(
+            "epochs = 1\n\n[stages.components]", "epochs = 1\nstack = 1\n\n[stages.components]"
+        ).replace('optimizer = ["adam", "sgd"]', 'optimizer = ["adam", "sgd"]\nstack = 1')
+    )
+    return path
+
+
 def test_interrupted_stage_resumes_only_what_is_missing(
-    tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = _ctx(tmp_path, tiny)
+    ctx = _ctx(tmp_path, _one_at_a_time(tmp_path))
     stages.run_stage(ctx, "baseline")
     stages.run_stage(ctx, "lr_range")
     real_fit = train.fit
@@ -164,6 +174,31 @@ def test_interrupted_stage_resumes_only_what_is_missing(
     again = stages.run_stage(ctx, "weight_decay")
     assert again["status"] == "already complete" and calls == []
     assert len(study.trials) == 4
+
+
+def test_interrupted_stacked_batch_fails_its_trials_and_resumes(
+    tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo import stacked
+
+    ctx = _ctx(tmp_path, tiny)
+    stages.run_stage(ctx, "baseline")
+    stages.run_stage(ctx, "lr_range")
+
+    def interrupted(*args: Any, **kwargs: Any) -> list[train.FitResult]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stacked, "fit_stacked", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stages.run_stage(ctx, "weight_decay")
+    study = optuna.load_study(study_name="tiny.weight_decay", storage=ctx.storage)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3  # the batch held all three points
+    assert all(t.user_attrs["interrupted"] for t in study.trials)
+    monkeypatch.undo()
+    assert stages.run_stage(ctx, "weight_decay")["status"] == "completed"
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["weight_decay"] for t in done) == [0.0, 1e-4, 1e-2]
+    assert all(len(t.intermediate_values) == 2 for t in done)  # one report per fold
 
 
 def test_force_restarts_one_stage_only(tmp_path: Path, tiny: Path) -> None:
@@ -278,3 +313,41 @@ def test_pipeline_on_postgresql(tmp_path: Path, tiny: Path, postgres_url: str) -
     assert result["test_metrics"]["accuracy"] > 0.4
     again = pipeline.run_all(ctx)
     assert {r["status"] for r in again["runs"]} == {"already complete"}
+
+
+def test_stacked_stages_keep_every_trial_and_match_one_at_a_time(tmp_path: Path, tiny: Path) -> None:
+    """weight_decay and components trained stacked (the default) vs one trial at a time
+    (stack = 1): the same trials, params, intermediate values and scores."""
+    one = tmp_path / "one.toml"
+    one.write_text(
+        TINY.replace(
+            "epochs = 1\n\n[stages.components]", "epochs = 1\nstack = 1\n\n[stages.components]"
+        ).replace('optimizer = ["adam", "sgd"]', 'optimizer = ["adam", "sgd"]\nstack = 1')
+    )
+    runs = {}
+    for label, cfg in (("stacked", tiny), ("one", one)):
+        (tmp_path / label).mkdir()
+        ctx = _ctx(tmp_path / label, cfg)
+        for stage in ("baseline", "lr_range", "weight_decay", "components"):
+            stages.run_stage(ctx, stage)
+        runs[label] = ctx
+    for name in (
+        "tiny.weight_decay",
+        *(f"tiny.components.{s}" for s in ("init", "activation", "norm", "optimizer")),
+    ):
+        got, ref = (
+            sorted(
+                optuna.load_study(study_name=name, storage=runs[k].storage).get_trials(),
+                key=lambda t: json.dumps(t.params, sort_keys=True),
+            )
+            for k in ("stacked", "one")
+        )
+        assert [t.params for t in got] == [t.params for t in ref]
+        for a, b in zip(got, ref, strict=True):
+            assert a.state == b.state == optuna.trial.TrialState.COMPLETE
+            assert a.intermediate_values.keys() == b.intermediate_values.keys() and a.intermediate_values
+            assert a.value == pytest.approx(b.value, abs=2 / 450)  # a borderline row at most
+            assert a.user_attrs["config"] == b.user_attrs["config"]
+        if name == "tiny.weight_decay":
+            assert all(len(t.user_attrs["fold_scores"]) == 2 for t in got)
+            assert got[0].user_attrs["train"]["stacked"] == 3

@@ -46,6 +46,7 @@ verify_epochs = 1
 grid = [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
 folds = 2
 epochs = EPOCHS
+stack = STACK
 """
 
 
@@ -130,9 +131,9 @@ def _start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Pop
     )
 
 
-def _config(tmp_path: Path, epochs: int) -> Path:
+def _config(tmp_path: Path, epochs: int, stack: int = 1) -> Path:
     path = tmp_path / "workers.toml"
-    path.write_text(WORKERS_TOML.replace("EPOCHS", str(epochs)))
+    path.write_text(WORKERS_TOML.replace("EPOCHS", str(epochs)).replace("STACK", str(stack)))
     return path
 
 
@@ -159,8 +160,9 @@ def _check_grid_done_once(storage: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.postgres
-def test_three_workers_share_a_grid_stage(tmp_path: Path, postgres_url: str) -> None:
-    cfg = _config(tmp_path, epochs=1)
+@pytest.mark.parametrize("stack", [1, 2])  # one trial at a time; batches of two stacked trials
+def test_three_workers_share_a_grid_stage(tmp_path: Path, postgres_url: str, stack: int) -> None:
+    cfg = _config(tmp_path, epochs=1, stack=stack)
     env = _env(tmp_path, postgres_url)
     _prepare_and_prerequisites(tmp_path, cfg, env)
     command = _service_command(
@@ -176,15 +178,16 @@ def test_three_workers_share_a_grid_stage(tmp_path: Path, postgres_url: str) -> 
 
 
 @pytest.mark.postgres
-def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) -> None:
-    cfg = _config(tmp_path, epochs=40)
+@pytest.mark.parametrize("stack", [1, 5])
+def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str, stack: int) -> None:
+    cfg = _config(tmp_path, epochs=40, stack=stack)
     env = _env(tmp_path, postgres_url, HPO_HEARTBEAT_INTERVAL="1", HPO_GRACE_PERIOD="3")
     _prepare_and_prerequisites(tmp_path, cfg, env)
     command = ["hpo", "run-stage", "weight_decay", "--config", str(cfg)]
     victim = _start(command, env, tmp_path)
     storage = optuna.storages.RDBStorage(postgres_url)
     deadline = time.time() + 120
-    killed_number: int | None = None
+    killed_numbers: list[int] = []
     while time.time() < deadline:
         try:
             study = optuna.load_study(study_name="workers.weight_decay", storage=storage)
@@ -196,19 +199,20 @@ def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) ->
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             left = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-            assert len(left) == 1, "the killed worker's trial should be left RUNNING"
-            killed_number = left[0].number
+            assert len(left) == stack, "the killed worker's trials should be left RUNNING"
+            killed_numbers = [t.number for t in left]
             break
         time.sleep(0.2)
-    assert killed_number is not None, "the worker never started a trial"
+    assert killed_numbers, "the worker never started a trial"
     rescuer = _start(command, env, tmp_path)
     _, err = rescuer.communicate(timeout=600)
     assert rescuer.returncode == 0, err
     trials = _check_grid_done_once(postgres_url)
-    killed = next(t for t in trials if t.number == killed_number)
-    assert killed.state == TrialState.FAIL
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed_number]
-    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    for number in killed_numbers:
+        killed = next(t for t in trials if t.number == number)
+        assert killed.state == TrialState.FAIL
+        retried = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+        assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
 
 
 def test_point_claimed_but_not_yet_suggested_is_not_claimed_again(tmp_path: Path) -> None:
@@ -282,10 +286,11 @@ def test_second_sqlite_worker_is_refused(tmp_path: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.postgres
-def test_workers_survive_dropped_connections(tmp_path: Path, postgres_url: str) -> None:
+@pytest.mark.parametrize("stack", [1, 2])
+def test_workers_survive_dropped_connections(tmp_path: Path, postgres_url: str, stack: int) -> None:
     """Terminate every server connection of the database twice while two workers run."""
     psycopg = pytest.importorskip("psycopg")
-    cfg = _config(tmp_path, epochs=30)
+    cfg = _config(tmp_path, epochs=30, stack=stack)
     env = _env(tmp_path, postgres_url)
     _prepare_and_prerequisites(tmp_path, cfg, env)
     command = ["hpo", "run-stage", "weight_decay", "--config", str(cfg)]

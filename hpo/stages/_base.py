@@ -11,9 +11,12 @@ stage, in any process, reads it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +135,7 @@ def defaults_config(pipeline: PipelineConfig) -> Config:
         "weight_decay": d.weight_decay,
         "batch_size": d.batch_size,
         "seed": d.seed,
+        "precision": d.precision,
     }
 
 
@@ -365,6 +369,195 @@ def run_points(
     finally:
         del study.ask
     return study
+
+
+BatchObjective = Callable[[list[tuple[optuna.Trial, Point]]], list[float]]
+
+
+class _Heartbeat:
+    """Records Optuna heartbeats for a batch of ask/tell trials (``study.optimize`` does this
+    for one trial; a batch has to do it itself), so other workers fail them as stale if this
+    process dies, and Optuna's retry callback re-enqueues them."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_ids: list[int]) -> None:
+        self.storage = storage
+        self.trial_ids = trial_ids
+        self.stop = threading.Event()
+        self.interval = storage.get_heartbeat_interval() if _heartbeats(storage) else None  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while True:
+            for trial_id in self.trial_ids:
+                with contextlib.suppress(*STORAGE_ERRORS):
+                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        if self.interval is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def _heartbeats(storage: optuna.storages.BaseStorage) -> bool:
+    getter = getattr(storage, "get_heartbeat_interval", None)
+    return getter is not None and getter() is not None
+
+
+def run_point_batches(
+    ctx: StageContext,
+    name: str,
+    *,
+    points: list[Point],
+    choices: Mapping[str, list[Any]],
+    objective: BatchObjective,
+    direction: Literal["minimize", "maximize"],
+    batch_size: int,
+    attrs: Mapping[str, Any] | None = None,
+) -> optuna.Study:
+    """Like :func:`run_points`, but claims up to ``batch_size`` points at once and hands them to
+    ``objective`` together (to train their models stacked). Every point is still its own trial,
+    created with ``ask`` (params suggested at once), given its attributes and intermediate
+    values by the objective, and finished with ``tell``; heartbeats are recorded for all of them.
+    A worker with nothing to claim waits, failing stale trials of dead workers (which Optuna's
+    retry callback re-enqueues) so they are claimed again."""
+    study = optuna.create_study(
+        study_name=name,
+        storage=ctx.storage,
+        direction=direction,
+        sampler=optuna.samplers.RandomSampler(seed=ctx.pipeline.defaults.seed),
+        load_if_exists=True,
+    )
+    for key, value in (attrs or {}).items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+    names = list(choices)
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize and that fail_stale_trials
+        # is experimental; this runner records the heartbeats of its ask/tell trials itself.
+        warnings.filterwarnings("ignore", message=".*[Hh]eartbeat.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return _run_batches(ctx, study, name, points, choices, names, objective, batch_size)
+
+
+def _run_batches(
+    ctx: StageContext,
+    study: optuna.Study,
+    name: str,
+    points: list[Point],
+    choices: Mapping[str, list[Any]],
+    names: list[str],
+    objective: BatchObjective,
+    batch_size: int,
+) -> optuna.Study:
+    waiting_logged = False
+    storage_errors = 0
+    claimed: list[int] = []
+    while True:
+        try:
+            finished_all = _one_batch(
+                ctx, study, name, points, choices, names, objective, batch_size, claimed
+            )
+            storage_errors = 0
+        except STORAGE_ERRORS as exc:
+            storage_errors += 1
+            if storage_errors > MAX_STORAGE_ERRORS:
+                raise
+            delay = min(2.0**storage_errors, 30.0)
+            logger.warning("%s: storage error (%s); retrying in %.0f s", name, _first_line(exc), delay)
+            time.sleep(delay)
+            _release_claimed(ctx.storage, claimed)
+            continue
+        if finished_all is None:
+            if not waiting_logged:
+                running = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
+                logger.info("%s: nothing left to start; waiting for %d running trial(s)", name, running)
+                waiting_logged = True
+            time.sleep(POLL_SECONDS)
+            continue
+        waiting_logged = False
+        if finished_all:
+            return study
+
+
+def _one_batch(
+    ctx: StageContext,
+    study: optuna.Study,
+    name: str,
+    points: list[Point],
+    choices: Mapping[str, list[Any]],
+    names: list[str],
+    objective: BatchObjective,
+    batch_size: int,
+    claimed: list[int],
+) -> bool | None:
+    """Claim and run one batch. True: every point is done; False: ran a batch; None: nothing to
+    claim while other workers' trials run."""
+    if _heartbeats(ctx.storage):
+        optuna.storages.fail_stale_trials(study)
+    batch: list[tuple[optuna.Trial, Point]] = []
+    with _locks.claim_lock(ctx.storage, name):
+        trials = study.get_trials(deepcopy=False)
+        taken = {_point_of(t, names) for t in trials if t.state in (*DONE_STATES, TrialState.RUNNING)}
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        todo = [p for p in points if point_key(p) not in taken]
+        for p in todo:
+            failures = [
+                t
+                for t in trials
+                if t.state == TrialState.FAIL
+                and not t.user_attrs.get("interrupted")
+                and not t.user_attrs.get("storage_error")
+                and _point_of(t, names) == point_key(p)
+            ]
+            if len(failures) >= MAX_FAILURES_PER_POINT:
+                raise HpoError(
+                    f"study {name}: point {point_key(p)} failed {len(failures)} times (last: trial "
+                    f"{failures[-1].number}); fix the cause, then re-run the stage with --force"
+                )
+        queued = {_point_of(t, names) for t in waiting}
+        for p in todo:
+            if len(waiting) + len(batch) >= batch_size:
+                break
+            if point_key(p) not in queued:
+                study.enqueue_trial(p)
+                queued.add(point_key(p))
+        while len(batch) < batch_size:
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                break
+            trial = study.ask()
+            claimed.append(trial._trial_id)
+            point = {k: trial.suggest_categorical(k, choices[k]) for k in names}
+            batch.append((trial, point))
+    if not batch:
+        trials = study.get_trials(deepcopy=False)
+        done = {trial_point(t, names) for t in trials if t.state in DONE_STATES}
+        return True if all(point_key(p) in done for p in points) else None
+    logger.info("%s: trials %s stacked: %s", name, [t.number for t, _ in batch], [p for _, p in batch])
+    with _Heartbeat(ctx.storage, [t._trial_id for t, _ in batch]):
+        try:
+            values = objective(batch)
+        except BaseException as exc:
+            if isinstance(exc, STORAGE_ERRORS):
+                raise  # the caller fails what it can and retries
+            for trial, _ in batch:
+                if isinstance(exc, KeyboardInterrupt):
+                    trial.set_user_attr("interrupted", True)
+                study.tell(trial, state=TrialState.FAIL)
+                claimed.remove(trial._trial_id)
+            raise
+    for (trial, _), value in zip(batch, values, strict=True):
+        study.tell(trial, value)
+        claimed.remove(trial._trial_id)
+
+    return False
 
 
 def finished(study: optuna.Study, points: list[Point], names: list[str]) -> list[optuna.trial.FrozenTrial]:

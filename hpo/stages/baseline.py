@@ -27,6 +27,7 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
         seed=base["seed"],
         max_batches=stage.max_batches,
         eval_every=stage.eval_every,
+        precision=base.get("precision", "fp32"),
     )
 
     def objective(trial: optuna.Trial, point: _base.Point) -> float:

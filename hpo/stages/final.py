@@ -43,7 +43,11 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
     stage = ctx.pipeline.final
     label = studies(ctx)[0]
     tcfg = train.TrainConfig(
-        epochs=stage.epochs, batch_size=base["batch_size"], seed=base["seed"], patience=stage.patience
+        epochs=stage.epochs,
+        batch_size=base["batch_size"],
+        seed=base["seed"],
+        patience=stage.patience,
+        precision=base.get("precision", "fp32"),
     )
 
     def objective(trial: optuna.Trial, point: _base.Point) -> float:

@@ -44,7 +44,12 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
         trial.set_user_attr("suggested_lr", curve.suggested_lr)
         trial.set_user_attr("range_diverged", curve.diverged)
         cfg = {**base, "lr": curve.suggested_lr}
-        tcfg = train.TrainConfig(epochs=stage.verify_epochs, batch_size=base["batch_size"], seed=base["seed"])
+        tcfg = train.TrainConfig(
+            epochs=stage.verify_epochs,
+            batch_size=base["batch_size"],
+            seed=base["seed"],
+            precision=base.get("precision", "fp32"),
+        )
         result = _base.fit_trial(trial, cfg, tcfg, tv, label=f"{label} verification")
         trial.set_user_attr("verification_diverged", result.diverged)
         return result.history[-1].val_accuracy if not result.diverged else 0.0
