@@ -360,7 +360,7 @@ def fit_stacked(
             with torch.no_grad():
                 for leaf, wd in decayed:  # L2 as PyTorch's optimizers add it: grad + wd * param
                     assert leaf.grad is not None
-                    leaf.grad.add_(leaf * wd)
+                    leaf.grad.addcmul_(leaf, wd)
             for optimizer, _ in optimizers:
                 optimizer.step()
             step += 1
