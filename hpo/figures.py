@@ -57,7 +57,15 @@ def data_figures(
     counts = np.bincount(labels, minlength=data.N_CLASSES)
     fig = _fig("Songs per decade", xaxis_title="decade", yaxis_title="songs", barmode="group")
     share = counts / max(int(counts.sum()), 1)
-    fig.add_bar(x=names, y=counts, name="all rows", text=[f"{s:.1%}" for s in share], textposition="outside")
+    fig.add_bar(
+        x=names,
+        y=counts,
+        name="all rows",
+        text=[f"{s:.1%}" for s in share],
+        textposition="outside",
+        textfont={"size": 11},
+        cliponaxis=False,
+    )
     for part, idx in (splits or {}).items():
         c = np.bincount(labels[idx], minlength=data.N_CLASSES)
         fig.add_bar(x=names, y=c, name=part)
