@@ -149,3 +149,16 @@ def test_members_with_different_optimizers_share_one_stack() -> None:
         _member("batchnorm", "relu", "default", 0.0, 1, seed=4, opt="rmsprop"),
     ]
     _compare(members, rtol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stacked_training_is_deterministic(precision: str) -> None:
+    members = [
+        _member("none", "relu", "default", 1e-4, 0, seed=1),
+        _member("batchnorm", "gelu", "default", 0.0, 1, seed=2, opt="sgd"),
+    ]
+    first, second = (stacked.fit_stacked(members, DATA, precision=precision) for _ in range(2))
+    for a, b in zip(first, second, strict=True):
+        assert a.history_dicts() == b.history_dicts()
+        for key, value in a.model.state_dict().items():
+            assert torch.equal(value, b.model.state_dict()[key])
