@@ -180,7 +180,7 @@ def test_three_workers_share_a_grid_stage(tmp_path: Path, postgres_url: str, sta
 @pytest.mark.postgres
 @pytest.mark.parametrize("stack", [1, 5])
 def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str, stack: int) -> None:
-    cfg = _config(tmp_path, epochs=40, stack=stack)
+    cfg = _config(tmp_path, epochs=150, stack=stack)  # a trial lasts seconds, even on a quiet machine
     env = _env(tmp_path, postgres_url, HPO_HEARTBEAT_INTERVAL="1", HPO_GRACE_PERIOD="3")
     _prepare_and_prerequisites(tmp_path, cfg, env)
     command = ["hpo", "run-stage", "weight_decay", "--config", str(cfg)]
@@ -195,7 +195,7 @@ def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str, st
         except KeyError:
             running = []
         if running:
-            time.sleep(1.0)  # inside the trial (2 folds x 40 epochs)
+            time.sleep(0.5)  # inside the trial (2 folds x 150 epochs)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             left = [t for t in study.get_trials() if t.state == TrialState.RUNNING]

@@ -287,6 +287,7 @@ def run_points(
     def claim(*args: Any, **kwargs: Any) -> optuna.Trial:
         trial = original_ask(*args, **kwargs)
         claimed[:] = [trial._trial_id]
+        first_heartbeat(ctx.storage, trial._trial_id)
         return trial
 
     def claiming_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
@@ -404,6 +405,14 @@ class _Heartbeat:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join()
+
+
+def first_heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Record a heartbeat the moment a trial is claimed. Optuna only finds a trial stale once
+    it has a heartbeat row, so a worker killed between ``ask`` and its heartbeat thread's first
+    beat would otherwise leave the trial RUNNING for ever, and the stage waiting on it."""
+    if _heartbeats(storage):
+        storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
 
 
 def _heartbeats(storage: optuna.storages.BaseStorage) -> bool:
@@ -534,6 +543,7 @@ def _one_batch(
                 break
             trial = study.ask()
             claimed.append(trial._trial_id)
+            first_heartbeat(ctx.storage, trial._trial_id)
             point = {k: trial.suggest_categorical(k, choices[k]) for k in names}
             batch.append((trial, point))
     if not batch:
