@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from hpo import models
 from hpo.errors import ConfigError
-from hpo.train import EvalRecord, FitResult, TensorData, TrainConfig, autocast
+from hpo.train import EarlyStopping, EvalRecord, FitResult, TensorData, TrainConfig, autocast
 
 MemberCallback = Callable[[EvalRecord], bool | None]
 _BN_EPS = 1e-5
@@ -116,19 +116,16 @@ class _Stack:
             self.gammas = tensors[2 * n_lin : 2 * n_lin + n_norm]
             self.betas = tensors[2 * n_lin + n_norm :]
 
-    def optimizers(self) -> list[tuple[torch.optim.Optimizer, list[int]]]:
+    def optimizers(self) -> list[torch.optim.Optimizer]:
         """One optimizer over the stacked leaves, or (mixed) one per member over its own."""
         if not self.mixed:
             opt = self.members[0].optim
             config = models.OptimConfig(name=opt.name, lr=opt.lr, weight_decay=0.0)
-            return [(models.build_optimizer(self._stacked(), config), list(range(self.m)))]  # type: ignore[arg-type]
+            return [models.build_optimizer(self._stacked(), config)]  # type: ignore[arg-type]
         return [
-            (
-                models.build_optimizer(
-                    self.member_leaves[m],  # type: ignore[arg-type]
-                    models.OptimConfig(name=mb.optim.name, lr=mb.optim.lr, weight_decay=0.0),
-                ),
-                [m],
+            models.build_optimizer(
+                self.member_leaves[m],  # type: ignore[arg-type]
+                models.OptimConfig(name=mb.optim.name, lr=mb.optim.lr, weight_decay=0.0),
             )
             for m, mb in enumerate(self.members)
         ]
@@ -249,10 +246,16 @@ def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
         raise ConfigError("fit_stacked needs at least one member")
     keys = {stack_key(mb) for mb in members}
     if len(keys) != 1:
-        raise ConfigError("stacked members must share hidden sizes, epochs and batch size")
+        raise ConfigError(
+            "stacked members must share hidden sizes, epochs and batch size; group them with stack_key() "
+            "and fit each group as its own stack"
+        )
     t = members[0].train
     if t.max_batches is not None or t.eval_every is not None:
-        raise ConfigError("stacked training evaluates at epoch ends only (no max_batches / eval_every)")
+        raise ConfigError(
+            "stacked training evaluates at epoch ends only; train runs with max_batches or eval_every "
+            "one at a time with hpo.train.fit"
+        )
     for mb in members:
         if not 0 <= mb.data < len(datasets):
             raise ConfigError(f"member data index {mb.data} is not one of the {len(datasets)} datasets")
@@ -311,8 +314,9 @@ def fit_stacked(
     generators = [torch.Generator().manual_seed(mb.train.seed) for mb in members]
     results = [FitResult(model=nn.Module()) for _ in members]
     active = [True] * m_count
-    best_loss = [math.inf] * m_count
-    since_best = [0] * m_count
+    trackers = [
+        EarlyStopping(patience=mb.train.patience, restore_best=mb.train.restore_best) for mb in members
+    ]
     best_state: list[dict[str, torch.Tensor] | None] = [None] * m_count
     run_loss = torch.zeros(m_count, dtype=torch.float64)
     run_correct = torch.zeros(m_count, dtype=torch.int64)
@@ -354,14 +358,14 @@ def fit_stacked(
             else:
                 counts = torch.full((m_count,), float(batch))
                 per_member = ce.mean(1)
-            for optimizer, _ in optimizers:
+            for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             per_member.sum().backward()  # type: ignore[no-untyped-call]
             with torch.no_grad():
                 for leaf, wd in decayed:  # L2 as PyTorch's optimizers add it: grad + wd * param
                     assert leaf.grad is not None
                     leaf.grad.addcmul_(leaf, wd)
-            for optimizer, _ in optimizers:
+            for optimizer in optimizers:
                 optimizer.step()
             step += 1
             stack.steps = step
@@ -387,27 +391,9 @@ def fit_stacked(
                 val_loss=val_loss,
                 val_accuracy=val_acc,
             )
-            res = results[m]
-            res.history.append(record)
-            stop = False
-            patience = members[m].train.patience
-            if not math.isfinite(val_loss):
-                res.diverged = True
-                stop = True
-            elif val_loss < best_loss[m]:
-                best_loss[m] = val_loss
-                res.best_index = len(res.history) - 1
-                since_best[m] = 0
-                if patience is not None and members[m].train.restore_best:
-                    best_state[m] = stack.member_state(m)
-            else:
-                since_best[m] += 1
-                if patience is not None and since_best[m] >= patience:
-                    res.stopped_early = True
-                    stop = True
-            for cb in cbs[m]:
-                if cb(record):
-                    stop = True
+            stop, snapshot = trackers[m].observe(results[m], record, cbs[m])
+            if snapshot:
+                best_state[m] = stack.member_state(m)
             if stop:
                 active[m] = False
                 if best_state[m] is None:  # end with the weights it stopped with

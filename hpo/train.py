@@ -129,6 +129,41 @@ class FitResult:
         return [asdict(r) for r in self.history]
 
 
+@dataclass
+class EarlyStopping:
+    """Best validation loss, evaluations since it, and when to stop: shared by :func:`fit` and
+    the stacked trainer (one per member)."""
+
+    patience: int | None
+    restore_best: bool = True
+    best_loss: float = math.inf
+    since_best: int = 0
+
+    def observe(
+        self, result: FitResult, record: EvalRecord, callbacks: Sequence[Callback] = ()
+    ) -> tuple[bool, bool]:
+        """Append ``record`` to ``result``; return (stop, snapshot the weights now as the best)."""
+        result.history.append(record)
+        stop = snapshot = False
+        if not math.isfinite(record.val_loss):
+            result.diverged = True
+            stop = True
+        elif record.val_loss < self.best_loss:
+            self.best_loss = record.val_loss
+            result.best_index = len(result.history) - 1
+            self.since_best = 0
+            snapshot = self.patience is not None and self.restore_best
+        else:
+            self.since_best += 1
+            if self.patience is not None and self.since_best >= self.patience:
+                result.stopped_early = True
+                stop = True
+        for callback in callbacks:
+            if callback(record):
+                stop = True
+        return stop, snapshot
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16_384) -> torch.Tensor:
     was_training = model.training
@@ -167,16 +202,15 @@ def fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     result = FitResult(model=model)
     n = data.x_train.shape[0]
-    best_loss = math.inf
+    tracker = EarlyStopping(patience=cfg.patience, restore_best=cfg.restore_best)
     best_state: dict[str, torch.Tensor] | None = None
-    since_best = 0
     step = 0
     run_loss = torch.zeros((), dtype=torch.float64)
     run_correct = torch.zeros((), dtype=torch.int64)
     run_seen = 0
 
     def evaluate(epoch: int) -> bool:
-        nonlocal best_loss, best_state, since_best, run_loss, run_correct, run_seen
+        nonlocal best_state, run_loss, run_correct, run_seen
         with autocast(cfg.precision):
             val_loss, val_acc = loss_and_accuracy(
                 model, data.x_val, data.y_val, batch_size=cfg.eval_batch_size
@@ -192,26 +226,10 @@ def fit(
         run_loss.zero_()
         run_correct.zero_()
         run_seen = 0
-        result.history.append(record)
         logger.debug("epoch %d step %d: %s", epoch, step, record)
-        stop = False
-        if not math.isfinite(val_loss):
-            result.diverged = True
-            stop = True
-        elif val_loss < best_loss:
-            best_loss = val_loss
-            result.best_index = len(result.history) - 1
-            since_best = 0
-            if cfg.patience is not None and cfg.restore_best:
-                best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-            if cfg.patience is not None and since_best >= cfg.patience:
-                result.stopped_early = True
-                stop = True
-        for callback in callbacks:
-            if callback(record):
-                stop = True
+        stop, snapshot = tracker.observe(result, record, callbacks)
+        if snapshot:
+            best_state = copy.deepcopy(model.state_dict())
         return stop
 
     model.train()

@@ -249,6 +249,75 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _open_study(
+    ctx: StageContext,
+    name: str,
+    *,
+    direction: Literal["minimize", "maximize"],
+    pruner: optuna.pruners.BasePruner | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=name,
+        storage=ctx.storage,
+        direction=direction,
+        sampler=optuna.samplers.RandomSampler(seed=ctx.pipeline.defaults.seed),
+        pruner=pruner or optuna.pruners.NopPruner(),
+        load_if_exists=True,
+    )
+    for key, value in (attrs or {}).items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+    return study
+
+
+def _raise_if_failing(
+    name: str, trials: list[optuna.trial.FrozenTrial], names: list[str], point: Point
+) -> None:
+    """Stop a point that failed by error MAX_FAILURES_PER_POINT times (interruptions, storage
+    errors and stepped-aside duplicates are not held against it)."""
+    failures = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and not t.user_attrs.get("interrupted")
+        and not t.user_attrs.get("storage_error")
+        and "duplicate_of" not in t.user_attrs
+        and _point_of(t, names) == point_key(point)
+    ]
+    if len(failures) >= MAX_FAILURES_PER_POINT:
+        raise HpoError(
+            f"study {name}: point {point_key(point)} failed {len(failures)} times (last: trial "
+            f"{failures[-1].number}); fix the cause, then re-run the stage with --force"
+        )
+
+
+def _back_off(ctx: StageContext, name: str, exc: Exception, attempt: int, claimed: list[int]) -> None:
+    """A dropped connection or a database restart: wait (exponentially, up to 30 s), fail this
+    process's claimed trials (or, if even that write is lost, they go stale and are retried
+    through their heartbeats), and carry on with fresh connections (pool_pre_ping)."""
+    if attempt > MAX_STORAGE_ERRORS:
+        raise exc
+    delay = min(2.0**attempt, 30.0)
+    logger.warning("%s: storage error (%s); retrying in %.0f s", name, _first_line(exc), delay)
+    time.sleep(delay)
+    _release_claimed(ctx.storage, claimed)
+
+
+def _all_done(study: optuna.Study, points: list[Point], names: list[str]) -> bool:
+    done = {trial_point(t, names) for t in study.get_trials(deepcopy=False, states=DONE_STATES)}
+    return all(point_key(p) in done for p in points)
+
+
+def _wait(study: optuna.Study, name: str, *, logged: bool) -> bool:
+    """Nothing to claim while other workers' trials run: say so once, then poll."""
+    if not logged:
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        logger.info("%s: nothing left to start; waiting for %d running trial(s)", name, running)
+    time.sleep(POLL_SECONDS)
+    return True
+
+
 def run_points(
     ctx: StageContext,
     name: str,
@@ -269,17 +338,7 @@ def run_points(
     returns when the study's points are all finished. Trials run through ``study.optimize``, so
     Optuna's heartbeats cover them.
     """
-    study = optuna.create_study(
-        study_name=name,
-        storage=ctx.storage,
-        direction=direction,
-        sampler=optuna.samplers.RandomSampler(seed=ctx.pipeline.defaults.seed),
-        pruner=pruner or optuna.pruners.NopPruner(),
-        load_if_exists=True,
-    )
-    for key, value in (attrs or {}).items():
-        if key not in study.user_attrs:
-            study.set_user_attr(key, value)
+    study = _open_study(ctx, name, direction=direction, pruner=pruner, attrs=attrs)
     names = list(choices)
     original_ask = study.ask
     claimed: list[int] = []  # the trial this process is running, for clean-up after storage errors
@@ -303,20 +362,7 @@ def run_points(
             if not missing:
                 raise _NothingToClaim
             point = missing[0]
-            failures = [
-                t
-                for t in trials
-                if t.state == TrialState.FAIL
-                and not t.user_attrs.get("interrupted")
-                and not t.user_attrs.get("storage_error")
-                and "duplicate_of" not in t.user_attrs
-                and _point_of(t, names) == point_key(point)
-            ]
-            if len(failures) >= MAX_FAILURES_PER_POINT:
-                raise HpoError(
-                    f"study {name}: point {point_key(point)} failed {len(failures)} times (last: trial "
-                    f"{failures[-1].number}); fix the cause, then re-run the stage with --force"
-                )
+            _raise_if_failing(name, trials, names, point)
             study.enqueue_trial(point)
             return claim(*args, **kwargs)
 
@@ -345,28 +391,14 @@ def run_points(
                 waiting_logged = False
                 storage_errors = 0
             except STORAGE_ERRORS as exc:
-                # A dropped connection or a database restart: the trial in flight is failed (or,
-                # if even that write was lost, goes stale and is retried through its heartbeat);
-                # wait and carry on with fresh connections (pool_pre_ping).
                 storage_errors += 1
-                if storage_errors > MAX_STORAGE_ERRORS:
-                    raise
-                delay = min(2.0**storage_errors, 30.0)
-                logger.warning("%s: storage error (%s); retrying in %.0f s", name, _first_line(exc), delay)
-                time.sleep(delay)
-                _release_claimed(ctx.storage, claimed)
+                _back_off(ctx, name, exc, storage_errors, claimed)
             except _Duplicate as exc:
                 logger.warning("%s: %s; skipped", name, exc)
             except _NothingToClaim:
-                trials = study.get_trials(deepcopy=False)
-                done = {trial_point(t, names) for t in trials if t.state in DONE_STATES}
-                if all(point_key(p) in done for p in points):
+                if _all_done(study, points, names):
                     break
-                if not waiting_logged:
-                    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-                    logger.info("%s: nothing left to start; waiting for %d running trial(s)", name, running)
-                    waiting_logged = True
-                time.sleep(POLL_SECONDS)
+                waiting_logged = _wait(study, name, logged=waiting_logged)
     finally:
         del study.ask
     return study
@@ -437,16 +469,7 @@ def run_point_batches(
     values by the objective, and finished with ``tell``; heartbeats are recorded for all of them.
     A worker with nothing to claim waits, failing stale trials of dead workers (which Optuna's
     retry callback re-enqueues) so they are claimed again."""
-    study = optuna.create_study(
-        study_name=name,
-        storage=ctx.storage,
-        direction=direction,
-        sampler=optuna.samplers.RandomSampler(seed=ctx.pipeline.defaults.seed),
-        load_if_exists=True,
-    )
-    for key, value in (attrs or {}).items():
-        if key not in study.user_attrs:
-            study.set_user_attr(key, value)
+    study = _open_study(ctx, name, direction=direction, attrs=attrs)
     names = list(choices)
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for Study.optimize and that fail_stale_trials
@@ -477,19 +500,10 @@ def _run_batches(
             storage_errors = 0
         except STORAGE_ERRORS as exc:
             storage_errors += 1
-            if storage_errors > MAX_STORAGE_ERRORS:
-                raise
-            delay = min(2.0**storage_errors, 30.0)
-            logger.warning("%s: storage error (%s); retrying in %.0f s", name, _first_line(exc), delay)
-            time.sleep(delay)
-            _release_claimed(ctx.storage, claimed)
+            _back_off(ctx, name, exc, storage_errors, claimed)
             continue
         if finished_all is None:
-            if not waiting_logged:
-                running = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
-                logger.info("%s: nothing left to start; waiting for %d running trial(s)", name, running)
-                waiting_logged = True
-            time.sleep(POLL_SECONDS)
+            waiting_logged = _wait(study, name, logged=waiting_logged)
             continue
         waiting_logged = False
         if finished_all:
@@ -518,19 +532,7 @@ def _one_batch(
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         todo = [p for p in points if point_key(p) not in taken]
         for p in todo:
-            failures = [
-                t
-                for t in trials
-                if t.state == TrialState.FAIL
-                and not t.user_attrs.get("interrupted")
-                and not t.user_attrs.get("storage_error")
-                and _point_of(t, names) == point_key(p)
-            ]
-            if len(failures) >= MAX_FAILURES_PER_POINT:
-                raise HpoError(
-                    f"study {name}: point {point_key(p)} failed {len(failures)} times (last: trial "
-                    f"{failures[-1].number}); fix the cause, then re-run the stage with --force"
-                )
+            _raise_if_failing(name, trials, names, p)
         queued = {_point_of(t, names) for t in waiting}
         for p in todo:
             if len(waiting) + len(batch) >= batch_size:
@@ -547,9 +549,7 @@ def _one_batch(
             point = {k: trial.suggest_categorical(k, choices[k]) for k in names}
             batch.append((trial, point))
     if not batch:
-        trials = study.get_trials(deepcopy=False)
-        done = {trial_point(t, names) for t in trials if t.state in DONE_STATES}
-        return True if all(point_key(p) in done for p in points) else None
+        return True if _all_done(study, points, names) else None
     logger.info("%s: trials %s stacked: %s", name, [t.number for t, _ in batch], [p for _, p in batch])
     with _Heartbeat(ctx.storage, [t._trial_id for t, _ in batch]):
         try:
@@ -568,6 +568,44 @@ def _one_batch(
         claimed.remove(trial._trial_id)
 
     return False
+
+
+def run_grid(
+    ctx: StageContext,
+    name: str,
+    *,
+    points: list[Point],
+    choices: Mapping[str, list[Any]],
+    objective: Objective,
+    batch_objective: BatchObjective,
+    direction: Literal["minimize", "maximize"],
+    stack: int,
+    pruner: optuna.pruners.BasePruner | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> optuna.Study:
+    """Run a stage's grid stacked (``stack`` points per batch) or, with ``stack = 1`` or a pruner
+    (which acts between one trial's folds), one trial at a time."""
+    if stack > 1 and pruner is None:
+        return run_point_batches(
+            ctx,
+            name,
+            points=points,
+            choices=choices,
+            objective=batch_objective,
+            direction=direction,
+            batch_size=stack,
+            attrs=attrs,
+        )
+    return run_points(
+        ctx,
+        name,
+        points=points,
+        choices=choices,
+        objective=objective,
+        direction=direction,
+        pruner=pruner,
+        attrs=attrs,
+    )
 
 
 def finished(study: optuna.Study, points: list[Point], names: list[str]) -> list[optuna.trial.FrozenTrial]:

@@ -89,27 +89,17 @@ def _run_sweep(
                 values[i] = result.peak_val_accuracy
         return values
 
-    if stack > 1:
-        study = _base.run_point_batches(
-            ctx,
-            name,
-            points=points,
-            choices={sweep: choices},
-            objective=stacked_objective,
-            direction=DIRECTION,
-            batch_size=stack,
-            attrs={"carried_in": base},
-        )
-    else:
-        study = _base.run_points(
-            ctx,
-            name,
-            points=points,
-            choices={sweep: choices},
-            objective=objective,
-            direction=DIRECTION,
-            attrs={"carried_in": base},
-        )
+    study = _base.run_grid(
+        ctx,
+        name,
+        points=points,
+        choices={sweep: choices},
+        objective=objective,
+        batch_objective=stacked_objective,
+        direction=DIRECTION,
+        stack=stack,
+        attrs={"carried_in": base},
+    )
     if not _base.is_complete(study):
         best = max(_base.finished(study, points, [sweep]), key=lambda t: t.value or 0.0)
         _base.mark_complete(

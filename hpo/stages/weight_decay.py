@@ -97,27 +97,18 @@ def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
             values.append(float(np.mean(scores)))
         return values
 
-    if stage.pruner == "none" and stage.stack > 1:
-        study = _base.run_point_batches(
-            ctx,
-            label,
-            points=points,
-            choices={"weight_decay": grid},
-            objective=stacked_objective,
-            direction=DIRECTION,
-            batch_size=stage.stack,
-        )
-    else:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if stage.pruner == "median" else None
-        study = _base.run_points(
-            ctx,
-            label,
-            points=points,
-            choices={"weight_decay": grid},
-            objective=objective,
-            direction=DIRECTION,
-            pruner=pruner,
-        )
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if stage.pruner == "median" else None
+    study = _base.run_grid(
+        ctx,
+        label,
+        points=points,
+        choices={"weight_decay": grid},
+        objective=objective,
+        batch_objective=stacked_objective,
+        direction=DIRECTION,
+        stack=stage.stack,
+        pruner=pruner,
+    )
     if not _base.is_complete(study):
         best = max(_base.finished(study, points, ["weight_decay"]), key=lambda t: t.user_attrs["mean"])
         _base.mark_complete(
