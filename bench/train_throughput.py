@@ -19,12 +19,15 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from hpo import data, models, train
+from hpo import data
+from hpo import model as models
+from hpo import training as train
+from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
 
 
 def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
     """The straightforward implementation: TensorDataset + shuffling DataLoader + Adam."""
-    model = models.build_model(models.ModelConfig(hidden=(256, 256)), seed=seed)
+    model = models.build_model(ModelConfig(hidden=(256, 256)), seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(
         TensorDataset(x, y),
@@ -42,9 +45,9 @@ def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: in
 
 
 def hpo_epoch(tensors: train.TensorData, batch_size: int, seed: int) -> float:
-    config = train.TrainConfig(epochs=1, batch_size=batch_size, seed=seed)
+    config = TrainConfig(epochs=1, batch_size=batch_size, seed=seed)
     start = time.perf_counter()
-    train.fit(models.ModelConfig(hidden=(256, 256)), models.OptimConfig(), config, tensors)
+    train.fit(ModelConfig(hidden=(256, 256)), OptimConfig(), config, tensors)
     return time.perf_counter() - start
 
 
@@ -54,9 +57,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of K epochs per setting")
     args = parser.parse_args()
 
-    prepared = data.prepare(data.DataSpec(source="synthetic"), progressbar=False)
-    split = prepared.split("stratified")
-    scaler = prepared.scaler("stratified")
+    prepared = data.prepare(DataSettings(), progressbar=False)
+    split = prepared.split
+    scaler = prepared.scaler
     rows = split.train[: args.rows]
     x = torch.as_tensor(scaler.transform(prepared.features[rows]))
     y = torch.as_tensor(np.asarray(prepared.labels[rows], dtype=np.int64))

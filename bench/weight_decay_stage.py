@@ -30,7 +30,11 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from hpo import data, models, stacked, train
+from hpo import data
+from hpo import model as models
+from hpo import training as train
+from hpo.settings import DataSettings, ModelConfig, OptimConfig, Precision, TrainConfig
+from hpo.training import stacked
 
 GRID = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
 FOLDS = 5
@@ -39,7 +43,7 @@ SEED = 42
 
 def plain_fit(tensors: train.TensorData, wd: float, epochs: int) -> float:
     """The straightforward implementation; returns the last epoch's held-out accuracy."""
-    model = models.build_model(models.ModelConfig(hidden=(256, 256)), seed=SEED)
+    model = models.build_model(ModelConfig(hidden=(256, 256)), seed=SEED)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=wd)
     loader = DataLoader(
         TensorDataset(tensors.x_train, tensors.y_train),
@@ -61,12 +65,10 @@ def plain_fit(tensors: train.TensorData, wd: float, epochs: int) -> float:
     return acc
 
 
-def hpo_fits(folds: list[train.TensorData], epochs: int, precision: str) -> list[float]:
-    tcfg = train.TrainConfig(epochs=epochs, batch_size=128, seed=SEED, precision=precision)
+def hpo_fits(folds: list[train.TensorData], epochs: int, precision: Precision) -> list[float]:
+    tcfg = TrainConfig(epochs=epochs, batch_size=128, seed=SEED, precision=precision)
     members = [
-        stacked.Member(
-            models.ModelConfig(hidden=(256, 256)), models.OptimConfig(lr=1e-3, weight_decay=wd), tcfg, k
-        )
+        stacked.Member(ModelConfig(hidden=(256, 256)), OptimConfig(lr=1e-3, weight_decay=wd), tcfg, k)
         for wd in GRID
         for k in range(FOLDS)
     ]
@@ -83,8 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # both paths: denormals otherwise slow the decayed fits 2-3x
 
-    prepared = data.prepare(data.DataSpec(source="synthetic"), progressbar=False)
-    split = prepared.split("stratified")
+    prepared = data.prepare(DataSettings(), progressbar=False)
+    split = prepared.split
     x = np.asarray(prepared.features[split.train], dtype=np.float32)
     y = np.asarray(prepared.labels[split.train], dtype=np.int64)
     folds = []
@@ -108,10 +110,11 @@ def main() -> None:
     }
     # Process start-up, paid once per worker process, not per fit: the first fused optimizer
     # constructed in a process imports PyTorch's compile machinery (~0.8 s measured here).
-    models.build_optimizer([torch.zeros(1, requires_grad=True)], models.OptimConfig())  # type: ignore[list-item]
+    models.build_optimizer([torch.zeros(1, requires_grad=True)], OptimConfig())
     timings: dict[str, float] = {}
     accs: dict[str, dict[str, float]] = {}
-    for precision in ("fp32", "bf16"):
+    precisions: tuple[Precision, ...] = ("fp32", "bf16")
+    for precision in precisions:
         start = time.perf_counter()
         result = hpo_fits(folds, args.epochs, precision)
         timings[f"hpo_{precision}"] = time.perf_counter() - start

@@ -1,7 +1,9 @@
 """The ``hpo`` command line. The only module that prints: it parses, calls, and renders.
 
-Errors of the :class:`~hpo.errors.HpoError` family become one line on stderr and exit status 2
-(a traceback only with ``--debug``); Ctrl-C exits 130.
+Commands call the Python API (:class:`hpo.pipeline.Pipeline`, :mod:`hpo.data`, ...) and render
+the typed results it returns, as a table or as JSON (``--format json``). Errors of the
+:class:`~hpo.errors.HpoError` family become one line on stderr and exit status 2 (a traceback
+only with ``--debug``); Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo import __version__
-from hpo.errors import HpoError
+from hpo.errors import ConfigError, HpoError
 
 logger = logging.getLogger("hpo")
 
@@ -32,36 +34,65 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _as_dict(result: Any) -> Any:
+    to_dict = getattr(result, "to_dict", None)
+    return to_dict() if callable(to_dict) else result
+
+
 # --------------------------------------------------------------------------- data commands
+
+
+def _data_settings(args: argparse.Namespace) -> Any:
+    """``[data]`` of ``--config``, with the data flags given on the command line applied."""
+    from pydantic import ValidationError
+
+    from hpo.settings import DataSettings, describe_error, error_path
+
+    base: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        from hpo import pipeline, plan
+
+        base = plan.load(pipeline.resolve_study_file(args.config)).data.model_dump()
+    flags = {k: getattr(args, k, None) for k in ("source", "file", "path", "target", "rows", "seed", "split")}
+    update = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
+    try:
+        return DataSettings.model_validate({**base, **update})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = error_path(("data", *first["loc"]))
+        raise ConfigError(f"{where}: {describe_error(first)}") from None
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> dict[str, Any]:
     from hpo import data
 
-    spec = data.DataSpec(source=args.source, rows=args.rows, seed=args.seed, file=args.file)
-    prepared = data.prepare(spec, data_dir=args.data_dir, force=args.force, progressbar=not args.quiet)
+    prepared = data.prepare(
+        _data_settings(args), data_dir=args.data_dir, force=args.force, progressbar=not args.quiet
+    )
     return data.summary(prepared)
 
 
 def _render_prepare(summary: dict[str, Any]) -> str:
+    split = summary["split"]
+    sizes = split["sizes"]
     lines = [
         f"prepared {summary['rows']:,} rows from {summary['source']} -> {summary['path']}",
-        f"source sha256 {summary['source_sha256']}",
+        f"source {summary['source_file']} (sha256 {summary['source_sha256']})",
+        f"{summary['features']} features, target {summary['target']}",
         "",
-        f"{'decade':<8}{'count':>10}{'share':>9}",
+        f"{'class':<16}{'count':>10}{'share':>9}",
     ]
-    for row in summary["decades"]:
-        lines.append(f"{row['decade']:<8}{row['count']:>10,}{row['share']:>9.2%}")
+    for row in summary["classes"]:
+        lines.append(f"{row['class']:<16}{row['count']:>10,}{row['share']:>9.2%}")
     lines.append(f"majority class share: {summary['majority_share']:.2%}")
-    lines.append("")
-    lines.append(f"{'split':<12}{'train':>10}{'val':>10}{'test':>10}")
-    for name, sizes in summary["splits"].items():
-        lines.append(f"{name:<12}{sizes['train']:>10,}{sizes['val']:>10,}{sizes['test']:>10,}")
+    lines.append(
+        f"split {split['name']}: {sizes['train']:,} train, {sizes['val']:,} val, {sizes['test']:,} test"
+    )
     return "\n".join(lines)
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import synthetic
+    from hpo.data import synthetic
 
     spec = synthetic.SyntheticSpec(rows=args.rows or synthetic.FULL_ROWS, seed=args.seed)
     path = synthetic.write_uci_text(spec, args.out)
@@ -69,84 +100,108 @@ def _cmd_data_synth(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_data_calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import calibration, data
+    from hpo.data import calibration
 
-    spec = data.DataSpec(source=args.source, rows=args.rows, seed=args.seed, file=args.file)
     config = calibration.CalibrationConfig(epochs=args.epochs)
-    return calibration.calibrate(spec, config=config, data_dir=args.data_dir)
+    return calibration.calibrate(_data_settings(args), config=config, data_dir=args.data_dir)
 
 
 def _render_calibrate(r: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            f"{r['source']}: {r['rows']:,} rows ({r['train_rows']:,} train, {r['test_rows']:,} test)",
-            f"majority class      {r['majority_accuracy']:.2%}",
-            f"logistic regression {r['logreg_accuracy']:.2%}",
-            f"MLP                 {r['mlp_accuracy']:.2%} (loss {r['mlp_loss']:.4f}; {r['mlp']})",
-        ]
-    )
+    lines = [
+        f"{r['source']}: {r['rows']:,} rows ({r['train_rows']:,} train, {r['test_rows']:,} test)",
+        f"majority class      {r['majority_accuracy']:.2%}",
+        f"logistic regression {r['logreg_accuracy']:.2%}",
+        f"MLP                 {r['mlp_accuracy']:.2%} (loss {r['mlp_loss']:.4f}; {r['mlp']})",
+    ]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- pipeline commands
 
 
-def _context(args: argparse.Namespace) -> Any:
-    from hpo import pipeline
+def _pipeline(args: argparse.Namespace) -> Any:
+    from hpo.pipeline import Pipeline
 
-    return pipeline.context(
-        config_path=args.config, storage_url=args.storage, artifacts=args.artifacts, data_dir=args.data_dir
-    )
+    return Pipeline.load(args.config, storage=args.storage, artifacts=args.artifacts, data_dir=args.data_dir)
 
 
-def _cmd_run_stage(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import stages
+def _cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
+    from hpo import pipeline, plan
 
-    return stages.run_stage(_context(args), args.stage, force=args.force)
+    p = plan.load(pipeline.resolve_study_file(args.config))
+    return {
+        "study_file": p.path,
+        "pipeline": p.name,
+        "stages": [{"stage": s.name, "kind": s.kind, "requires": list(p.requires[s.name])} for s in p.stages],
+    }
 
 
-def _cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import pipeline
+def _render_validate(r: dict[str, Any]) -> str:
+    lines = [f"{r['study_file']}: pipeline {r['pipeline']}, {len(r['stages'])} stages, valid"]
+    for s in r["stages"]:
+        after = f" (after {', '.join(s['requires'])})" if s["requires"] else ""
+        lines.append(f"  {s['stage']:<24}{s['kind']}{after}")
+    return "\n".join(lines)
 
-    return pipeline.run_all(_context(args), force=args.force)
+
+def _cmd_run_stage(args: argparse.Namespace) -> Any:
+    return _pipeline(args).run_stage(args.stage, force=args.force)
+
+
+def _cmd_run(args: argparse.Namespace) -> Any:
+    return _pipeline(args).run(force=args.force)
 
 
 def _cmd_init(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import data, stages
+    from hpo import data
 
-    ctx = _context(args)
-    prepared = ctx.prepared()
-    created = stages.create_studies(ctx)
-    return {"data": data.summary(prepared), "storage": ctx.storage_url, "studies": created}
-
-
-def _cmd_status(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import pipeline
-
-    return pipeline.status(_context(args))
+    pipe = _pipeline(args)
+    return {
+        "data": data.summary(pipe.dataset()),
+        "storage": pipe.ctx.storage_url,
+        "stages": [s.name for s in pipe.stages],
+    }
 
 
-def _cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+def _cmd_status(args: argparse.Namespace) -> Any:
+    return _pipeline(args).status()
+
+
+def _cmd_predict(args: argparse.Namespace) -> Any:
     from hpo import predict
 
-    return predict.predict(_context(args), args.input, args.output)
+    return predict.predict(_pipeline(args).final_model(), args.input, args.output)
 
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import predict
+    import shutil
+    import tempfile
 
-    return predict.export_model(_context(args), args.out)
+    from optuna.artifacts import download_artifact
+
+    from hpo.model import load_model_file
+
+    pipe = _pipeline(args)
+    artifact_id = pipe.final_model_artifact()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        download_artifact(artifact_store=pipe.ctx.artifacts, file_path=str(path), artifact_id=artifact_id)
+        load_model_file(path)  # refuse to export anything but a model file
+        shutil.copyfile(path, args.out)
+    return {"path": str(args.out), "artifact_id": artifact_id}
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import report
+    from hpo.present import report
 
-    return report.write(_context(args), args.out)
+    return report.write(_pipeline(args), args.out)
 
 
 def _cmd_data_explore(args: argparse.Namespace) -> dict[str, Any]:
-    from hpo import report
+    from hpo.present import report
 
-    return report.write(_context(args), args.out, stages=False)
+    return report.write(_pipeline(args), args.out, stages=False)
 
 
 def _render_report(r: dict[str, Any]) -> str:
@@ -155,7 +210,8 @@ def _render_report(r: dict[str, Any]) -> str:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> None:
-    from hpo import dashboard, storage
+    from hpo.present import dashboard
+    from hpo.tuning import storage
 
     url = storage.storage_url(args.storage)
     st = storage.open_storage(url)
@@ -167,39 +223,48 @@ def _cmd_dashboard(args: argparse.Namespace) -> None:
             f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another with --port"
         ) from None
     shown = "[" + args.host + "]" if ":" in args.host else args.host
-    print(f"optuna-dashboard for {storage._redact(url)} on http://{shown}:{args.port}/ (Ctrl-C to stop)")
+    print(f"optuna-dashboard for {storage.redact(url)} on http://{shown}:{args.port}/ (Ctrl-C to stop)")
     sys.stdout.flush()
     with server:
         server.serve_forever()
 
 
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _fmt_selected(selected: dict[str, Any]) -> str:
-    parts = []
-    for k, v in selected.items():
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return ", ".join(parts)
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in selected.items())
 
 
-def _render_stage_lines(name: str, st: dict[str, Any]) -> list[str]:
-    lines = []
-    for study in st["studies"]:
-        trials = ", ".join(f"{n} {s.lower()}" for s, n in sorted(study["trials"].items())) or "no trials"
-        sel = f"  -> {_fmt_selected(study['selected'])}" if "selected" in study else ""
-        lines.append(f"{study['study']:<40}{study['state']:<13}{trials}{sel}")
-    return lines
+def _render_state(st: dict[str, Any]) -> list[str]:
+    trials = ", ".join(f"{n} {s.lower()}" for s, n in sorted(st["trials"].items())) or "no trials"
+    line = f"{st['study']:<40}{st['state']:<13}{trials}"
+    sel = st.get("selection")
+    if sel:
+        line += f"  -> {_fmt_selected(sel['selected'])}"
+        ev = sel.get("evidence")
+        if ev:
+            verdict = "within noise" if ev["within_noise"] else "beyond noise"
+            low, high = ev["interval"]
+            line += (
+                f"  [{verdict}: {ev['difference']:+.4f}, 95% CI {low:+.4f}..{high:+.4f} "
+                f"vs {_fmt_selected(ev['runner_up'])}]"
+            )
+    return [line]
 
 
 def _render_status(r: dict[str, Any]) -> str:
-    lines = [f"pipeline {r['pipeline']} ({r['config']}) in {r['storage']}", ""]
-    for name, st in r["stages"].items():
-        lines.extend(_render_stage_lines(name, st))
+    lines = [f"pipeline {r['pipeline']} ({r['study_file']}) in {r['storage']}", ""]
+    for st in r["stages"]:
+        lines.extend(_render_state(st))
     m = r.get("test_metrics")
     if m:
-        lines.append("")
-        lines.append(
+        lines += [
+            "",
             f"final test: accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, balanced accuracy "
-            f"{m['balanced_accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f} (write-up: 66.05 %, 0.8993)"
-        )
+            f"{m['balanced_accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}",
+        ]
     return "\n".join(lines)
 
 
@@ -207,36 +272,40 @@ def _render_run_stage(r: dict[str, Any]) -> str:
     head = f"stage {r['stage']}: {r['status']}"
     if r["status"] == "already complete":
         head += " (use --force to run it again)"
-    elif "seconds" in r:
+    elif r.get("seconds") is not None:
         head += f" in {r['seconds']:.1f} s"
-    lines = [head, *_render_stage_lines(r["stage"], r)]
-    if r.get("test_metrics"):
-        m = r["test_metrics"]
-        lines.append(f"test accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}")
-    return "\n".join(lines)
+    return "\n".join([head, *_render_state(r["state"])])
 
 
 def _render_run(r: dict[str, Any]) -> str:
     lines = [
-        f"{s['stage']}: {s['status']}" + (f" in {s['seconds']:.1f} s" if "seconds" in s else "")
+        f"{s['stage']}: {s['status']}" + (f" in {s['seconds']:.1f} s" if s.get("seconds") is not None else "")
         for s in r["runs"]
     ]
-    return "\n".join([*lines, "", _render_status(r)])
+    lines.append(f"total {r['seconds']:.1f} s")
+    return "\n".join([*lines, "", _render_status(r["status"])])
 
 
 def _render_predict(r: dict[str, Any]) -> str:
-    if r["output"] is None:
-        lines = [",".join(r["predictions"][0].keys())] if r["predictions"] else []
-        for row in r["predictions"]:
+    if r.get("output") is None:
+        rows = r.get("predictions") or []
+        lines = [",".join(rows[0].keys())] if rows else []
+        for row in rows:
             lines.append(",".join(v if isinstance(v, str) else f"{v:.6f}" for v in row.values()))
     else:
         lines = [f"wrote {r['rows']:,} predictions to {r['output']}"]
-    if "accuracy" in r:
-        lines.append(f"accuracy against the year column: {r['accuracy']:.2%}")
+    if r.get("extra_columns"):
+        lines.append(f"ignored columns the model does not use: {', '.join(r['extra_columns'])}")
+    if r.get("accuracy") is not None:
+        lines.append(f"accuracy against the target column: {r['accuracy']:.2%}")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table")
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -249,7 +318,20 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         "--artifacts", type=Path, help="artifact directory (default $HPO_ARTIFACTS or ./artifacts)"
     )
     p.add_argument("--data-dir", type=Path, help="data cache (default $HPO_DATA_DIR or ~/.cache/hpo)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    _common(p)
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="take [data] from this study file (the flags below override it)")
+    p.add_argument("--source", choices=("synthetic", "msd", "csv", "parquet"))
+    p.add_argument("--file", type=Path, help="msd: a local YearPredictionMSD .zip or .txt")
+    p.add_argument("--path", type=Path, help="csv / parquet: the table")
+    p.add_argument("--target", help="csv / parquet: the label column")
+    p.add_argument("--rows", type=_positive_int, help="synthetic: rows to draw; msd: random subset")
+    p.add_argument("--seed", type=int, help="split (and synthetic draw) seed (default 42)")
+    p.add_argument("--split", choices=("stratified", "official", "head"))
+    p.add_argument("--data-dir", type=Path, help="cache directory (default $HPO_DATA_DIR or ~/.cache/hpo)")
+    _common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,48 +348,40 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     prepare = data_commands.add_parser(
-        "prepare", help="parse, validate, split, scale and cache a dataset; print a summary"
+        "prepare", help="read, validate, label, split, scale and cache a dataset"
     )
-    prepare.add_argument("--source", choices=("msd", "synthetic"), default="synthetic")
-    prepare.add_argument("--file", type=Path, help="msd: a local YearPredictionMSD .zip or .txt")
-    prepare.add_argument("--rows", type=_positive_int, help="synthetic: rows to draw; msd: random subset")
-    prepare.add_argument("--seed", type=int, default=42, help="split (and synthetic draw) seed")
-    prepare.add_argument(
-        "--data-dir", type=Path, help="cache directory (default $HPO_DATA_DIR or ~/.cache/hpo)"
-    )
+    _data_options(prepare)
     prepare.add_argument("--force", action="store_true", help="prepare again even if cached")
-    prepare.add_argument("--format", choices=("table", "json"), default="table")
     prepare.set_defaults(handler=_cmd_data_prepare, render=_render_prepare)
 
     calibrate = data_commands.add_parser(
         "calibrate", help="test accuracy of the majority class, logistic regression and the MLP"
     )
-    calibrate.add_argument("--source", choices=("msd", "synthetic"), default="synthetic")
-    calibrate.add_argument("--file", type=Path, help="msd: a local YearPredictionMSD .zip or .txt")
-    calibrate.add_argument("--rows", type=_positive_int)
-    calibrate.add_argument("--seed", type=int, default=42)
+    _data_options(calibrate)
     calibrate.add_argument("--epochs", type=_positive_int, default=15)
-    calibrate.add_argument("--data-dir", type=Path)
-    calibrate.add_argument("--format", choices=("table", "json"), default="table")
     calibrate.set_defaults(handler=_cmd_data_calibrate, render=_render_calibrate)
 
     synth = data_commands.add_parser("synth", help="write a synthetic file in the UCI text layout")
     synth.add_argument("--out", type=Path, required=True, help="output .txt path")
     synth.add_argument("--rows", type=_positive_int, help="rows (default: the full 515,345)")
     synth.add_argument("--seed", type=int, default=42)
-    synth.add_argument("--format", choices=("table", "json"), default="table")
+    _common(synth)
     synth.set_defaults(handler=_cmd_data_synth, render=lambda r: f"wrote {r['rows']:,} rows to {r['path']}")
 
     explore = data_commands.add_parser(
-        "explore", help="write the data section (decades, histograms, box plots, correlations) as HTML"
+        "explore", help="write the data section (classes, histograms, box plots, correlations) as HTML"
     )
     explore.add_argument("--out", type=Path, default=Path("data.html"), help="HTML file (default data.html)")
     _pipeline_options(explore)
     explore.set_defaults(handler=_cmd_data_explore, render=_render_report)
-    from hpo.config import STAGE_ORDER
+
+    validate = commands.add_parser("validate", help="check a study file; writes nothing")
+    validate.add_argument("--config", help="study file or name (default: msd_decade)")
+    _common(validate)
+    validate.set_defaults(handler=_cmd_validate, render=_render_validate)
 
     run_stage = commands.add_parser("run-stage", help="run one stage of the pipeline")
-    run_stage.add_argument("stage", choices=STAGE_ORDER)
+    run_stage.add_argument("stage", help="a stage name of the study file (hpo validate lists them)")
     run_stage.add_argument(
         "--force", action="store_true", help="start this stage over (other stages untouched)"
     )
@@ -319,14 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(run)
     run.set_defaults(handler=_cmd_run, render=_render_run)
 
-    init = commands.add_parser(
-        "init", help="prepare the pipeline's data and create its studies (before starting many workers)"
-    )
+    init = commands.add_parser("init", help="prepare the pipeline's data (before starting many workers)")
     _pipeline_options(init)
     init.set_defaults(
         handler=_cmd_init,
         render=lambda r: (
-            _render_prepare(r["data"]) + f"\n\ncreated {len(r['studies'])} studies in {r['storage']}"
+            _render_prepare(r["data"]) + f"\n\nstages: {', '.join(r['stages'])} ({r['storage']})"
         ),
     )
 
@@ -334,16 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(status)
     status.set_defaults(handler=_cmd_status, render=_render_status)
 
-    predict = commands.add_parser("predict", help="decade and class probabilities with the final model")
-    predict.add_argument(
-        "--input", type=Path, required=True, help="CSV of 90 features (optionally year first)"
-    )
+    predict = commands.add_parser("predict", help="classes and class probabilities with the final model")
+    predict.add_argument("--input", type=Path, required=True, help="CSV of the model's feature columns")
     predict.add_argument("--output", type=Path, help="CSV to write (default: print)")
     _pipeline_options(predict)
     predict.set_defaults(handler=_cmd_predict, render=_render_predict)
 
     report = commands.add_parser(
-        "report", help="one self-contained HTML page: data, every stage's figures, results, provenance"
+        "report", help="one self-contained HTML page: data, every stage, results, provenance"
     )
     report.add_argument("--out", type=Path, default=Path("report.html"), help="default report.html")
     _pipeline_options(report)
@@ -397,8 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hpo: interrupted", file=sys.stderr)
         return 130
     if result is not None:
+        data = _as_dict(result)
         if getattr(args, "format", "table") == "json":
-            print(json.dumps(result, indent=2))
+            print(json.dumps(data, indent=2))
         else:
-            print(args.render(result))
+            print(args.render(data))
     return 0

@@ -1,25 +1,59 @@
-"""Running and inspecting a pipeline: what the CLI's run-stage / run / status commands call."""
+"""The Python API: load a pipeline, run a stage or all of them, read its status and final model.
+
+::
+
+    import hpo
+
+    pipe = hpo.Pipeline.load("studies/quick.toml", storage="sqlite:///hpo.db")
+    pipe.run()                          # every stage in order, skipping completed ones
+    pipe.status().stages[-1].selection  # what the last stage selected
+    model = pipe.final_model()          # hpo.model.ModelFile: .model(), .scale(x), class names
+
+Every stage runs the same sequence: its prerequisites must be complete; the data are prepared
+(a bad data file fails here, before anything is stored); its study is created with its settings
+and their fingerprint, or reopened if those match; the runner works through its trials; its
+selection is stored, its figures published for optuna-dashboard, and only then is it flagged
+complete. A stage reads what the stages before it selected from the storage, never from
+memory, so stages run in separate processes, days apart, on other machines. The CLI only parses
+arguments and renders what these methods return.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo import config, storage
-from hpo.config import STAGE_ORDER
-from hpo.stages import StageContext, run_stage, stage_status
+import optuna
+from optuna.artifacts import download_artifact
+from optuna.trial import TrialState
+
+from hpo import data
+from hpo import plan as plan_mod
+from hpo.errors import ConfigError, PrerequisiteError
+from hpo.model import ModelFile, load_model_file
+from hpo.plan import Plan
+from hpo.present import dashboard, figures
+from hpo.present.progress import LogProgress, Progress
+from hpo.settings import RunConfig
+from hpo.stages import Stage, StageContext
+from hpo.tuning import records
+from hpo.tuning.locks import exclusive_sqlite_worker
+from hpo.tuning.storage import artifact_store, open_storage, redact, storage_url
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = "msd_decade"
+DEFAULT_STUDY_FILE = "msd_decade"
 _PACKAGED_STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 
-def resolve_config(value: Path | str | None) -> Path:
+def resolve_study_file(value: Path | str | None) -> Path:
     """A study file path, or a bare name (``quick``) looked up in ``./studies`` and then in the
     ``studies/`` folder beside the installed package (a source checkout)."""
-    text = str(value or DEFAULT_CONFIG)
+    text = str(value or DEFAULT_STUDY_FILE)
     path = Path(text)
     if path.suffix == ".toml" or path.exists():
         return path
@@ -27,39 +61,279 @@ def resolve_config(value: Path | str | None) -> Path:
         candidate = folder / f"{text}.toml"
         if candidate.exists():
             return candidate
-    return Path("studies") / f"{text}.toml"  # config.load names it in its error
+    return Path("studies") / f"{text}.toml"  # the loader names it in its error
 
 
-def context(
-    *,
-    config_path: Path | str | None = None,
-    storage_url: str | None = None,
-    artifacts: Path | str | None = None,
-    data_dir: Path | None = None,
-) -> StageContext:
-    pipeline = config.load(resolve_config(config_path))
-    url = storage.storage_url(storage_url)
-    return StageContext(
-        pipeline=pipeline,
-        storage=storage.open_storage(url),
-        storage_url=storage._redact(url),
-        artifacts=storage.artifact_store(artifacts),
-        data_dir=data_dir,
-    )
+# --------------------------------------------------------------------------- results
 
 
-def run_all(ctx: StageContext, *, force: bool = False) -> dict[str, Any]:
-    results = [run_stage(ctx, name, force=force) for name in STAGE_ORDER]
-    return {**status(ctx), "runs": results}
+@dataclass(frozen=True)
+class StudyState:
+    """One stage's study as stored."""
+
+    stage: str
+    kind: str
+    study: str
+    state: str  # "complete" | "incomplete" | "not started"
+    trials: dict[str, int]
+    selection: dict[str, Any] | None = None  # records.Selection.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def status(ctx: StageContext) -> dict[str, Any]:
-    stages = {name: stage_status(ctx, name) for name in STAGE_ORDER}
-    final = stages["final"]
-    return {
-        "pipeline": ctx.pipeline.name,
-        "config": ctx.pipeline.path,
-        "storage": ctx.storage_url,
-        "stages": stages,
-        "test_metrics": final.get("test_metrics"),
-    }
+@dataclass(frozen=True)
+class PipelineStatus:
+    pipeline: str
+    study_file: str
+    storage: str
+    stages: list[StudyState]
+    test_metrics: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    stage: str
+    status: str  # "completed" | "already complete"
+    seconds: float | None
+    state: StudyState
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    runs: list[StageRun]
+    status: PipelineStatus
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Pipeline:
+    """A study file bound to a storage, an artifact store and a data cache."""
+
+    plan: Plan
+    ctx: StageContext
+    progress: Progress = field(default_factory=LogProgress)
+
+    @classmethod
+    def load(
+        cls,
+        study_file: Path | str | None = None,
+        *,
+        storage: str | None = None,
+        artifacts: Path | str | None = None,
+        data_dir: Path | None = None,
+        progress: Progress | None = None,
+    ) -> Pipeline:
+        plan = plan_mod.load(resolve_study_file(study_file))
+        url = storage_url(storage)
+        ctx = StageContext(
+            pipeline=plan.name,
+            study_file=plan.path,
+            data_settings=plan.data,
+            storage=open_storage(url),
+            storage_url=redact(url),
+            artifacts=artifact_store(artifacts),
+            data_dir=data_dir,
+            folds=plan.folds(),
+            progress=progress or LogProgress(),
+        )
+        return cls(plan=plan, ctx=ctx, progress=ctx.progress)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return self.plan.stages
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, *, force: bool = False) -> RunResult:
+        start = time.perf_counter()
+        runs = [self.run_stage(stage.name, force=force) for stage in self.plan.stages]
+        return RunResult(runs=runs, status=self.status(), seconds=round(time.perf_counter() - start, 1))
+
+    def run_stage(self, name: str, *, force: bool = False) -> StageRun:
+        stage = self.plan.stage(name)
+        exclusive_sqlite_worker(self.ctx.storage, self.ctx.storage_url)
+        self.check_prerequisites(stage)
+        cfg_in = self.input_config(stage)
+        self.ctx.data()  # prepare (and check) the data before anything is stored
+        study_name = self.ctx.study_name(stage.name)
+        existing = self.ctx.find_study(study_name)
+        if force and existing is not None:
+            optuna.delete_study(study_name=study_name, storage=self.ctx.storage)
+            logger.info("deleted study %s (--force)", study_name)
+            existing = None
+        if existing is not None:
+            self.check_drift(stage, existing, cfg_in)
+            if records.is_complete(existing):
+                return StageRun(stage.name, "already complete", None, self.study_state(stage))
+        start = time.perf_counter()
+        study = existing or self.create_study(stage, cfg_in)
+        stage.run(self.ctx, study, cfg_in)
+        self.finish(stage, study, cfg_in)
+        seconds = round(time.perf_counter() - start, 1)
+        return StageRun(stage.name, "completed", seconds, self.study_state(stage))
+
+    def check_prerequisites(self, stage: Stage) -> None:
+        for required in self.plan.requires[stage.name]:
+            if not records.is_complete(self.ctx.find_study(self.ctx.study_name(required))):
+                raise PrerequisiteError(
+                    f"stage {stage.name!r} needs stage {required!r}, which is not complete in "
+                    f"{self.ctx.storage_url}; run first: hpo run-stage {required} --config {self.plan.path}"
+                )
+
+    def input_config(self, stage: Stage) -> RunConfig:
+        """What the stage starts from: the configuration the stage it builds on handed on, read
+        from the storage, else the study file's ``[defaults]``."""
+        source = self.plan.input_stage(stage.name)
+        if source is None:
+            return self.plan.defaults
+        study = self.ctx.find_study(self.ctx.study_name(source))
+        assert study is not None
+        selection = records.read_selection(study.user_attrs)
+        assert selection is not None
+        return selection.config_out
+
+    def _material(self, stage: Stage, cfg_in: RunConfig) -> dict[str, Any]:
+        return {**self.plan.fingerprint_material(stage), "carried_in": cfg_in.to_record()}
+
+    def create_study(self, stage: Stage, cfg_in: RunConfig) -> optuna.Study:
+        material = self._material(stage, cfg_in)
+        study = optuna.create_study(
+            study_name=self.ctx.study_name(stage.name),
+            storage=self.ctx.storage,
+            direction=stage.direction,
+            sampler=stage.sampler(cfg_in.seed),
+            pruner=stage.pruner(),
+            load_if_exists=True,
+        )
+        attrs = {
+            records.STAGE: stage.name,
+            records.KIND: stage.kind,
+            records.SETTINGS: material,
+            records.FINGERPRINT: records.fingerprint(material),
+            records.CARRIED_IN: cfg_in.to_record(),
+        }
+        for key, value in attrs.items():
+            if key not in study.user_attrs:  # another worker may have created it first
+                study.set_user_attr(key, value)
+        return self._reopen(stage, study.study_name, cfg_in)
+
+    def _reopen(self, stage: Stage, name: str, cfg_in: RunConfig) -> optuna.Study:
+        return optuna.load_study(
+            study_name=name,
+            storage=self.ctx.storage,
+            sampler=stage.sampler(cfg_in.seed),
+            pruner=stage.pruner(),
+        )
+
+    def check_drift(self, stage: Stage, study: optuna.Study, cfg_in: RunConfig) -> None:
+        stored = study.user_attrs.get(records.SETTINGS)
+        current = self._material(stage, cfg_in)
+        if stored is None:
+            raise ConfigError(
+                f"study {study.study_name} in {self.ctx.storage_url} was not made by this version of hpo; "
+                f"start stage {stage.name!r} over with --force"
+            )
+        drift = records.settings_drift(stored, current)
+        if drift is not None:
+            key, was, now = drift
+            raise ConfigError(
+                f"stage {stage.name!r}: {key} was {was!r} when its study was created and is {now!r} now; "
+                "restore it, or start the stage over: "
+                f"hpo run-stage {stage.name} --force --config {self.plan.path}"
+            )
+
+    def finish(self, stage: Stage, study: optuna.Study, cfg_in: RunConfig) -> None:
+        """Select, publish the figures and note, then flag the study complete (an error in
+        between leaves it to be finished by a re-run)."""
+        study = self._reopen(stage, study.study_name, cfg_in)
+        selection = stage.select(study.get_trials(deepcopy=False), cfg_in)
+        records.write_selection(study, selection)
+        if stage.reads_test_rows:
+            study.set_user_attr(records.TEST_METRICS, selection.extra["test_metrics"])
+            study.set_user_attr(records.MODEL_ARTIFACT, selection.extra["model_artifact"])
+        dashboard.publish(study, stage.figures(study), figures.stage_note(study, stage.title))
+        study.set_user_attr(records.COMPLETE, True)
+        logger.info("%s complete: selected %s (%s)", study.study_name, selection.selected, selection.reason)
+
+    # ------------------------------------------------------------------ reading
+
+    def study_state(self, stage: Stage) -> StudyState:
+        name = self.ctx.study_name(stage.name)
+        study = self.ctx.find_study(name)
+        if study is None:
+            return StudyState(stage.name, stage.kind, name, "not started", {})
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        selection = study.user_attrs.get(records.SELECTION)
+        state = "complete" if records.is_complete(study) else "incomplete"
+        return StudyState(stage.name, stage.kind, name, state, counts, selection)
+
+    def status(self) -> PipelineStatus:
+        states = [self.study_state(s) for s in self.plan.stages]
+        test_metrics = None
+        for stage in self.plan.stages:
+            if stage.reads_test_rows:
+                study = self.ctx.find_study(self.ctx.study_name(stage.name))
+                if records.is_complete(study):
+                    assert study is not None
+                    test_metrics = study.user_attrs.get(records.TEST_METRICS)
+        return PipelineStatus(self.plan.name, self.plan.path, self.ctx.storage_url, states, test_metrics)
+
+    def dataset(self) -> data.Prepared:
+        """The prepared dataset, all of it (for the report and the data explorer, not for stages)."""
+        return data.prepare(
+            self.plan.data, data_dir=self.ctx.data_dir, progressbar=False, folds=self.plan.folds()
+        )
+
+    def final_study(self) -> optuna.Study:
+        finals = [s for s in self.plan.stages if s.reads_test_rows]
+        study = self.ctx.find_study(self.ctx.study_name(finals[0].name)) if finals else None
+        if not records.is_complete(study):
+            name = finals[0].name if finals else "final"
+            raise PrerequisiteError(
+                f"no final model in {self.ctx.storage_url} for pipeline {self.plan.name!r}; "
+                f"run first: hpo run-stage {name} --config {self.plan.path}"
+            )
+        assert study is not None
+        return study
+
+    def final_model_artifact(self) -> str:
+        return str(self.final_study().user_attrs[records.MODEL_ARTIFACT])
+
+    def final_model(self) -> ModelFile:
+        """The final stage's model, read back from the artifact store."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt"
+            download_artifact(
+                artifact_store=self.ctx.artifacts,
+                file_path=str(path),
+                artifact_id=self.final_model_artifact(),
+            )
+            return load_model_file(path)
+
+    def trial_seconds(self, stage: Stage) -> float | None:
+        """Seconds from the first trial's start to the last one's end."""
+        study = self.ctx.find_study(self.ctx.study_name(stage.name))
+        if study is None:
+            return None
+        trials = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if t.datetime_start and t.datetime_complete
+        ]
+        if not trials:
+            return None
+        start = min(t.datetime_start for t in trials if t.datetime_start)
+        end = max(t.datetime_complete for t in trials if t.datetime_complete)
+        return (end - start).total_seconds()

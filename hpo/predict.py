@@ -1,103 +1,40 @@
-"""Using the final model: load it from the artifact store, predict decades, export the file."""
+"""Predicting with a final model: classes and probabilities for the rows of a CSV file.
+
+The model file names its features, so a CSV with a header is matched by column name: a missing
+feature is an error naming it, extra columns are ignored and reported, and when the target
+column is present its classes are compared with the predictions. A CSV without a header must
+hold the features in the model's order (for the MSD preset, UCI's layout: optionally the year
+first, then the 90 features).
+"""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
-from optuna.artifacts import download_artifact
 
-from hpo import data, models
-from hpo.errors import DataFileError, PrerequisiteError
-from hpo.stages import StageContext, _base
-from hpo.stages.final import MODEL_FORMAT
+from hpo.data.labels import Labeling
+from hpo.errors import DataFileError
+from hpo.model import ModelFile
 
 
-def _artifact_id(ctx: StageContext) -> str:
-    study = _base.find_study(ctx, _base.study_name(ctx.pipeline, "final"))
-    if not _base.is_complete(study):
-        raise PrerequisiteError(
-            f"no final model in {ctx.storage_url} for pipeline {ctx.pipeline.name!r}; "
-            f"run first: hpo run-stage final --config {ctx.pipeline.path}"
-        )
-    assert study is not None
-    return str(study.user_attrs["model_artifact_id"])
+@dataclass(frozen=True)
+class Prediction:
+    rows: int
+    output: str | None
+    class_names: list[str]
+    accuracy: float | None = None  # when the input has the target column
+    extra_columns: list[str] = field(default_factory=list)
+    predictions: list[dict[str, Any]] | None = None  # when no output file was given
 
-
-def export_model(ctx: StageContext, out: Path) -> dict[str, Any]:
-    artifact_id = _artifact_id(ctx)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.pt"
-        download_artifact(artifact_store=ctx.artifacts, file_path=str(path), artifact_id=artifact_id)
-        shutil.copyfile(path, out)
-    payload = load_model_file(out)
-    return {"path": str(out), "artifact_id": artifact_id, "config": payload["config"]}
-
-
-def load_model_file(path: Path) -> dict[str, Any]:
-    payload = torch.load(path, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise DataFileError(
-            str(path), f"is not an hpo model file ({MODEL_FORMAT})", fix="export it with hpo export-model"
-        )
-    return payload
-
-
-def model_from_payload(payload: dict[str, Any]) -> torch.nn.Module:
-    model = models.MLP(models.ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return model
-
-
-def _read_features(
-    path: Path,
-) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.int64]] | None]:
-    name = str(path)
-    if not path.is_file():
-        raise DataFileError(
-            name, "no such file", fix="pass a CSV of 90 feature columns (optionally year first)"
-        )
-    try:
-        first = path.open().readline()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataFileError(name, f"cannot be read ({exc})", fix="pass a text CSV file") from None
-    cells = first.strip().split(",")
-    has_header = bool(cells) and not _is_number(cells[0])
-    try:
-        frame = pd.read_csv(path, header=0 if has_header else None)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataFileError(
-            name, f"cannot be parsed as CSV ({exc})", fix="one row per song, comma separated"
-        ) from None
-    if frame.shape[1] not in (90, 91):
-        raise DataFileError(
-            name,
-            f"{frame.shape[1]} columns, expected 90 features or year + 90 features",
-            fix="use UCI's column order",
-        )
-    try:
-        values = frame.to_numpy(dtype=np.float64)
-    except ValueError:
-        bad = int(np.flatnonzero(frame.apply(pd.to_numeric, errors="coerce").isna().any(axis=1))[0])
-        raise DataFileError(
-            name, "a cell is not a number", line=bad + 1 + int(has_header), fix="fix that row"
-        ) from None
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise DataFileError(
-            name, "a value is missing or not finite", line=bad + 1 + int(has_header), fix="fix that row"
-        )
-    if values.shape[1] == 91:
-        return values[:, 1:], data.decade_of(values[:, 0]).astype(np.int64)
-    return values, None
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        return out
 
 
 def _is_number(text: str) -> bool:
@@ -108,30 +45,95 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def predict(ctx: StageContext, input_path: Path, output_path: Path | None) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.pt"
-        download_artifact(artifact_store=ctx.artifacts, file_path=str(path), artifact_id=_artifact_id(ctx))
-        payload = load_model_file(path)
-    return predict_with(payload, input_path, output_path)
+def _read(path: Path, model: ModelFile) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any] | None, list[str]]:
+    """Features in the model's order, the target column if present, and ignored columns."""
+    name = str(path)
+    if not path.exists():
+        raise DataFileError(name, "no such file", fix="pass a CSV of the model's feature columns")
+    if not path.is_file():
+        raise DataFileError(name, "is not a file", fix="pass a CSV of the model's feature columns")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(name, f"cannot be read ({exc})", fix="pass a text CSV file") from None
+    if not first.strip():
+        raise DataFileError(name, "file is empty", fix="pass a CSV of the model's feature columns")
+    cells = [c.strip() for c in first.split(",")]
+    has_header = not all(_is_number(c) for c in cells)
+    try:
+        frame = pd.read_csv(path, header=0 if has_header else None)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataFileError(
+            name, f"cannot be parsed as CSV ({exc})", fix="one row per line, comma separated"
+        ) from None
+    features = model.feature_names
+    target: npt.NDArray[Any] | None = None
+    extra: list[str] = []
+    if has_header:
+        columns = [str(c) for c in frame.columns]
+        missing = [f for f in features if f not in columns]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataFileError(
+                name, f"missing feature column(s) {shown}", fix="add them; the model was trained on them"
+            )
+        if model.target in columns:
+            target = frame[model.target].to_numpy()
+        extra = [c for c in columns if c not in features and c != model.target]
+        frame = frame[features]
+    elif frame.shape[1] == len(features) + 1:
+        target = frame.iloc[:, 0].to_numpy()
+        frame = frame.iloc[:, 1:]
+    elif frame.shape[1] != len(features):
+        raise DataFileError(
+            name,
+            f"{frame.shape[1]} columns, expected {len(features)} features "
+            f"or {model.target} + {len(features)} features",
+            fix="add a header naming the columns, or use the training file's column order",
+        )
+    line_offset = 1 + int(has_header)
+    try:
+        values = frame.to_numpy(dtype=np.float64)
+    except ValueError:
+        bad = int(np.flatnonzero(frame.apply(pd.to_numeric, errors="coerce").isna().any(axis=1))[0])
+        raise DataFileError(
+            name, "a feature cell is not a number", line=bad + line_offset, fix="fix that row"
+        ) from None
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise DataFileError(
+            name, "a feature value is missing or not finite", line=bad + line_offset, fix="fix that row"
+        )
+    return values, target, extra
 
 
-def predict_with(payload: dict[str, Any], input_path: Path, output_path: Path | None) -> dict[str, Any]:
-    features, decades = _read_features(input_path)
-    scaler = data.Scaler(mean=payload["scaler_mean"].numpy(), scale=payload["scaler_scale"].numpy())
-    model = model_from_payload(payload)
+def predict(model: ModelFile, input_path: Path, output_path: Path | None) -> Prediction:
+    features, target, extra = _read(input_path, model)
+    net = model.model()
     with torch.no_grad():
-        probs = torch.softmax(model(torch.as_tensor(scaler.transform(features))), dim=1).numpy()
-    names: list[str] = payload["class_names"]
+        probs = torch.softmax(net(torch.as_tensor(model.scale(features))), dim=1).numpy()
+    names = model.class_names
     pred = probs.argmax(axis=1)
-    frame = pd.DataFrame({"decade": [names[i] for i in pred]})
+    frame = pd.DataFrame({"class": [names[i] for i in pred]})
     for j, n in enumerate(names):
         frame[f"p_{n}"] = probs[:, j]
+    accuracy = None
+    if target is not None:
+        labeling = Labeling.from_dict(model.labeling)
+        truth = labeling.apply(target, file=str(input_path), column=model.target, first_line=2)
+        accuracy = float(np.mean(pred == truth))
     if output_path is not None:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(output_path, index=False, float_format="%.6f")
-    out: dict[str, Any] = {"rows": len(frame), "output": str(output_path) if output_path else None}
-    if decades is not None:
-        out["accuracy"] = float(np.mean(pred == decades))
-    if output_path is None:
-        out["predictions"] = frame.to_dict(orient="records")
-    return out
+    return Prediction(
+        rows=len(frame),
+        output=str(output_path) if output_path else None,
+        class_names=list(names),
+        accuracy=accuracy,
+        extra_columns=extra,
+        predictions=[{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]
+        if output_path is None
+        else None,
+    )

@@ -14,18 +14,17 @@ def test_prepare_prints_the_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli.main(["-q", "data", "prepare", "--rows", "2000", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "prepared 2,000 rows from synthetic" in out
-    assert "2000s" in out and "58.0" in out and "stratified" in out and "official" in out
+    assert "2000s" in out and "58.0" in out and "split stratified: 1,400 train, 300 val, 300 test" in out
     assert (
         cli.main(["-q", "data", "prepare", "--rows", "2000", "--data-dir", str(tmp_path), "--format", "json"])
         == 0
     )
     summary = json.loads(capsys.readouterr().out)
-    assert summary["rows"] == 2000 and summary["splits"]["stratified"] == {
-        "train": 1400,
-        "val": 300,
-        "test": 300,
+    assert summary["rows"] == 2000 and summary["split"] == {
+        "name": "stratified",
+        "sizes": {"train": 1400, "val": 300, "test": 300},
     }
-    assert sum(d["count"] for d in summary["decades"]) == 2000
+    assert sum(d["count"] for d in summary["classes"]) == 2000
 
 
 def test_bad_file_is_one_line_exit_2_and_no_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +86,8 @@ def test_missing_file_without_debug(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
-        == f"hpo: error: {tmp_path / 'nope.zip'}: no such file; check the path, or omit --file to download"
+        == f"hpo: error: {tmp_path / 'nope.zip'}: no such file; check data.file (or --file) "
+        "(relative paths start at the working directory)"
     )
 
 

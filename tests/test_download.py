@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from hpo import _download
+from hpo.data import _download
 from hpo.errors import DataError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB

@@ -19,8 +19,9 @@ from typing import Any
 import optuna
 import pytest
 
-from hpo import cli, pipeline, report, stages
-from hpo.config import COMPONENT_SWEEPS, STAGE_ORDER
+from hpo import cli
+from hpo.pipeline import Pipeline
+from hpo.present import dashboard, report
 
 PIPE_TOML = """
 [pipeline]
@@ -43,28 +44,44 @@ eval_every = 3
 verify_epochs = 1
 
 [stages.weight_decay]
-grid = [0.0, 1e-4, 1e-2]
+kind = "grid_cv"
+grid = { weight_decay = [0.0, 1e-4, 1e-2] }
 folds = 2
 epochs = 1
 
-[stages.components]
+[stages.init]
+kind = "sweep"
+choices = { init = ["default", "xavier_uniform"] }
 epochs = 2
-init = ["default", "xavier_uniform"]
-activation = ["relu", "gelu"]
-norm = ["none", "layernorm"]
-optimizer = ["adam", "sgd"]
+
+[stages.activation]
+kind = "sweep"
+choices = { activation = ["relu", "gelu"] }
+epochs = 2
+
+[stages.norm]
+kind = "sweep"
+choices = { norm = ["none", "layernorm"] }
+epochs = 2
+
+[stages.optimizer]
+kind = "sweep"
+choices = { optimizer = ["adam", "sgd"] }
+epochs = 2
 
 [stages.final]
 epochs = 3
 patience = 2
 """
 
+SWEEPS = ("init", "activation", "norm", "optimizer")
+STAGES = ("baseline", "lr_range", "weight_decay", *SWEEPS, "final")
 EXPECTED_FIGURES = {
     "look.baseline": {"baseline-val-loss", "baseline-curves"},
     "look.lr_range": {"lr-range-curve", "lr-range-verification"},
     "look.weight_decay": {"weight-decay-cv"},
-    **{f"look.components.{s}": {f"sweep-{s}-bar", f"sweep-{s}-curves"} for s in COMPONENT_SWEEPS},
-    "look.final": {"final-learning-curves", "final-confusion", "final-per-decade"},
+    **{f"look.{s}": {f"{s}-bar", f"{s}-curves"} for s in SWEEPS},
+    "look.final": {"final-learning-curves", "final-confusion", "final-per-class"},
 }
 
 
@@ -75,12 +92,9 @@ class Run:
     storage: str
     data_dir: Path
 
-    def context(self) -> stages.StageContext:
-        return pipeline.context(
-            config_path=self.config,
-            storage_url=self.storage,
-            artifacts=self.root / "artifacts",
-            data_dir=self.data_dir,
+    def pipeline(self) -> Pipeline:
+        return Pipeline.load(
+            self.config, storage=self.storage, artifacts=self.root / "artifacts", data_dir=self.data_dir
         )
 
 
@@ -90,7 +104,7 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Run:
     cfg = root / "look.toml"
     cfg.write_text(PIPE_TOML)
     run = Run(root, cfg, f"sqlite:///{root / 'hpo.db'}", root / "data")
-    pipeline.run_all(run.context())
+    run.pipeline().run()
     return run
 
 
@@ -100,25 +114,26 @@ def _graph_ids(storage: optuna.storages.BaseStorage, study_id: int) -> set[str]:
 
 
 def test_every_stage_saved_its_figures_and_note(done: Run) -> None:
-    ctx = done.context()
+    storage = done.pipeline().ctx.storage
     for name, expected in EXPECTED_FIGURES.items():
-        study = optuna.load_study(study_name=name, storage=ctx.storage)
-        assert _graph_ids(ctx.storage, study._study_id) == expected, name
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert _graph_ids(storage, study._study_id) == expected, name
         import optuna_dashboard
 
         note = optuna_dashboard.get_note(study)
-        assert note.startswith(f"## {name}") and "**Selected:**" in note and "**Why:**" in note
+        assert note.startswith("## ") and f"Study `{name}`" in note
+        assert "**Selected:**" in note and "**Why:**" in note
 
 
 def test_republishing_replaces_figures(done: Run) -> None:
-    from hpo import dashboard
-
-    ctx = done.context()
-    study = optuna.load_study(study_name="look.weight_decay", storage=ctx.storage)
-    before = dict(ctx.storage.get_study_system_attrs(study._study_id))
-    dashboard.publish_stage("weight_decay", study)
-    after = ctx.storage.get_study_system_attrs(study._study_id)
-    assert _graph_ids(ctx.storage, study._study_id) == {"weight-decay-cv"}
+    pipe = done.pipeline()
+    storage = pipe.ctx.storage
+    study = optuna.load_study(study_name="look.weight_decay", storage=storage)
+    before = dict(storage.get_study_system_attrs(study._study_id))
+    stage = pipe.plan.stage("weight_decay")
+    dashboard.publish(study, stage.figures(study), "note")
+    after = storage.get_study_system_attrs(study._study_id)
+    assert _graph_ids(storage, study._study_id) == {"weight-decay-cv"}
     assert {k for k in after if "plot_data" in k} == {k for k in before if "plot_data" in k}
 
 
@@ -163,7 +178,7 @@ def test_dashboard_serves_the_studies_and_their_figures(done: Run) -> None:
             detail = _get_json(f"{base}/api/studies/{by_name[name]}")
             ids = {g["id"] for g in detail["plotly_graph_objects"]}
             assert ids == EXPECTED_FIGURES[name]
-            assert detail["note"]["body"].startswith(f"## {name}")
+            assert f"Study `{name}`" in detail["note"]["body"]
             graph = json.loads(next(g["graph_object"] for g in detail["plotly_graph_objects"]))
             assert graph["data"], "the saved figure has traces"
         page = urllib.request.urlopen(f"{base}/dashboard", timeout=10).read().decode()
@@ -187,13 +202,13 @@ def test_dashboard_port_in_use_is_one_line(done: Run, capsys: pytest.CaptureFixt
 @pytest.fixture(scope="module")
 def report_file(done: Run) -> Path:
     out = done.root / "report.html"
-    summary = report.write(done.context(), out)
+    summary = report.write(done.pipeline(), out)
     assert summary["figures"] == {
         "data": 4,
         "baseline": 2,
         "lr_range": 2,
         "weight_decay": 1,
-        "components": 8,
+        **{s: 2 for s in SWEEPS},
         "final": 3,
     }
     return out
@@ -204,7 +219,7 @@ def test_report_is_self_contained(report_file: Path, done: Run) -> None:
     assert not re.search(r"<script[^>]+src=", text), "no external scripts"
     assert not re.search(r"<link[^>]+href=['\"]?https?:", text), "no external stylesheets"
     assert "cdn.plot.ly" not in text.split("</script>", 1)[1]  # only plotly.js itself may name it
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         assert f'data-stage="{stage}"' in text
     assert "66.05%" in text and "0.8993" in text
     for needle in ("data sha256", "training seed", "package torch", "package optuna", done.storage):
@@ -214,14 +229,12 @@ def test_report_is_self_contained(report_file: Path, done: Run) -> None:
 def test_report_on_an_unfinished_pipeline_says_what_is_missing(tmp_path: Path) -> None:
     cfg = tmp_path / "look.toml"
     cfg.write_text(PIPE_TOML)
-    ctx = pipeline.context(
-        config_path=cfg, storage_url=f"sqlite:///{tmp_path / 'e.db'}", artifacts=tmp_path / "a"
-    )
-    stages.run_stage(ctx, "baseline")
-    summary = report.write(ctx, tmp_path / "r.html")
+    pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'e.db'}", artifacts=tmp_path / "a")
+    pipe.run_stage("baseline")
+    summary = report.write(pipe, tmp_path / "r.html")
     assert summary["figures"]["baseline"] == 2 and summary["figures"]["final"] == 0
     text = (tmp_path / "r.html").read_text()
-    assert "the final stage has not run" in text and "look.lr_range</code> is not complete" in text
+    assert "the final stage has not run" in text and "study look.lr_range is not complete" in text
 
 
 def test_data_explore_writes_the_data_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,7 +255,7 @@ def test_data_explore_writes_the_data_section(tmp_path: Path, capsys: pytest.Cap
     )
     assert code == 0, capsys.readouterr().err
     text = out.read_text()
-    for fid in ("data-decades", "data-histograms", "data-boxplots", "data-correlation"):
+    for fid in ("data-classes", "data-histograms", "data-boxplots", "data-correlation"):
         assert f'data-figure="{fid}"' in text
     assert "data-stage=" not in text
 
@@ -308,10 +321,10 @@ def test_report_renders_in_a_headless_browser(report_file: Path, tmp_path: Path)
     assert probe["plotly"] == "object"
     assert probe["errors"] == []
     figs = probe["figs"]
-    assert len(figs) == 20
+    assert len(figs) == 22
     assert all(f["svg"] > 0 for f in figs), [f["id"] for f in figs if f["svg"] == 0]
     sections = {f["section"] for f in figs}
-    assert sections == {"data"} | {f"stage-{s}" for s in STAGE_ORDER}
+    assert sections == {"data"} | {f"stage-{s}" for s in STAGES}
     shot_dir = Path(os.environ.get("HPO_SCREENSHOTS", tmp_path))
     shot_dir.mkdir(parents=True, exist_ok=True)
     shot = shot_dir / "report.png"

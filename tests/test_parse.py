@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo import _parse
+from hpo.data import _parse
 from hpo.errors import DataFileError
 
 GOOD = "2001," + ",".join(f"{i}.12345" for i in range(90)) + "\n"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hpo import models, stacked, train
-from hpo.errors import ConfigError
+from hpo import training as train
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
+from hpo.training import stacked
 
 
 def _data(n: int, seed: int) -> train.TensorData:
@@ -36,9 +37,9 @@ def _member(
     patience: int | None = None,
 ) -> stacked.Member:
     return stacked.Member(
-        models.ModelConfig(hidden=(32, 32), activation=act, norm=norm, init=init),  # type: ignore[arg-type]
-        models.OptimConfig(name=opt, lr=1e-3, weight_decay=wd),  # type: ignore[arg-type]
-        train.TrainConfig(epochs=4, batch_size=128, seed=seed, patience=patience),
+        ModelConfig(hidden=(32, 32), activation=act, norm=norm, init=init),  # type: ignore[arg-type]
+        OptimConfig(name=opt, lr=1e-3, weight_decay=wd),  # type: ignore[arg-type]
+        TrainConfig(epochs=4, batch_size=128, seed=seed, patience=patience),
         data,
     )
 
@@ -98,8 +99,8 @@ def test_early_stopping_state_is_per_member() -> None:
     members = [
         stacked.Member(
             m.model,
-            models.OptimConfig(name="adam", lr=1e-2, weight_decay=m.optim.weight_decay),
-            train.TrainConfig(epochs=8, batch_size=128, seed=m.train.seed, patience=1),
+            OptimConfig(name="adam", lr=1e-2, weight_decay=m.optim.weight_decay),
+            TrainConfig(epochs=8, batch_size=128, seed=m.train.seed, patience=1),
             m.data,
         )
         for m in members
@@ -119,10 +120,10 @@ def test_callback_stops_one_member_only() -> None:
 
 def test_members_that_cannot_share_a_stack() -> None:
     a = _member("none", "relu", "default", 0.0, 0, seed=1)
-    b = stacked.Member(models.ModelConfig(hidden=(16, 16)), a.optim, a.train, 0)
-    with pytest.raises(ConfigError, match="share hidden sizes"):
+    b = stacked.Member(ModelConfig(hidden=(16, 16)), a.optim, a.train, 0)
+    with pytest.raises(ValueError, match="share hidden sizes"):
         stacked.fit_stacked([a, b], DATA)
-    with pytest.raises(ConfigError, match="data index"):
+    with pytest.raises(ValueError, match="data index"):
         stacked.fit_stacked([stacked.Member(a.model, a.optim, a.train, 5)], DATA)
 
 

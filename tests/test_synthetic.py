@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hpo import _parse, calibration, data, synthetic
+from hpo.data import _parse, calibration, labels, synthetic
+from hpo.settings import DataSettings
 
 
 def test_full_size_counts_are_the_real_files() -> None:
@@ -46,7 +47,7 @@ def test_written_file_uses_the_uci_layout_and_parser(tmp_path: Path) -> None:
 
 def test_years_stay_inside_each_decade_and_real_range() -> None:
     d = synthetic.draw(synthetic.SyntheticSpec(rows=50_000, seed=3))
-    decades = data.decade_of(d.years)
+    decades = labels.decades().apply(d.years, file="draw", column="year", first_line=1)
     assert np.bincount(decades, minlength=10).tolist() == synthetic.scaled_counts(50_000).tolist()
     assert set(np.unique(d.years[decades == 9]).tolist()) <= {2010, 2011}
     assert d.years.min() >= 1922
@@ -78,7 +79,7 @@ def test_calibration_on_a_smaller_draw(tmp_path: Path) -> None:
     and the MLP in the range that this draw size reaches (the full size reaches the mid-60s,
     docs/synthetic.md)."""
     result = calibration.calibrate(
-        data.DataSpec(source="synthetic", rows=60_000, seed=11),
+        DataSettings(source="synthetic", rows=60_000, seed=11),
         config=calibration.CalibrationConfig(epochs=6, batch_size=256),
         data_dir=tmp_path,
     )

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 
-from hpo import _uci_format
+from hpo.data import _uci_format
 
 
 def test_format_matches_printf_five_decimals() -> None:

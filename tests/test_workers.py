@@ -7,10 +7,8 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -18,6 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo import cli
+from hpo.tuning import records
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -43,7 +42,8 @@ eval_every = 3
 verify_epochs = 1
 
 [stages.weight_decay]
-grid = [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
+kind = "grid_cv"
+grid = { weight_decay = [0.0, 1e-5, 1e-4, 1e-3, 1e-2] }
 folds = 2
 epochs = EPOCHS
 stack = STACK
@@ -155,7 +155,7 @@ def _check_grid_done_once(storage: str) -> list[optuna.trial.FrozenTrial]:
     complete = [t.params["weight_decay"] for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(complete) == [0.0, 1e-5, 1e-4, 1e-3, 1e-2]  # each grid point exactly once
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert study.user_attrs["complete"] is True
+    assert study.user_attrs[records.COMPLETE] is True
     return trials
 
 
@@ -215,50 +215,9 @@ def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str, st
         assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
 
 
-def test_point_claimed_but_not_yet_suggested_is_not_claimed_again(tmp_path: Path) -> None:
-    """Another worker's trial is RUNNING before its objective suggests its params; its point
-    (known only from the enqueued fixed params) must count as taken."""
-    from hpo import pipeline
-    from hpo.stages import _base
-
-    cfg = _config(tmp_path, epochs=1)
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    ctx = pipeline.context(config_path=cfg, storage_url=url, artifacts=tmp_path / "a")
-    name, choices = "claims", {"x": [1, 2, 3]}
-    other = optuna.create_study(study_name=name, storage=ctx.storage, direction="maximize")
-    other.enqueue_trial({"x": 1})
-    foreign = other.ask()  # claimed by "another worker", params not suggested yet
-    assert foreign.params == {}
-
-    def finish_foreign() -> None:
-        time.sleep(1.5)
-        foreign.suggest_categorical("x", choices["x"])
-        other.tell(foreign, 0.5)
-
-    finisher = threading.Thread(target=finish_foreign)
-    finisher.start()
-    ran: list[int] = []
-
-    def objective(trial: optuna.Trial, point: dict[str, Any]) -> float:
-        ran.append(point["x"])
-        return float(point["x"])
-
-    study = _base.run_points(
-        ctx,
-        name,
-        points=[{"x": v} for v in choices["x"]],
-        choices=choices,
-        objective=objective,
-        direction="maximize",
-    )
-    finisher.join()
-    assert sorted(ran) == [2, 3]  # point 1 was left to its owner
-    trials = study.get_trials()
-    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
-
-
 def test_second_sqlite_worker_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hpo import _locks, pipeline
+    from hpo.pipeline import Pipeline
+    from hpo.tuning import locks
 
     cfg = _config(tmp_path, epochs=1)
     db = tmp_path / "hpo.db"
@@ -281,8 +240,8 @@ def test_second_sqlite_worker_is_refused(tmp_path: Path, capsys: pytest.CaptureF
         assert "another hpo process is already running a stage" in err and "PostgreSQL" in err
     finally:
         holder.kill()
-    ctx: Any = pipeline.context(config_path=cfg, storage_url=f"sqlite:///{db}", artifacts=tmp_path / "a")
-    _locks.exclusive_sqlite_worker(ctx.storage, "x")  # free again once the other process is gone
+    pipe = Pipeline.load(cfg, storage=f"sqlite:///{db}", artifacts=tmp_path / "a")
+    locks.exclusive_sqlite_worker(pipe.ctx.storage, "x")  # free again once the other process is gone
 
 
 @pytest.mark.postgres

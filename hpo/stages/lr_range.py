@@ -1,75 +1,116 @@
-"""Stage ``lr_range``: the LR range test (torch-lr-finder's method), then a verification run."""
+"""Kind ``lr_range``: the LR range test (torch-lr-finder's method), then a verification run."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Literal
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, Literal
 
 import optuna
+from optuna.trial import FrozenTrial
+from pydantic import Field
 
-from hpo import lr_finder, train
-from hpo.errors import HpoError
-from hpo.stages import _base
+from hpo.errors import ConfigError
+from hpo.present import figures
+from hpo.settings import LearningRate, NonNegativeInt, PositiveInt, RunConfig, StageSettings
+from hpo.stages._context import StageContext
+from hpo.stages._protocol import GridStage
+from hpo.stages._scoring import Scorer, trial_callbacks
+from hpo.training import fit, range_test, resolve_device
+from hpo.tuning import records, runner
+from hpo.tuning.records import Selection
 
-DIRECTION: Literal["minimize", "maximize"] = "maximize"
+
+class LrRangeSettings(StageSettings):
+    kind: Literal["lr_range"] = "lr_range"
+    end_lr: LearningRate = 1.0
+    num_iter: Annotated[int, Field(ge=2)] | None = None  # default: one epoch of batches
+    smooth_f: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.05
+    diverge_th: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 5.0
+    skip_start: NonNegativeInt = 10
+    skip_end: NonNegativeInt = 5
+    verify_epochs: PositiveInt = 5
 
 
-def studies(ctx: _base.StageContext) -> list[str]:
-    return [_base.study_name(ctx.pipeline, "lr_range")]
+class LrRange(GridStage):
+    kind: ClassVar[str] = "lr_range"
+    settings_model: ClassVar[type[StageSettings]] = LrRangeSettings
+    settings: LrRangeSettings
 
+    def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
+        s = self.settings
+        data = ctx.data()
+        tv = data.train_val()
+        label = ctx.study_name(self.name)
+        device = resolve_device(cfg_in.device)
+        model = cfg_in.model(n_features=data.n_features, n_classes=data.n_classes)
 
-def run(ctx: _base.StageContext, base: _base.Config) -> optuna.Study:
-    stage = ctx.pipeline.lr_range
-    tv = ctx.train_val()
-    label = studies(ctx)[0]
-
-    def objective(trial: optuna.Trial, point: _base.Point) -> float:
-        try:
-            curve = lr_finder.range_test(
-                _base.model_config(base),
-                _base.optim_config(base),
-                tv,
-                batch_size=base["batch_size"],
-                seed=base["seed"],
-                end_lr=stage.end_lr,
-                num_iter=stage.num_iter,
-                smooth_f=stage.smooth_f,
-                diverge_th=stage.diverge_th,
-                skip_start=stage.skip_start,
-                skip_end=stage.skip_end,
+        def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
+            (claim,) = claims
+            trial = claim.trial
+            try:
+                curve = range_test(
+                    model,
+                    cfg_in.optim(),
+                    tv,
+                    batch_size=cfg_in.batch_size,
+                    seed=cfg_in.seed,
+                    end_lr=s.end_lr,
+                    num_iter=s.num_iter,
+                    smooth_f=s.smooth_f,
+                    diverge_th=s.diverge_th,
+                    skip_start=s.skip_start,
+                    skip_end=s.skip_end,
+                    device=device,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"{ctx.study_file}: stages.{self.name}: {exc}") from None
+            trial.set_user_attr(records.CURVE, {"lr": curve.lrs, "loss": curve.losses})
+            trial.set_user_attr(records.SUGGESTED_LR, curve.suggested_lr)
+            trial.set_user_attr(records.RANGE_DIVERGED, curve.diverged)
+            if not _usable(curve.suggested_lr):  # nothing to verify: the stage keeps the defaults' LR
+                trial.set_user_attr(records.VERIFICATION_DIVERGED, True)
+                return [0.0]
+            cfg = cfg_in.with_point({"lr": curve.suggested_lr})
+            tcfg = cfg.train(
+                epochs=s.verify_epochs,
+                device=device,
+                class_weights=data.class_weights(tv) if cfg.class_weight == "balanced" else None,
             )
-        except ValueError as exc:
-            raise HpoError(f"{ctx.pipeline.path}: stages.lr_range: {exc}") from None
-        trial.set_user_attr("curve", {"lr": curve.lrs, "loss": curve.losses})
-        trial.set_user_attr("suggested_lr", curve.suggested_lr)
-        trial.set_user_attr("range_diverged", curve.diverged)
-        cfg = {**base, "lr": curve.suggested_lr}
-        tcfg = train.TrainConfig(
-            epochs=stage.verify_epochs,
-            batch_size=base["batch_size"],
-            seed=base["seed"],
-            precision=base.get("precision", "fp32"),
-        )
-        result = _base.fit_trial(trial, cfg, tcfg, tv, label=f"{label} verification")
-        trial.set_user_attr("verification_diverged", result.diverged)
-        return result.history[-1].val_accuracy if not result.diverged else 0.0
-
-    study = _base.run_points(ctx, label, points=[{}], choices={}, objective=objective, direction=DIRECTION)
-    if not _base.is_complete(study):
-        (trial,) = _base.finished(study, [{}], [])
-        picked = float(trial.user_attrs["suggested_lr"])
-        if trial.user_attrs["verification_diverged"] or not math.isfinite(picked):
-            lr, why = (
-                float(base["lr"]),
-                f"the pick {picked:.3g} diverged in verification; kept {base['lr']:g}",
+            records.write_config(trial, cfg)
+            trial.set_user_attr(records.TRAIN, dataclasses.asdict(tcfg))
+            callbacks = trial_callbacks(
+                trial,
+                scorer=Scorer("accuracy", tv.y_val, data.n_classes),
+                progress=ctx.progress,
+                label=f"{label} verification",
+                epochs=s.verify_epochs,
             )
+            result = fit(model, cfg.optim(), tcfg, tv, callbacks=callbacks)
+            trial.set_user_attr(records.HISTORY, result.history_dicts())
+            diverged = result.diverged
+            trial.set_user_attr(records.VERIFICATION_DIVERGED, diverged)
+            return [result.history[-1].val_accuracy if not diverged else 0.0]
+
+        return objective
+
+    def select(self, trials: Sequence[FrozenTrial], cfg_in: RunConfig) -> Selection:
+        (trial,) = self.finished(trials, cfg_in)
+        picked = float(trial.user_attrs[records.SUGGESTED_LR])
+        if trial.user_attrs[records.VERIFICATION_DIVERGED] or not _usable(picked):
+            lr, why = cfg_in.lr, f"the pick {picked:.3g} diverged in verification; kept {cfg_in.lr:g}"
         else:
             lr, why = picked, "steepest descent of the smoothed loss (torch-lr-finder's suggestion), verified"
-        _base.mark_complete(
-            study,
-            stage="lr_range",
+        return Selection(
             selected={"lr": lr, "suggested_lr": picked, "verification_val_accuracy": trial.value},
-            config_out={**base, "lr": lr},
-            why=why,
+            reason=why,
+            config_out=cfg_in.with_point({"lr": lr}),
         )
-    return study
+
+    def figures(self, study: optuna.Study) -> list[figures.Figure]:
+        return figures.lr_range_figures(study)
+
+
+def _usable(lr: float) -> bool:
+    return math.isfinite(lr) and 0 < lr <= 100

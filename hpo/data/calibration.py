@@ -17,7 +17,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
-from hpo import data, models, train
+from hpo.data.cache import prepare
+from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.training import TensorData, evaluate, fit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,13 +33,12 @@ class CalibrationConfig:
 
 
 def calibrate(
-    spec: data.DataSpec, *, config: CalibrationConfig | None = None, data_dir: Path | None = None
+    settings: DataSettings, *, config: CalibrationConfig | None = None, data_dir: Path | None = None
 ) -> dict[str, Any]:
     """Test-split accuracy of the majority class, logistic regression and the MLP."""
     cfg = config or CalibrationConfig()
-    prepared = data.prepare(spec, data_dir=data_dir, progressbar=False)
-    split = prepared.split("stratified")
-    scaler = prepared.scaler("stratified")
+    prepared = prepare(settings, data_dir=data_dir, progressbar=False)
+    split, scaler = prepared.split, prepared.scaler
     x_train = scaler.transform(prepared.features[split.train])
     x_val = scaler.transform(prepared.features[split.val])
     x_test = scaler.transform(prepared.features[split.test])
@@ -50,17 +51,14 @@ def calibrate(
     logreg = LogisticRegression(max_iter=cfg.logreg_max_iter).fit(x_train, y_train)
     logreg_acc = float(accuracy_score(y_test, logreg.predict(x_test)))
     t1 = time.perf_counter()
-    fitted = train.fit(
-        models.ModelConfig(hidden=(256, 256)),
-        models.OptimConfig(name="adam", lr=1e-3, weight_decay=cfg.weight_decay),
-        train.TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience, seed=cfg.seed),
-        train.TensorData.from_numpy(x_train, y_train, x_val, y_val),
+    fitted = fit(
+        ModelConfig(hidden=(256, 256), n_features=prepared.n_features, n_classes=prepared.n_classes),
+        OptimConfig(name="adam", lr=1e-3, weight_decay=cfg.weight_decay),
+        TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience, seed=cfg.seed),
+        TensorData.from_numpy(x_train, y_train, x_val, y_val),
     )
-    test = train.evaluate(
-        fitted.model,
-        torch.as_tensor(x_test),
-        torch.as_tensor(y_test),
-        class_names=data.CLASS_NAMES,
+    test = evaluate(
+        fitted.model, torch.as_tensor(x_test), torch.as_tensor(y_test), class_names=prepared.class_names
     )
     t2 = time.perf_counter()
     return {

@@ -3,18 +3,20 @@
 At the write-up's batch size of 128, a single MLP on the CPU is dominated by per-step overhead;
 stacking M models makes every kernel M times larger. Each member keeps its own
 
-* initial weights (built by :func:`hpo.models.build_model` with its own seed, then copied in),
+* initial weights (built by :func:`hpo.model.build_model` with its own seed, then copied in),
 * training rows and validation rows (e.g. its CV fold, scaled by that fold's scaler),
-* data order (its own ``torch.Generator``, exactly as :func:`hpo.train.fit` draws it),
+* data order (its own ``torch.Generator``, exactly as :func:`hpo.training.loop.fit` draws it),
+* dropout masks (its own generator, drawn as the single model draws them),
 * weight decay (L2 added to its gradient slice, as PyTorch's optimizers do internally),
+* loss (label smoothing and class weights, per member),
 * activation and normalisation (BatchNorm statistics are per member and masked to its rows),
 * evaluation history, early-stopping state and best weights.
 
 Members of one stack share the hidden sizes, batch size and number of epochs; members with
 different optimizers or learning rates (the optimizer sweep) keep their own leaf tensors and
 optimizers inside the stack. The losses are summed, so each member's gradient is exactly the one
-it would get alone; results match separate :func:`hpo.train.fit` runs to float tolerance (tested).
-Like ``hpo.train``, this module knows nothing of Optuna: per-member callbacks plug in.
+it would get alone; results match separate :func:`~hpo.training.loop.fit` runs to float
+tolerance (tested). Like the single-model loop, this module knows nothing of Optuna.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hpo import models
-from hpo.errors import ConfigError
-from hpo.train import EarlyStopping, EvalRecord, FitResult, TensorData, TrainConfig, autocast
+from hpo.model import MLP, build_model, build_optimizer, dropout_generator
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
+from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast
 
 MemberCallback = Callable[[EvalRecord], bool | None]
 _BN_EPS = 1e-5
@@ -39,10 +41,13 @@ _LN_EPS = 1e-5
 
 @dataclass(frozen=True)
 class Member:
-    model: models.ModelConfig
-    optim: models.OptimConfig
+    """One model of a stack: what it is, how it is optimised and trained, and which of the
+    datasets given to :func:`fit_stacked` it trains on."""
+
+    model: ModelConfig
+    optim: OptimConfig
     train: TrainConfig
-    data: int  # index into the ``datasets`` given to :func:`fit_stacked`
+    data: int
 
 
 def stack_key(member: Member) -> tuple[object, ...]:
@@ -58,32 +63,42 @@ def stack_key(member: Member) -> tuple[object, ...]:
         t.eval_every,
         t.eval_batch_size,
         t.precision,
+        t.device,
     )
 
 
 class _Stack:
     """The stacked parameters: weights ``[M, in, out]``, biases and norm affines ``[M, 1, out]``."""
 
-    def __init__(self, members: Sequence[Member]) -> None:
+    def __init__(self, members: Sequence[Member], device: str) -> None:
         self.members = list(members)
         self.m = len(members)
-        built = [models.build_model(mb.model, seed=mb.train.seed) for mb in members]
+        self.device = device
+        built = [build_model(mb.model, seed=mb.train.seed) for mb in members]
         linears = [[mod for mod in net.modules() if isinstance(mod, nn.Linear)] for net in built]
         self.weights = [
-            torch.stack([ls[i].weight.detach().t() for ls in linears]).contiguous().requires_grad_()
+            torch.stack([ls[i].weight.detach().t() for ls in linears])
+            .contiguous()
+            .to(device)
+            .requires_grad_()
             for i in range(len(linears[0]))
         ]
         self.biases = [
-            torch.stack([ls[i].bias.detach()[None] for ls in linears]).contiguous().requires_grad_()
+            torch.stack([ls[i].bias.detach()[None] for ls in linears])
+            .contiguous()
+            .to(device)
+            .requires_grad_()
             for i in range(len(linears[0]))
         ]
         hidden = members[0].model.hidden
         self.norms = [mb.model.norm for mb in members]
         self.acts = [mb.model.activation for mb in members]
-        self.gammas = [torch.ones(self.m, 1, h).requires_grad_() for h in hidden]
-        self.betas = [torch.zeros(self.m, 1, h).requires_grad_() for h in hidden]
-        self.running_mean = [torch.zeros(self.m, h) for h in hidden]
-        self.running_var = [torch.ones(self.m, h) for h in hidden]
+        self.dropout = [mb.model.dropout for mb in members]
+        self.dropout_generators = [dropout_generator(mb.train.seed) for mb in members]
+        self.gammas = [torch.ones(self.m, 1, h, device=device).requires_grad_() for h in hidden]
+        self.betas = [torch.zeros(self.m, 1, h, device=device).requires_grad_() for h in hidden]
+        self.running_mean = [torch.zeros(self.m, h, device=device) for h in hidden]
+        self.running_var = [torch.ones(self.m, h, device=device) for h in hidden]
         self.uses_norm = any(n != "none" for n in self.norms)
         self.same = len(set(self.norms)) == 1 and len(set(self.acts)) == 1
         # Members with different optimizers (the optimizer sweep) keep their own leaf tensors,
@@ -94,6 +109,8 @@ class _Stack:
             for m in range(self.m):
                 self.member_leaves.append([t[m].detach().clone().requires_grad_() for t in self._stacked()])
             self.refresh()
+        self.steps = 0
+        self.ragged = False  # the current batch has padding rows (masked out of BatchNorm statistics)
 
     def _stacked(self) -> list[torch.Tensor]:
         out = [*self.weights, *self.biases]
@@ -120,12 +137,11 @@ class _Stack:
         """One optimizer over the stacked leaves, or (mixed) one per member over its own."""
         if not self.mixed:
             opt = self.members[0].optim
-            config = models.OptimConfig(name=opt.name, lr=opt.lr, weight_decay=0.0)
-            return [models.build_optimizer(self._stacked(), config)]  # type: ignore[arg-type]
+            config = OptimConfig(name=opt.name, lr=opt.lr, weight_decay=0.0)
+            return [build_optimizer(self._stacked(), config)]
         return [
-            models.build_optimizer(
-                self.member_leaves[m],  # type: ignore[arg-type]
-                models.OptimConfig(name=mb.optim.name, lr=mb.optim.lr, weight_decay=0.0),
+            build_optimizer(
+                self.member_leaves[m], OptimConfig(name=mb.optim.name, lr=mb.optim.lr, weight_decay=0.0)
             )
             for m, mb in enumerate(self.members)
         ]
@@ -136,9 +152,14 @@ class _Stack:
         if not any(decay):
             return []
         if not self.mixed:
-            d = torch.tensor(decay).view(self.m, 1, 1)
+            d = torch.tensor(decay, device=self.device).view(self.m, 1, 1)
             return [(p, d) for p in self._stacked()]
-        return [(p, torch.tensor(decay[m])) for m in range(self.m) if decay[m] for p in self.member_leaves[m]]
+        return [
+            (p, torch.tensor(decay[m], device=self.device))
+            for m in range(self.m)
+            if decay[m]
+            for p in self.member_leaves[m]
+        ]
 
     def _norm(
         self, i: int, h: torch.Tensor, kind: str, sel: slice | int, mask: torch.Tensor | None, training: bool
@@ -189,10 +210,31 @@ class _Stack:
             return F.leaky_relu(h)
         return F.gelu(h)
 
+    def _dropout(self, h: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
+        """Each member's mask from its own generator, over its real rows only (as alone)."""
+        if rows is None or not any(self.dropout):
+            return h
+        parts = []
+        for m, p in enumerate(self.dropout):
+            if p > 0:
+                keep = torch.zeros(h.shape[1:], dtype=torch.float32)
+                keep[: rows[m]].bernoulli_(1.0 - p, generator=self.dropout_generators[m])
+                parts.append(h[m] * keep.to(h.device, h.dtype) / (1.0 - p))  # as SeededDropout
+            else:
+                parts.append(h[m])
+        return torch.stack(parts)
+
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, *, training: bool, members: slice = slice(None)
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        *,
+        training: bool,
+        members: slice = slice(None),
+        rows: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """``x``: ``[M, B, in]`` (or ``[1, B, in]``, broadcast); ``mask``: ``[M, B]`` of 0/1."""
+        """``x``: ``[M, B, in]`` (or ``[1, B, in]``, broadcast); ``mask``: ``[M, B]`` of 0/1;
+        ``rows``: each member's real rows (training with dropout)."""
         h = x
         idx = range(self.m)[members]
         for i in range(len(self.weights) - 1):
@@ -207,28 +249,27 @@ class _Stack:
                     mm = mask[j] if mask is not None else None
                     parts.append(self._act(self.acts[m], self._norm(i, hm, self.norms[m], m, mm, training)))
                 h = torch.stack(parts)
+            if training:
+                h = self._dropout(h, rows)
         return _affine(h, self.weights[-1][members], self.biases[-1][members])
 
-    steps = 0
-    ragged = False  # the current batch has padding rows (masked out of BatchNorm statistics)
-
     def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        """Member ``m``'s weights as the ``state_dict`` of its own :class:`hpo.models.MLP`."""
-        net = models.MLP(self.members[m].model)
+        """Member ``m``'s weights as the ``state_dict`` of its own :class:`hpo.model.MLP`."""
+        net = MLP(self.members[m].model)
         state = net.state_dict()
         linear_i = 0
         norm_i = 0
         for name, module in net.named_children():
             if isinstance(module, nn.Linear):
-                state[f"{name}.weight"] = self.weights[linear_i][m].detach().t().clone()
-                state[f"{name}.bias"] = self.biases[linear_i][m, 0].detach().clone()
+                state[f"{name}.weight"] = self.weights[linear_i][m].detach().t().cpu().clone()
+                state[f"{name}.bias"] = self.biases[linear_i][m, 0].detach().cpu().clone()
                 linear_i += 1
             elif isinstance(module, nn.BatchNorm1d | nn.LayerNorm):
-                state[f"{name}.weight"] = self.gammas[norm_i][m, 0].detach().clone()
-                state[f"{name}.bias"] = self.betas[norm_i][m, 0].detach().clone()
+                state[f"{name}.weight"] = self.gammas[norm_i][m, 0].detach().cpu().clone()
+                state[f"{name}.bias"] = self.betas[norm_i][m, 0].detach().cpu().clone()
                 if isinstance(module, nn.BatchNorm1d):
-                    state[f"{name}.running_mean"] = self.running_mean[norm_i][m].clone()
-                    state[f"{name}.running_var"] = self.running_var[norm_i][m].clone()
+                    state[f"{name}.running_mean"] = self.running_mean[norm_i][m].cpu().clone()
+                    state[f"{name}.running_var"] = self.running_var[norm_i][m].cpu().clone()
                     state[f"{name}.num_batches_tracked"] = torch.tensor(self.steps)
                 norm_i += 1
         return state
@@ -243,42 +284,71 @@ def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
     if not members:
-        raise ConfigError("fit_stacked needs at least one member")
+        raise ValueError("fit_stacked needs at least one member")
     keys = {stack_key(mb) for mb in members}
     if len(keys) != 1:
-        raise ConfigError(
+        raise ValueError(
             "stacked members must share hidden sizes, epochs and batch size; group them with stack_key() "
             "and fit each group as its own stack"
         )
     t = members[0].train
     if t.max_batches is not None or t.eval_every is not None:
-        raise ConfigError(
+        raise ValueError(
             "stacked training evaluates at epoch ends only; train runs with max_batches or eval_every "
-            "one at a time with hpo.train.fit"
+            "one at a time with hpo.training.fit"
         )
     for mb in members:
         if not 0 <= mb.data < len(datasets):
-            raise ConfigError(f"member data index {mb.data} is not one of the {len(datasets)} datasets")
+            raise ValueError(f"member data index {mb.data} is not one of the {len(datasets)} datasets")
 
 
 @torch.no_grad()
 def _evaluate(
     stack: _Stack, datasets: Sequence[TensorData], batch: int, precision: str
-) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = [(math.nan, math.nan)] * stack.m
+) -> list[tuple[float, float, torch.Tensor]]:
+    out: list[tuple[float, float, torch.Tensor]] = []
     for m, mb in enumerate(stack.members):
         d = datasets[mb.data]
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
+        preds = []
         for s in range(0, d.x_val.shape[0], batch):
             xb, yb = d.x_val[s : s + batch], d.y_val[s : s + batch]
-            with autocast(precision):
+            with autocast(precision, stack.device):
                 logits = stack.forward(xb[None], None, training=False, members=slice(m, m + 1))[0].float()
             loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == yb).sum()
+            preds.append(logits.argmax(dim=1))
         n = d.x_val.shape[0]
-        out[m] = (float(loss_sum) / n, float(correct) / n)
+        pred = torch.cat(preds)
+        correct = int((pred == d.y_val).sum())
+        out.append((float(loss_sum) / n, correct / n, pred.cpu()))
     return out
+
+
+def _losses(
+    logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, members: Sequence[Member]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each member's mean training loss ``[M]`` and its row count ``[M]``: plain cross-entropy,
+    or with the member's label smoothing and class weights as ``F.cross_entropy`` computes them."""
+    m_count, rows, n_classes = logits.shape
+    plain = all(mb.train.label_smoothing == 0.0 and mb.train.class_weights is None for mb in members)
+    counts = mask.sum(1) if mask is not None else torch.full((m_count,), float(rows), device=logits.device)
+    if plain:
+        ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1), reduction="none").view(m_count, -1)
+        if mask is not None:
+            return (ce * mask).sum(1) / counts.clamp(min=1), counts
+        return ce.mean(1), counts
+    logp = F.log_softmax(logits, dim=-1)
+    weights = torch.tensor(
+        [mb.train.class_weights or (1.0,) * n_classes for mb in members], device=logits.device
+    )  # [M, C]
+    eps = torch.tensor([mb.train.label_smoothing for mb in members], device=logits.device)[:, None]
+    nll = -logp.gather(-1, y[..., None]).squeeze(-1)  # [M, B]
+    w_y = weights.gather(1, y)  # [M, B]
+    smooth = -(logp * weights[:, None, :]).sum(-1) / n_classes  # [M, B]
+    per_row = (1 - eps) * w_y * nll + eps * smooth
+    if mask is not None:
+        per_row, w_y = per_row * mask, w_y * mask
+    return per_row.sum(1) / w_y.sum(1).clamp(min=1e-12), counts
 
 
 def fit_stacked(
@@ -288,29 +358,31 @@ def fit_stacked(
     callbacks: Sequence[Sequence[MemberCallback]] | None = None,
     precision: str | None = None,
 ) -> list[FitResult]:
-    """Train every member; one :class:`~hpo.train.FitResult` per member, in order.
+    """Train every member; one :class:`~hpo.training.loop.FitResult` per member, in order.
 
     ``callbacks[m]`` are called with member m's evaluation records; returning ``True`` stops that
-    member (its history ends there), as with :func:`hpo.train.fit`.
+    member (its history ends there), as with :func:`~hpo.training.loop.fit`.
     """
     _check(members, datasets)
-    torch.set_flush_denormal(True)  # see hpo.train.fit
+    torch.set_flush_denormal(True)  # see hpo.training.loop.fit
     cfg = members[0].train
+    device = cfg.device
     precision = precision or cfg.precision
+    datasets = [d.to(device) for d in datasets]
     m_count = len(members)
     cbs = [list(c) for c in callbacks] if callbacks is not None else [[] for _ in members]
-    stack = _Stack(members)
+    stack = _Stack(members, device)
     optimizers = stack.optimizers()
     decayed = stack.decayed()
     # members reading each dataset (gathered per dataset: no concatenated copy of all rows)
     groups = {
-        d: torch.tensor([m for m, mb in enumerate(members) if mb.data == d])
+        d: torch.tensor([m for m, mb in enumerate(members) if mb.data == d], device=device)
         for d in sorted({mb.data for mb in members})
     }
     sizes = [datasets[mb.data].x_train.shape[0] for mb in members]
     steps_per_epoch = max(math.ceil(n / cfg.batch_size) for n in sizes)
     if any(math.ceil(n / cfg.batch_size) != steps_per_epoch for n in sizes):
-        raise ConfigError("stacked members need the same number of batches per epoch; stack them apart")
+        raise ValueError("stacked members need the same number of batches per epoch; stack them apart")
     generators = [torch.Generator().manual_seed(mb.train.seed) for mb in members]
     results = [FitResult(model=nn.Module()) for _ in members]
     active = [True] * m_count
@@ -318,9 +390,9 @@ def fit_stacked(
         EarlyStopping(patience=mb.train.patience, restore_best=mb.train.restore_best) for mb in members
     ]
     best_state: list[dict[str, torch.Tensor] | None] = [None] * m_count
-    run_loss = torch.zeros(m_count, dtype=torch.float64)
-    run_correct = torch.zeros(m_count, dtype=torch.int64)
-    run_seen = torch.zeros(m_count, dtype=torch.int64)
+    run_loss = torch.zeros(m_count, dtype=torch.float64, device=device)
+    run_correct = torch.zeros(m_count, dtype=torch.int64, device=device)
+    run_seen = torch.zeros(m_count, dtype=torch.int64, device=device)
     batch = cfg.batch_size
     step = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -331,6 +403,7 @@ def fit_stacked(
             padded[m, : order.numel()] = order
             valid[m, : order.numel()] = 1.0
         ragged = bool((valid == 0).any())
+        padded, valid = padded.to(device), valid.to(device)
         for s in range(steps_per_epoch):
             idx = padded[:, s * batch : (s + 1) * batch]
             mask = valid[:, s * batch : (s + 1) * batch]
@@ -339,25 +412,19 @@ def fit_stacked(
                 xb = datasets[d].x_train[idx]  # [M, B, in]
                 yb = datasets[d].y_train[idx]  # [M, B]
             else:
-                xb = torch.empty(m_count, idx.shape[1], datasets[0].x_train.shape[1])
-                yb = torch.empty(m_count, idx.shape[1], dtype=torch.int64)
+                xb = torch.empty(m_count, idx.shape[1], datasets[0].x_train.shape[1], device=device)
+                yb = torch.empty(m_count, idx.shape[1], dtype=torch.int64, device=device)
                 for d, rows in groups.items():
                     sub = idx[rows]
                     xb[rows] = datasets[d].x_train[sub]
                     yb[rows] = datasets[d].y_train[sub]
             stack.ragged = ragged and bool((mask == 0).any())
+            real_rows = [int(r) for r in mask.sum(1).tolist()] if stack.ragged else [batch] * m_count
             stack.refresh()
-            with autocast(precision):
-                logits = stack.forward(xb, mask, training=True)
+            with autocast(precision, device):
+                logits = stack.forward(xb, mask, training=True, rows=real_rows)
             logits = logits.float()
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
-            ce = ce.view(m_count, -1)
-            if ragged:
-                counts = mask.sum(1)
-                per_member = (ce * mask).sum(1) / counts.clamp(min=1)
-            else:
-                counts = torch.full((m_count,), float(batch))
-                per_member = ce.mean(1)
+            per_member, counts = _losses(logits, yb, mask if ragged else None, members)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             per_member.sum().backward()  # type: ignore[no-untyped-call]
@@ -381,7 +448,7 @@ def fit_stacked(
         for m in range(m_count):
             if not active[m]:
                 continue
-            val_loss, val_acc = scores[m]
+            val_loss, val_acc, val_pred = scores[m]
             seen = max(int(run_seen[m]), 1)
             record = EvalRecord(
                 epoch=epoch,
@@ -390,6 +457,7 @@ def fit_stacked(
                 train_accuracy=float(run_correct[m]) / seen,
                 val_loss=val_loss,
                 val_accuracy=val_acc,
+                val_pred=val_pred,
             )
             stop, snapshot = trackers[m].observe(results[m], record, cbs[m])
             if snapshot:
@@ -405,9 +473,8 @@ def fit_stacked(
             break
     stack.refresh()
     for m, res in enumerate(results):
-        if res.best_index < 0 and res.history:
-            res.best_index = 0
-        net = models.MLP(members[m].model)
+        EarlyStopping.finish(res)
+        net = MLP(members[m].model)
         state = best_state[m]
         net.load_state_dict(state if state is not None else stack.member_state(m))
         net.eval()

@@ -24,6 +24,7 @@ every draw, whatever its seed or size, comes from the same calibrated world; the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from hpo import _uci_format
+from hpo.data import _uci_format
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,19 @@ class SyntheticDraw:
     genres: npt.NDArray[np.int8]
 
 
+def provenance(rows: int, seed: int) -> dict[str, Any]:
+    """What names a synthetic draw: the generator's version, its fitted profile and the draw."""
+    profile = resources.files("hpo.data").joinpath("_profile/msd_profile.json").read_bytes()
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "profile_sha256": hashlib.sha256(profile).hexdigest(),
+        "rows": rows,
+        "seed": seed,
+    }
+
+
 def _load_profile() -> dict[str, Any]:
-    text = resources.files("hpo").joinpath("_profile/msd_profile.json").read_text()
+    text = resources.files("hpo.data").joinpath("_profile/msd_profile.json").read_text()
     profile: dict[str, Any] = json.loads(text)
     return profile
 

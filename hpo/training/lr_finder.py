@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hpo.models import ModelConfig, OptimConfig, build_model, build_optimizer
-from hpo.train import TensorData
+from hpo.model import build_model, build_optimizer
+from hpo.settings import ModelConfig, OptimConfig
+from hpo.training.loop import TensorData
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,10 @@ def range_test(
     diverge_th: float = 5.0,
     skip_start: int = 10,
     skip_end: int = 5,
+    device: str = "cpu",
 ) -> RangeTestResult:
-    model = build_model(model_config, seed=seed)
+    model = build_model(model_config, seed=seed).to(device)
+    data = data.to(device)
     optimizer = build_optimizer(model.parameters(), optim_config)
     start_lr = optim_config.lr
     n = data.x_train.shape[0]
@@ -78,7 +81,7 @@ def range_test(
         lr = start_lr * (end_lr / start_lr) ** (i / max(iters - 1, 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx = order[pos : pos + batch_size]
+        idx = order[pos : pos + batch_size].to(device)
         pos += batch_size
         loss = F.cross_entropy(model(data.x_train.index_select(0, idx)), data.y_train.index_select(0, idx))
         optimizer.zero_grad(set_to_none=True)

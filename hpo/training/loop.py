@@ -1,8 +1,9 @@
-"""The training loop: in-memory tensors, seeded, deterministic on CPU. Knows nothing of Optuna.
+"""The training loop for one model: in-memory tensors, seeded, deterministic. Knows nothing of Optuna.
 
 Optuna (or anything else) plugs in through ``callbacks``: each is called with an
 :class:`EvalRecord` after every evaluation and may return ``True`` to stop training, or raise
-(``optuna.TrialPruned``) to abort it.
+(``optuna.TrialPruned``) to abort it. The per-evaluation bookkeeping (:class:`EarlyStopping`)
+is shared with the stacked trainer.
 """
 
 from __future__ import annotations
@@ -12,66 +13,33 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn import metrics as skm
 from torch import nn
 from torch.nn import functional as F
 
-from hpo.errors import ConfigError
-from hpo.models import ModelConfig, OptimConfig, build_model, build_optimizer
+from hpo.model import build_model, build_optimizer
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def autocast(precision: str) -> Iterator[None]:
-    """``bf16``: CPU autocast to bfloat16 (matmuls in bf16; losses and reductions in float32)."""
+def autocast(precision: str, device: str = "cpu") -> Iterator[None]:
+    """``bf16``: autocast to bfloat16 (matmuls in bf16; losses and reductions in float32)."""
     if precision == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             yield
     else:
         yield
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    epochs: int = 15
-    batch_size: int = 128
-    seed: int = 42
-    patience: int | None = None  # early stopping on validation loss, in evaluations
-    restore_best: bool = True  # with patience: end with the weights of the best val loss
-    max_batches: int | None = None  # stop after this many optimizer steps
-    eval_every: int | None = None  # evaluate every N steps (default: at the end of each epoch)
-    eval_batch_size: int = 16_384
-    precision: str = "fp32"  # "bf16": CPU autocast for forward passes (losses stay float32)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} = {getattr(self, name)} must be at least 1")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision = {self.precision!r}; use 'fp32' or 'bf16'")
-        for name in ("patience", "max_batches", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} = {value} must be at least 1 (or unset)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**d)
-
-
 @dataclass(frozen=True)
 class TensorData:
-    """Scaled features (float32) and decade labels (int64) of a train and a validation part."""
+    """Scaled features (float32) and class labels (int64) of a train and a validation part."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -93,6 +61,11 @@ class TensorData:
             torch.as_tensor(np.asarray(y_val, dtype=np.int64)),
         )
 
+    def to(self, device: str) -> TensorData:
+        if self.x_train.device.type == device:
+            return self
+        return TensorData(*(t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val)))
+
 
 @dataclass(frozen=True)
 class EvalRecord:
@@ -104,7 +77,11 @@ class EvalRecord:
     train_accuracy: float
     val_loss: float
     val_accuracy: float
+    #: the predicted class of every validation row (CPU int64), for metrics beyond accuracy
+    val_pred: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
+
+_HISTORY_FIELDS = tuple(f.name for f in fields(EvalRecord) if f.name != "val_pred")
 
 Callback = Callable[[EvalRecord], bool | None]
 
@@ -126,7 +103,7 @@ class FitResult:
         return max(r.val_accuracy for r in self.history)
 
     def history_dicts(self) -> list[dict[str, float]]:
-        return [asdict(r) for r in self.history]
+        return [{k: getattr(r, k) for k in _HISTORY_FIELDS} for r in self.history]
 
 
 @dataclass
@@ -163,6 +140,19 @@ class EarlyStopping:
                 stop = True
         return stop, snapshot
 
+    @staticmethod
+    def finish(result: FitResult) -> None:
+        if result.best_index < 0 and result.history:
+            result.best_index = 0
+
+
+def training_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Mean cross-entropy with the configuration's label smoothing and class weights."""
+    if cfg.class_weights is None and cfg.label_smoothing == 0.0:
+        return F.cross_entropy(logits, y)
+    weight = torch.tensor(cfg.class_weights, device=logits.device) if cfg.class_weights else None
+    return F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
+
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16_384) -> torch.Tensor:
@@ -171,15 +161,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16_38
     out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
     model.train(was_training)
     return out
-
-
-def loss_and_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 16_384
-) -> tuple[float, float]:
-    logits = predict_logits(model, x, batch_size=batch_size)
-    loss = F.cross_entropy(logits, y).item()
-    acc = (logits.argmax(dim=1) == y).double().mean().item()
-    return loss, acc
 
 
 def fit(
@@ -193,35 +174,37 @@ def fit(
     """Train one model; evaluate on the validation part at every epoch end (or every
     ``eval_every`` steps), with early stopping on validation loss when ``patience`` is set."""
     cfg = train_config
+    device = cfg.device
     # Weight decay drives weights and Adam's second moments towards float32 denormals, which
     # the CPU handles ~2-3x slower (measured: epochs of the 256x256 model went from 0.6 s to
     # 1.2-1.7 s at weight decay 1e-2); flushing them to zero changes values below 1.2e-38 only.
     torch.set_flush_denormal(True)
-    model = build_model(model_config, seed=cfg.seed)
+    model = build_model(model_config, seed=cfg.seed).to(device)
     optimizer = build_optimizer(model.parameters(), optim_config)
     generator = torch.Generator().manual_seed(cfg.seed)
+    data = data.to(device)
     result = FitResult(model=model)
     n = data.x_train.shape[0]
     tracker = EarlyStopping(patience=cfg.patience, restore_best=cfg.restore_best)
     best_state: dict[str, torch.Tensor] | None = None
     step = 0
-    run_loss = torch.zeros((), dtype=torch.float64)
-    run_correct = torch.zeros((), dtype=torch.int64)
+    run_loss = torch.zeros((), dtype=torch.float64, device=device)
+    run_correct = torch.zeros((), dtype=torch.int64, device=device)
     run_seen = 0
 
     def evaluate(epoch: int) -> bool:
         nonlocal best_state, run_loss, run_correct, run_seen
-        with autocast(cfg.precision):
-            val_loss, val_acc = loss_and_accuracy(
-                model, data.x_val, data.y_val, batch_size=cfg.eval_batch_size
-            )
+        with autocast(cfg.precision, device):
+            logits = predict_logits(model, data.x_val, batch_size=cfg.eval_batch_size)
+        pred = logits.argmax(dim=1)
         record = EvalRecord(
             epoch=epoch,
             step=step,
             train_loss=float(run_loss) / max(run_seen, 1),
             train_accuracy=float(run_correct) / max(run_seen, 1),
-            val_loss=val_loss,
-            val_accuracy=val_acc,
+            val_loss=F.cross_entropy(logits, data.y_val).item(),
+            val_accuracy=(pred == data.y_val).double().mean().item(),
+            val_pred=pred.cpu(),
         )
         run_loss.zero_()
         run_correct.zero_()
@@ -235,14 +218,14 @@ def fit(
     model.train()
     stop = False
     for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             xb = data.x_train.index_select(0, idx)
             yb = data.y_train.index_select(0, idx)
-            with autocast(cfg.precision):
+            with autocast(cfg.precision, device):
                 logits = model(xb).float()
-            loss = F.cross_entropy(logits, yb)
+            loss = training_loss(logits, yb, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -265,50 +248,8 @@ def fit(
             stop = evaluate(epoch)
             if stop:
                 break
-    if result.best_index < 0 and result.history:
-        result.best_index = 0
+    EarlyStopping.finish(result)
     if best_state is not None and cfg.restore_best:
         model.load_state_dict(best_state)
     model.eval()
     return result
-
-
-@dataclass(frozen=True)
-class Metrics:
-    loss: float
-    accuracy: float
-    balanced_accuracy: float
-    macro_f1: float
-    confusion: list[list[int]]
-    per_class: dict[str, dict[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    class_names: Sequence[str],
-    batch_size: int = 16_384,
-) -> Metrics:
-    """Loss, accuracy, balanced accuracy, macro-F1, confusion matrix and per-class report."""
-    logits = predict_logits(model, x, batch_size=batch_size)
-    loss = F.cross_entropy(logits, y).item()
-    y_true = y.numpy()
-    y_pred = logits.argmax(dim=1).numpy()
-    labels = list(range(len(class_names)))
-    report = skm.classification_report(
-        y_true, y_pred, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
-    )
-    assert isinstance(report, dict)
-    return Metrics(
-        loss=loss,
-        accuracy=float(skm.accuracy_score(y_true, y_pred)),
-        balanced_accuracy=float(skm.balanced_accuracy_score(y_true, y_pred)),
-        macro_f1=float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        confusion=skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        per_class={name: {k: float(v) for k, v in report[name].items()} for name in class_names},
-    )

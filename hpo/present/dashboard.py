@@ -1,6 +1,6 @@
 """optuna-dashboard: figures and notes saved into studies, and the server.
 
-Stages call :func:`publish` when a study completes; the figures land in the study's system
+The pipeline calls :func:`publish` when a stage completes; the figures land in the study's system
 attributes through optuna-dashboard's Python API (``save_plotly_graph_object``, ``save_note``)
 and show in the dashboard beside Optuna's own plots. Figure ids are fixed, so publishing again
 replaces them instead of piling up copies.
@@ -16,7 +16,7 @@ import optuna
 import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore
 
-from hpo import figures
+from hpo.present.figures import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +24,11 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
-def publish(study: optuna.Study, figs: list[figures.Figure], note: str) -> list[str]:
+def publish(study: optuna.Study, figs: list[Figure], note: str) -> list[str]:
     ids = [optuna_dashboard.save_plotly_graph_object(study, fig, graph_object_id=fid) for fid, fig in figs]
     optuna_dashboard.save_note(study, note)
     logger.info("%s: saved %d figure(s) and a note for optuna-dashboard", study.study_name, len(ids))
     return ids
-
-
-def publish_stage(stage: str, study: optuna.Study, *, sweep: str | None = None) -> list[str]:
-    return publish(study, figures.stage_figures(stage, study, sweep=sweep), figures.stage_note(study))
 
 
 class _Handler(wsgiref.simple_server.WSGIRequestHandler):

@@ -1,0 +1,290 @@
+"""The prepared-data cache: a source read once, labelled, split and scaled, then memory-mapped.
+
+``prepare`` turns ``[data]`` into a directory of ``.npy`` arrays plus ``meta.json``: features
+(float32), class labels, group codes, the row indices of the split, and the StandardScaler fit
+on its training rows. Every stage and worker opens the same directory: its name is derived from
+the source's content (its SHA-256, or the synthetic generator's version, seed and size) and the
+settings that shape the result, so it is found again without reading the source. The directory
+is built under a temporary name and renamed into place, so a failed prepare leaves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pooch
+
+from hpo.data import labels as labels_mod
+from hpo.data import sources, synthetic
+from hpo.data.labels import Labeling
+from hpo.data.splits import Scaler, Split, head_split, stratified_split
+from hpo.errors import DataError, DataFileError
+from hpo.settings import DataSettings
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 2
+PRESETS = ("msd", "synthetic")
+_SHAPING_KEYS = (
+    "rows",
+    "seed",
+    "split",
+    "target",
+    "features",
+    "group",
+    "bins",
+    "bin_width",
+    "origin",
+    "class_names",
+    "head_rows",
+)
+
+
+def default_data_dir() -> Path:
+    """``$HPO_DATA_DIR``, else the user cache directory (``~/.cache/hpo``)."""
+    env = os.environ.get("HPO_DATA_DIR")
+    return Path(env) if env else Path(pooch.os_cache("hpo"))
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset, memory-mapped from its cache directory."""
+
+    path: Path
+    meta: dict[str, Any]
+    features: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
+    groups: npt.NDArray[np.int64] | None
+    split: Split
+
+    @property
+    def rows(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.meta["n_features"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.meta["class_names"])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.meta["feature_names"])
+
+    @property
+    def labeling(self) -> Labeling:
+        return Labeling.from_dict(self.meta["labeling"])
+
+    @property
+    def scaler(self) -> Scaler:
+        return Scaler.from_dict(self.meta["scaler"])
+
+    def check_class_rows(self, folds: int) -> None:
+        """Every class with training rows has at least ``folds`` of them (k-fold CV needs one per
+        fold). Checked for a user's classes; a preset's fixed classes (MSD's decades, whose
+        1920s hold 224 of 515,345 songs) may be tiny in a small draw, as scikit-learn allows."""
+        if self.meta["source"] in PRESETS:
+            return
+        check_class_rows(
+            self.meta["train_class_counts"], self.class_names, folds, file=self.meta["source_file"]
+        )
+
+
+def check_class_rows(counts: list[int], class_names: list[str], folds: int, *, file: str) -> None:
+    for name, count in zip(class_names, counts, strict=True):
+        if 0 < count < folds:
+            raise DataFileError(
+                file,
+                f"class {name!r} has {count} training row(s), fewer than the {folds} CV folds",
+                fix="merge it with a neighbouring class (bins / class_names), drop its rows"
+                + (f", or use folds = {count}" if count >= 2 else ""),
+            )
+
+
+def _settings_hash(settings: DataSettings) -> str:
+    shaping = {k: getattr(settings, k) for k in _SHAPING_KEYS}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def cache_key(settings: DataSettings, source_sha256: str | None) -> str:
+    if settings.source == "synthetic":
+        rows = settings.rows or synthetic.FULL_ROWS
+        ident = f"synthetic-r{rows}-s{settings.seed}-g{synthetic.GENERATOR_VERSION}"
+    else:
+        assert source_sha256 is not None
+        ident = f"{settings.source}-{source_sha256[:12]}"
+    return f"{ident}-{_settings_hash(settings)}-v{CACHE_VERSION}"
+
+
+def cache_path(settings: DataSettings, *, data_dir: Path | None = None) -> Path | None:
+    """Where ``settings`` are cached, when that is known without reading the source."""
+    if settings.source != "synthetic":
+        return None
+    return (data_dir or default_data_dir()) / "prepared" / cache_key(settings, None)
+
+
+def prepare(
+    settings: DataSettings,
+    *,
+    data_dir: Path | None = None,
+    force: bool = False,
+    progressbar: bool = True,
+    folds: int = 2,
+) -> Prepared:
+    """Prepare (or find in the cache) a dataset and return it memory-mapped. ``folds``: the
+    most CV folds a pipeline asks for; a class too small for them is an error, found before
+    anything is written."""
+    data_dir = data_dir or default_data_dir()
+    path = sources.source_file(settings, data_dir, progressbar=progressbar)
+    sha = sources.sha256(path) if path is not None else None
+    target = data_dir / "prepared" / cache_key(settings, sha)
+    if target.exists() and not force:
+        logger.info("using cached data %s", target)
+        prepared = load(target)
+        prepared.check_class_rows(folds)
+        return prepared
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        table = sources.read(settings, path, work=work)
+        _write_prepared(work, settings, table, sha=sha, folds=folds)
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info("prepared %s", target)
+    return load(target)
+
+
+def _labels(settings: DataSettings, table: sources.Table) -> tuple[Labeling, npt.NDArray[np.int64]]:
+    labeling = table.preset_labeling or labels_mod.infer(
+        table.target,
+        file=table.file,
+        column=table.target_name,
+        bins=settings.bins,
+        bin_width=settings.bin_width,
+        origin=settings.origin,
+        class_names=settings.class_names,
+    )
+    y = labeling.apply(table.target, file=table.file, column=table.target_name, first_line=table.first_line)
+    labels_mod.check_classes(
+        y, labeling, file=table.file, column=table.target_name, allow_empty=table.preset_labeling is not None
+    )
+    return labeling, y
+
+
+def _split(settings: DataSettings, table: sources.Table, y: npt.NDArray[np.int64]) -> Split:
+    if settings.split == "stratified":
+        return stratified_split(y, seed=settings.seed, groups=table.groups)
+    train_rows = settings.head_rows or table.official_train_rows
+    assert train_rows is not None
+    if not 0 < train_rows < len(y):
+        raise DataFileError(
+            table.file,
+            f"head_rows = {train_rows:,} leaves no test rows (the table has {len(y):,})",
+            fix=f"use head_rows below {len(y):,}",
+        )
+    return head_split(y, train_rows=train_rows, seed=settings.seed, groups=table.groups, name=settings.split)
+
+
+def _write_prepared(
+    work: Path, settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
+) -> None:
+    labeling, y = _labels(settings, table)
+    split = _split(settings, table, y)
+    train_counts = np.bincount(y[split.train], minlength=labeling.n_classes).tolist()
+    if table.preset_labeling is None:
+        check_class_rows(train_counts, labeling.class_names, folds, file=table.file)
+    np.save(work / "features.npy", table.features)
+    np.save(work / "labels.npy", y)
+    if table.groups is not None:
+        np.save(work / "groups.npy", table.groups)
+    for part in ("train", "val", "test"):
+        np.save(work / f"split-{part}.npy", getattr(split, part))
+    counts = np.bincount(y, minlength=labeling.n_classes)
+    meta = {
+        "version": CACHE_VERSION,
+        "source": settings.source,
+        "source_file": table.file,
+        "source_sha256": sha or table.generated_sha256,
+        "settings": settings.model_dump(mode="json"),
+        "seed": settings.seed,
+        "rows": int(y.size),
+        "n_features": int(table.features.shape[1]),
+        "feature_names": table.feature_names,
+        "target": table.target_name,
+        "group": settings.group,
+        "class_names": labeling.class_names,
+        "labeling": labeling.to_dict(),
+        "class_counts": counts.tolist(),
+        "train_class_counts": train_counts,
+        "majority_share": float(counts.max() / counts.sum()),
+        "split": {
+            "name": split.name,
+            "sizes": {p: int(getattr(split, p).size) for p in ("train", "val", "test")},
+        },
+        "scaler": Scaler.fit(table.features[split.train]).to_dict(),
+    }
+    if settings.source == "synthetic":
+        meta["synthetic"] = synthetic.provenance(settings.rows or synthetic.FULL_ROWS, settings.seed)
+    (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load(path: Path) -> Prepared:
+    """Open a prepared dataset (arrays memory-mapped, near-instant)."""
+    meta_file = path / "meta.json"
+    if not meta_file.exists():
+        raise DataError(f"{path}: no prepared data here; run `hpo data prepare` first")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("version") != CACHE_VERSION:
+        raise DataError(f"{path}: prepared by another hpo version; run `hpo data prepare --force`")
+    groups = path / "groups.npy"
+    parts = {p: np.load(path / f"split-{p}.npy") for p in ("train", "val", "test")}
+    return Prepared(
+        path=path,
+        meta=meta,
+        features=np.load(path / "features.npy", mmap_mode="r"),
+        labels=np.load(path / "labels.npy", mmap_mode="r"),
+        groups=np.load(groups, mmap_mode="r") if groups.exists() else None,
+        split=Split(meta["split"]["name"], parts["train"], parts["val"], parts["test"]),
+    )
+
+
+def summary(prepared: Prepared) -> dict[str, Any]:
+    """What `hpo data prepare` shows: rows, class counts and shares, split sizes."""
+    meta = prepared.meta
+    total = meta["rows"]
+    return {
+        "path": str(prepared.path),
+        "source": meta["source"],
+        "source_file": meta["source_file"],
+        "source_sha256": meta["source_sha256"],
+        "rows": total,
+        "features": meta["n_features"],
+        "target": meta["target"],
+        "classes": [
+            {"class": name, "count": c, "share": c / total}
+            for name, c in zip(meta["class_names"], meta["class_counts"], strict=True)
+        ],
+        "majority_share": meta["majority_share"],
+        "split": meta["split"],
+    }

@@ -1,0 +1,232 @@
+"""A study file read into a :class:`Plan`: the validated sections and the stages in run order.
+
+Each ``[stages.NAME]`` table is a stage; they run in file order, except that the ``final`` stage
+always runs last (it is the one that reads the test rows). A table names its ``kind``; the
+kind defaults to the table's name for the kinds' own names and for the write-up's stage names,
+so study files written before kinds existed keep working: ``weight_decay`` is a ``grid_cv`` over
+``weight_decay`` (a ``grid = [...]`` list is its values), and ``components`` becomes four
+``sweep`` stages (``components.init``, ``.activation``, ``.norm``, ``.optimizer``).
+
+Every problem is one :class:`~hpo.errors.ConfigError` line naming the file, the key path and the
+fix, raised before anything is written anywhere.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from hpo.errors import ConfigError
+from hpo.settings import (
+    DataSettings,
+    PipelineSection,
+    ReportSettings,
+    RunConfig,
+    StageSettings,
+    describe_error,
+    error_path,
+    format_input,
+)
+from hpo.stages import KINDS, Stage
+
+TOP_LEVEL = ("pipeline", "data", "defaults", "report", "stages")
+LEGACY_COMPONENTS = ("init", "activation", "norm", "optimizer")
+#: Stage names of the write-up whose kind is implied.
+IMPLIED_KINDS = {"weight_decay": "grid_cv"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: str
+    pipeline: PipelineSection
+    data: DataSettings
+    defaults: RunConfig
+    report: ReportSettings
+    stages: tuple[Stage, ...]  # in run order
+    requires: Mapping[str, tuple[str, ...]]
+
+    @property
+    def name(self) -> str:
+        return self.pipeline.name
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ConfigError(
+            f"{self.path}: no stage {name!r}; its stages are: {', '.join(s.name for s in self.stages)}"
+        )
+
+    def folds(self) -> int:
+        return max((s.folds() for s in self.stages), default=1)
+
+    def input_stage(self, name: str) -> str | None:
+        """The stage whose selection ``name`` starts from (the last it requires), if any."""
+        required = self.requires[name]
+        if not required:
+            return None
+        order = [s.name for s in self.stages]
+        return max(required, key=order.index)
+
+    def fingerprint_material(self, stage: Stage) -> dict[str, Any]:
+        """What a stage's results depend on in the study file (stored with its study)."""
+        material: dict[str, Any] = {
+            "stage": stage.settings.model_dump(mode="json"),
+            "data": self.data.model_dump(mode="json"),
+        }
+        if self.input_stage(stage.name) is None:
+            material["defaults"] = self.defaults.to_record()
+        return material
+
+
+def _fail(path: str, where: str, problem: str) -> ConfigError:
+    """``FILE: key.path = value: problem; fix`` (or ``FILE: key.path: problem``)."""
+    if not where:
+        return ConfigError(f"{path}: {problem}")
+    sep = " " if problem.startswith("= ") else ": "
+    return ConfigError(f"{path}: {where}{sep}{problem}")
+
+
+def _validate(path: str, prefix: str, model: type[BaseModel], raw: Any) -> Any:
+    if not isinstance(raw, Mapping):
+        raise _fail(path, prefix, f"must be a table ([{prefix}])")
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = tuple(first["loc"])
+        where = error_path((prefix, *loc)) if prefix else error_path(loc)
+        problem = describe_error(first)
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(k for k in model.model_fields if k != "kind")
+            problem = f"unknown key; known keys here: {known}"
+        elif first["type"] != "missing" and loc:
+            problem = f"= {format_input(first['input'])}: {problem}"
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise _fail(path, where, problem + more) from None
+
+
+def _expand(path: str, name: str, table: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A stage table as (name, table-with-kind) pairs: the legacy forms expanded."""
+    table = dict(table)
+    kind = table.get("kind", IMPLIED_KINDS.get(name, name))
+    if name == "components" and "kind" not in table:
+        common: dict[str, Any] = {k: table.pop(k) for k in ("epochs", "stack") if k in table}
+        requires = table.pop("requires", None)
+        defaults = {"init": None, "activation": None, "norm": None, "optimizer": None}
+        for key in table:
+            if key not in defaults:
+                known = ", ".join(["epochs", "stack", "requires", *LEGACY_COMPONENTS])
+                raise _fail(path, f"stages.components.{key}", f"unknown key; known keys here: {known}")
+        from hpo.settings import ACTIVATIONS, INITS, NORMS, OPTIMIZERS
+
+        choices = {"init": INITS, "activation": ACTIVATIONS, "norm": NORMS, "optimizer": OPTIMIZERS}
+        out = []
+        for i, sweep in enumerate(LEGACY_COMPONENTS):
+            values = table.get(sweep, list(choices[sweep]))
+            sub: dict[str, Any] = {"kind": "sweep", "choices": {sweep: values}, **common}
+            if i == 0 and requires is not None:
+                sub["requires"] = requires
+            out.append((f"components.{sweep}", sub))
+        return out
+    if not isinstance(kind, str) or kind not in KINDS:
+        if "kind" not in table:
+            raise _fail(path, f"stages.{name}", f'no kind; add kind = "..." (kinds: {", ".join(KINDS)})')
+        raise _fail(
+            path,
+            f"stages.{name}.kind",
+            f"= {format_input(kind)}: unknown kind; kinds are: {', '.join(KINDS)}",
+        )
+    table["kind"] = kind
+    if name == "weight_decay" and kind == "grid_cv" and isinstance(table.get("grid"), list):
+        table["grid"] = {"weight_decay": table["grid"]}
+    return [(name, table)]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    shown = str(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: no such study file; see studies/ for the shipped ones") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{shown}: is a directory; pass a study file (.toml)") from None
+    except PermissionError:
+        raise ConfigError(f"{shown}: cannot be read (permission denied); check its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown}: is not a text file; pass a TOML study file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{shown}: not valid TOML ({exc}); fix the syntax") from None
+
+
+def load(path: Path | str) -> Plan:
+    """Read and validate a study file."""
+    file = Path(path)
+    shown = str(path)
+    raw = _read_toml(file)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise _fail(shown, key, f"unknown table; top-level tables: {', '.join(TOP_LEVEL)}")
+    if "pipeline" not in raw:
+        raise _fail(shown, "pipeline.name", 'is required (a [pipeline] table with name = "...")')
+    pipeline = _validate(shown, "pipeline", PipelineSection, raw["pipeline"])
+    data = _validate(shown, "data", DataSettings, raw.get("data", {}))
+    defaults = _validate(shown, "defaults", RunConfig, raw.get("defaults", {}))
+    report = _validate(shown, "report", ReportSettings, raw.get("report", {}))
+    stages_raw = raw.get("stages", {})
+    if not isinstance(stages_raw, Mapping) or not stages_raw:
+        raise _fail(shown, "stages", "needs at least one [stages.NAME] table")
+    declared: list[tuple[str, dict[str, Any]]] = []
+    for name, table in stages_raw.items():
+        if not isinstance(table, Mapping):
+            raise _fail(shown, f"stages.{name}", f"must be a table ([stages.{name}])")
+        if not all(c.isalnum() or c in "-_" for c in name):
+            raise _fail(shown, f"stages.{name}", "a stage name may hold only letters, digits, '-' and '_'")
+        declared.extend(_expand(shown, name, table))
+    built: list[Stage] = []
+    for name, table in declared:
+        cls = KINDS[table["kind"]]
+        settings: StageSettings = _validate(shown, f"stages.{name}", cls.settings_model, table)
+        built.append(cls(name, settings))
+    finals = [s for s in built if s.reads_test_rows]
+    if len(finals) > 1:
+        raise _fail(
+            shown, "stages", f"{len(finals)} final stages ({', '.join(s.name for s in finals)}); keep one"
+        )
+    ordered = [s for s in built if not s.reads_test_rows] + finals  # final runs last
+    requires: dict[str, tuple[str, ...]] = {}
+    names = [s.name for s in ordered]
+    for i, stage in enumerate(ordered):
+        req = stage.settings.requires
+        if req is None:
+            requires[stage.name] = (names[i - 1],) if i else ()
+            continue
+        for r in req:
+            if r not in names:
+                raise _fail(
+                    shown,
+                    f"stages.{stage.name}.requires",
+                    f"names {r!r}, which is not a stage; stages are: {', '.join(names)}",
+                )
+            if names.index(r) >= i:
+                raise _fail(
+                    shown,
+                    f"stages.{stage.name}.requires",
+                    f"names {r!r}, which runs after it; the order is {' -> '.join(names)}",
+                )
+        requires[stage.name] = tuple(req)
+    return Plan(
+        path=shown,
+        pipeline=pipeline,
+        data=data,
+        defaults=defaults,
+        report=report,
+        stages=tuple(ordered),
+        requires=requires,
+    )

@@ -1,0 +1,2 @@
+"""Showing results: pure figure builders, optuna-dashboard publishing and server, the HTML report,
+progress displays."""

@@ -1,0 +1,366 @@
+"""Plotly figures for the data and for every stage kind, built from what the storage holds.
+
+Pure functions: they take arrays or Optuna studies and return ``(figure_id, figure)`` pairs; the
+dashboard module saves them into studies, the report embeds them in one HTML page. Figures carry
+precomputed summaries (histogram counts, box-plot quartiles), never raw rows, so they stay small
+for any dataset size. Figure ids are namespaced by stage name so a pipeline's ids never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+from plotly.subplots import make_subplots
+
+from hpo.tuning import records
+
+Figure = tuple[str, go.Figure]  # (id usable as an HTML id, figure)
+
+SELECTED = "#d62728"
+OTHER = "#1f77b4"
+_LAYOUT: dict[str, Any] = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50}}
+
+
+def _fig(title: str, **layout: Any) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, **{**_LAYOUT, **layout})
+    return fig
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_figures(
+    features: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.integer[Any]],
+    *,
+    class_names: Sequence[str],
+    feature_names: Sequence[str],
+    shown: Sequence[str],
+    splits: Mapping[str, npt.NDArray[np.integer[Any]]] | None = None,
+    bins: int = 60,
+) -> list[Figure]:
+    """Class counts (overall and per split), histograms and box plots of the ``shown`` features,
+    and the correlation heatmap of all features."""
+    out: list[Figure] = []
+    names = list(class_names)
+    counts = np.bincount(labels, minlength=len(names))
+    fig = _fig("Rows per class", xaxis_title="class", yaxis_title="rows", barmode="group")
+    share = counts / max(int(counts.sum()), 1)
+    fig.add_bar(
+        x=names,
+        y=counts,
+        name="all rows",
+        text=[f"{s:.1%}" for s in share],
+        textposition="outside",
+        textfont={"size": 11},
+        cliponaxis=False,
+    )
+    for part, idx in (splits or {}).items():
+        c = np.bincount(labels[idx], minlength=len(names))
+        fig.add_bar(x=names, y=c, name=part)
+    out.append(("data-classes", fig))
+
+    columns = [list(feature_names).index(f) for f in shown]
+    n = len(columns)
+    cols = 4 if n > 4 else n
+    rows = (n + cols - 1) // cols
+    hist = make_subplots(rows=rows, cols=cols, subplot_titles=list(shown))
+    box_cols = 6 if n > 6 else n
+    box_rows = (n + box_cols - 1) // box_cols
+    box = make_subplots(rows=box_rows, cols=box_cols, subplot_titles=list(shown))
+    for i, j in enumerate(columns):
+        col = np.asarray(features[:, j], dtype=np.float64)
+        lo, hi = np.percentile(col, [0.1, 99.9])
+        if hi <= lo:
+            hi = lo + 1.0
+        h, edges = np.histogram(np.clip(col, lo, hi), bins=bins, range=(lo, hi))
+        centers = (edges[:-1] + edges[1:]) / 2
+        hist.add_trace(
+            go.Bar(x=centers, y=h, width=float(edges[1] - edges[0]), marker_color=OTHER, showlegend=False),
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
+        q1, med, q3 = np.percentile(col, [25, 50, 75])
+        iqr = q3 - q1
+        lower = float(col[col >= q1 - 1.5 * iqr].min())
+        upper = float(col[col <= q3 + 1.5 * iqr].max())
+        outside = col[(col < lower) | (col > upper)]
+        box.add_trace(
+            go.Box(
+                q1=[q1],
+                median=[med],
+                q3=[q3],
+                lowerfence=[lower],
+                upperfence=[upper],
+                name=f"{i + 1}",
+                marker_color=OTHER,
+                showlegend=False,
+                hovertext=f"{outside.size} outliers ({outside.size / col.size:.2%})",
+            ),
+            row=i // box_cols + 1,
+            col=i % box_cols + 1,
+        )
+    hist.update_layout(
+        title="Features: histograms (0.1-99.9 percentile range)", height=220 * rows + 100, **_LAYOUT
+    )
+    box.update_layout(
+        title="Features: box plots (whiskers at 1.5 IQR)", height=250 * box_rows + 100, **_LAYOUT
+    )
+    box.update_xaxes(showticklabels=False)
+    out += [("data-histograms", hist), ("data-boxplots", box)]
+
+    rng = np.random.default_rng(0)
+    picked = rng.choice(features.shape[0], size=min(features.shape[0], 100_000), replace=False)
+    x = np.asarray(features[np.sort(picked)], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.nan_to_num(np.corrcoef(x, rowvar=False), nan=0.0)
+    fn = list(feature_names)
+    heat = _fig(f"Feature correlation (Pearson, {len(fn)} features)", height=750, width=800)
+    heat.add_heatmap(z=np.round(corr, 3), x=fn, y=fn, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True)
+    heat.update_yaxes(autorange="reversed", showticklabels=len(fn) <= 40)
+    heat.update_xaxes(showticklabels=len(fn) <= 40)
+    out.append(("data-correlation", heat))
+    return out
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+
+
+def _history(t: FrozenTrial) -> list[dict[str, float]]:
+    return list(t.user_attrs.get(records.HISTORY, []))
+
+
+def _selected(study: optuna.Study) -> dict[str, Any]:
+    selection = records.read_selection(study.user_attrs)
+    return selection.selected if selection else {}
+
+
+def _prefix(study: optuna.Study) -> str:
+    return _slug(str(study.user_attrs.get(records.STAGE, study.study_name)))
+
+
+def baseline_figures(study: optuna.Study) -> list[Figure]:
+    trials = _complete(study)
+    chosen = _selected(study).get("architecture")
+    archs = [str(t.params["architecture"]) for t in trials]
+    bar = _fig("Baselines: validation loss per architecture (lowest wins)", yaxis_title="validation loss")
+    bar.add_bar(
+        x=archs,
+        y=[t.value for t in trials],
+        marker_color=[SELECTED if a == chosen else OTHER for a in archs],
+        text=[f"{t.value:.4f}" for t in trials],
+        textposition="outside",
+    )
+    curves = _fig(
+        "Baselines: validation loss during training", xaxis_title="step", yaxis_title="validation loss"
+    )
+    for a, t in zip(archs, trials, strict=True):
+        h = _history(t)
+        curves.add_scatter(
+            x=[r["step"] for r in h], y=[r["val_loss"] for r in h], mode="lines+markers", name=a
+        )
+    p = _prefix(study)
+    return [(f"{p}-val-loss", bar), (f"{p}-curves", curves)]
+
+
+def lr_range_figures(study: optuna.Study) -> list[Figure]:
+    (trial,) = _complete(study)[-1:]
+    curve = trial.user_attrs[records.CURVE]
+    pick = float(trial.user_attrs[records.SUGGESTED_LR])
+    chosen = float(_selected(study).get("lr", pick))
+    fig = _fig("LR range test: smoothed training loss", xaxis_title="learning rate", yaxis_title="loss")
+    fig.update_xaxes(type="log")
+    fig.add_scatter(x=curve["lr"], y=curve["loss"], mode="lines", name="smoothed loss")
+    lrs = np.asarray(curve["lr"])
+    if lrs.size and np.isfinite(pick) and pick > 0:
+        at = int(np.argmin(np.abs(np.log(lrs) - np.log(pick))))
+        fig.add_scatter(
+            x=[pick],
+            y=[curve["loss"][at]],
+            mode="markers",
+            marker={"color": SELECTED, "size": 12},
+            name=f"steepest descent: {pick:.3g}",
+        )
+    fig.add_vline(x=chosen, line_dash="dash", line_color=SELECTED, annotation_text=f"selected {chosen:.3g}")
+    p = _prefix(study)
+    return [(f"{p}-curve", fig), (f"{p}-verification", learning_curves(trial, "LR verification run"))]
+
+
+def grid_cv_figures(study: optuna.Study, settings: Sequence[str], *, metric: str) -> list[Figure]:
+    trials = _complete(study)
+    chosen = _selected(study)
+    labels = [", ".join(f"{t.params[s]}" for s in settings) for t in trials]
+    is_chosen = [all(t.params[s] == chosen.get(s) for s in settings) for t in trials]
+    order = sorted(range(len(trials)), key=lambda i: [trials[i].params[s] for s in settings])
+    trials = [trials[i] for i in order]
+    labels = [labels[i] for i in order]
+    is_chosen = [is_chosen[i] for i in order]
+    name = metric.replace("_", " ")
+    fig = _fig(
+        f"{' x '.join(settings)}: cross-validated {name} (mean ± std, folds as dots)",
+        xaxis_title=" x ".join(settings),
+        yaxis_title=f"validation {name}",
+    )
+    fig.add_scatter(
+        x=labels,
+        y=[t.user_attrs[records.MEAN] for t in trials],
+        error_y={"type": "data", "array": [t.user_attrs[records.STD] for t in trials]},
+        mode="markers+lines",
+        marker={"size": 12, "color": [SELECTED if c else OTHER for c in is_chosen]},
+        name="mean",
+    )
+    folds = max((len(t.user_attrs.get(records.FOLD_SCORES, [])) for t in trials), default=0)
+    for k in range(folds):
+        fig.add_scatter(
+            x=labels,
+            y=[
+                t.user_attrs[records.FOLD_SCORES][k] if k < len(t.user_attrs[records.FOLD_SCORES]) else None
+                for t in trials
+            ],
+            mode="markers",
+            marker={"size": 6, "opacity": 0.6, "color": "gray"},
+            name="single folds",
+            legendgroup="folds",
+            showlegend=k == 0,
+        )
+    fig.update_xaxes(type="category")
+    return [(f"{_prefix(study)}-cv", fig)]
+
+
+def sweep_figures(study: optuna.Study, setting: str, *, metric: str) -> list[Figure]:
+    trials = _complete(study)
+    chosen = _selected(study).get(setting)
+    choices = [str(t.params[setting]) for t in trials]
+    name = metric.replace("_", " ")
+    bar = _fig(f"Sweep '{setting}': peak validation {name}", yaxis_title=f"peak validation {name}")
+    values = [float(t.value or 0.0) for t in trials]
+    bar.add_bar(
+        x=choices,
+        y=values,
+        marker_color=[SELECTED if c == str(chosen) else OTHER for c in choices],
+        text=[f"{v:.4f}" for v in values],
+        textposition="outside",
+    )
+    if values:
+        spread = max(values) - min(values)
+        bar.update_yaxes(range=[min(values) - max(spread, 0.005) * 2, max(values) + max(spread, 0.005)])
+    bar.update_xaxes(type="category")
+    curves = _fig(f"Sweep '{setting}': validation accuracy per epoch", xaxis_title="epoch")
+    for c, t in zip(choices, trials, strict=True):
+        h = _history(t)
+        curves.add_scatter(
+            x=[r["epoch"] for r in h], y=[r["val_accuracy"] for r in h], mode="lines+markers", name=c
+        )
+    p = _prefix(study)
+    return [(f"{p}-bar", bar), (f"{p}-curves", curves)]
+
+
+def learning_curves(trial: FrozenTrial, title: str) -> go.Figure:
+    h = _history(trial)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    x = [r["epoch"] for r in h]
+    for col, metric in ((1, "loss"), (2, "accuracy")):
+        for part, dash in (("train", "dot"), ("val", "solid")):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[r[f"{part}_{metric}"] for r in h],
+                    name=f"{part} {metric}",
+                    line={"dash": dash},
+                    mode="lines+markers",
+                ),
+                row=1,
+                col=col,
+            )
+    best = trial.user_attrs.get(records.BEST_EPOCH)
+    if best is not None:
+        for col in (1, 2):
+            fig.add_vline(x=best, line_dash="dash", line_color=SELECTED, row=1, col=col)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title=title, height=420, **_LAYOUT)
+    return fig
+
+
+def final_figures(study: optuna.Study) -> list[Figure]:
+    (trial,) = _complete(study)[-1:]
+    m = trial.user_attrs[records.TEST_METRICS]
+    names = list(m["per_class"])
+    cm = np.asarray(m["confusion"], dtype=np.float64)
+    row_share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    conf = _fig("Test confusion matrix (row-normalised; counts in cells)", height=600, width=700)
+    conf.add_heatmap(
+        z=np.round(row_share, 3),
+        x=names,
+        y=names,
+        text=cm.astype(int),
+        texttemplate="%{text}",
+        colorscale="Blues",
+        zmin=0,
+        zmax=1,
+    )
+    conf.update_xaxes(title="predicted class", type="category")
+    conf.update_yaxes(title="true class", autorange="reversed", type="category")
+    scores = _fig("Test scores per class", barmode="group", yaxis_title="score")
+    for metric in ("precision", "recall", "f1-score"):
+        scores.add_bar(x=names, y=[m["per_class"][n][metric] for n in names], name=metric)
+    scores.add_scatter(
+        x=names,
+        y=[m["per_class"][n]["support"] for n in names],
+        name="support (rows)",
+        yaxis="y2",
+        mode="markers",
+        marker={"color": "black", "symbol": "diamond"},
+    )
+    scores.update_xaxes(type="category")
+    scores.update_layout(yaxis2={"overlaying": "y", "side": "right", "type": "log", "title": "support"})
+    p = _prefix(study)
+    return [
+        (f"{p}-learning-curves", learning_curves(trial, "Final run: learning curves (dashed: best epoch)")),
+        (f"{p}-confusion", conf),
+        (f"{p}-per-class", scores),
+    ]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def stage_note(study: optuna.Study, title: str) -> str:
+    """A short markdown note: what was selected, why, how sure, and the resulting configuration."""
+    selection = records.read_selection(study.user_attrs)
+    lines = [f"## {title}", "", f"Study `{study.study_name}`", ""]
+    if selection is not None:
+        lines += [f"**Selected:** {', '.join(f'{k} = {_fmt(v)}' for k, v in selection.selected.items())}", ""]
+        lines += [f"**Why:** {selection.reason}", ""]
+        ev = selection.evidence
+        if ev is not None:
+            verdict = "within noise" if ev.within_noise else "beyond noise"
+            lines += [
+                f"**Evidence ({verdict}):** {ev.metric} difference to the runner-up "
+                f"{', '.join(f'{k} = {_fmt(v)}' for k, v in ev.runner_up.items())}: {ev.difference:+.4f}, "
+                f"95 % interval [{ev.low:+.4f}, {ev.high:+.4f}] ({ev.method}, n = {ev.n})",
+                "",
+            ]
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    lines += [f"**Trials:** {n} complete", ""]
+    if selection is not None:
+        lines += ["| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in selection.config_out.to_record().items()]
+    return "\n".join(lines) + "\n"

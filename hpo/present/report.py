@@ -1,0 +1,242 @@
+"""One self-contained HTML page for a pipeline: data, result, every stage, provenance.
+
+Figures come from :mod:`hpo.present.figures`, rebuilt from the storage through each stage's own
+``figures`` (the same ones it saved for optuna-dashboard). plotly.js is embedded once, so the
+page works offline; the page is a jinja2 template (``templates/report.html.j2``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import plotly
+import plotly.io as pio
+
+from hpo.pipeline import Pipeline
+from hpo.present import figures
+from hpo.tuning import records
+
+#: The write-up's result on the real data (the report compares MSD-shaped runs with it).
+WRITE_UP = {"accuracy": 0.6605, "loss": 0.8993}
+PACKAGES = (
+    "hpo",
+    "torch",
+    "optuna",
+    "optuna-dashboard",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "plotly",
+    "sqlalchemy",
+    "pydantic",
+)
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("hpo.present", "templates"), autoescape=True, keep_trailing_newline=True
+)
+
+
+@dataclass
+class Section:
+    anchor: str
+    title: str
+    stage: str | None = None
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    figures: int = 0
+
+    def p(self, text: str, cls: str = "") -> None:
+        self.blocks.append({"kind": "p", "text": text, "cls": cls})
+
+    def h3(self, text: str) -> None:
+        self.blocks.append({"kind": "h3", "text": text})
+
+    def table(self, rows: list[list[str]], head: list[str] | None = None) -> None:
+        self.blocks.append({"kind": "table", "rows": rows, "head": head})
+
+    def details(self, summary: str, rows: list[list[str]]) -> None:
+        self.blocks.append({"kind": "details", "text": summary, "rows": rows})
+
+    def figure(self, fig_id: str, fig: Any) -> None:
+        html = pio.to_html(
+            fig, full_html=False, include_plotlyjs=False, div_id=fig_id, config={"displaylogo": False}
+        )
+        self.blocks.append({"kind": "figure", "id": fig_id, "html": html})
+        self.figures += 1
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return "x".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else str(value)
+    return str(value)
+
+
+def data_section(pipe: Pipeline) -> Section:
+    prepared = pipe.dataset()
+    meta = prepared.meta
+    split = prepared.split
+    shown = pipe.plan.report.features or prepared.feature_names[: min(12, prepared.n_features)]
+    section = Section("data", "Data")
+    counts = meta["class_counts"]
+    assert isinstance(counts, list)
+    section.table(
+        [
+            ["source", str(meta["source_file"])],
+            ["rows", f"{meta['rows']:,}"],
+            ["features", str(meta["n_features"])],
+            ["target", f"{meta['target']} ({prepared.n_classes} classes)"],
+            ["majority class share", f"{meta['majority_share']:.2%}"],
+            [
+                f"split ({split.name})",
+                f"{split.train.size:,} train / {split.val.size:,} val / {split.test.size:,} test",
+            ],
+        ]
+    )
+    for fid, fig in figures.data_figures(
+        prepared.features,
+        prepared.labels,
+        class_names=prepared.class_names,
+        feature_names=prepared.feature_names,
+        shown=shown,
+        splits={"train": split.train, "val": split.val, "test": split.test},
+    ):
+        section.figure(fid, fig)
+    return section
+
+
+def result_section(pipe: Pipeline) -> Section:
+    section = Section("results", "Result")
+    m = pipe.status().test_metrics
+    if not m:
+        section.p("the final stage has not run.", "missing")
+        return section
+    msd_like = pipe.plan.data.source in ("msd", "synthetic")
+    head = ["metric", "this run", *(["write-up (real data)"] if msd_like else [])]
+    rows = [
+        ["test accuracy", f"{m['accuracy']:.2%}", *([f"{WRITE_UP['accuracy']:.2%}"] if msd_like else [])],
+        ["test loss", f"{m['loss']:.4f}", *([f"{WRITE_UP['loss']:.4f}"] if msd_like else [])],
+        ["balanced accuracy", f"{m['balanced_accuracy']:.2%}", *(["not reported"] if msd_like else [])],
+        ["macro-F1", f"{m['macro_f1']:.4f}", *(["not reported"] if msd_like else [])],
+    ]
+    section.table(rows, head)
+    if pipe.plan.data.source == "synthetic":
+        section.p(
+            "The write-up's numbers are on the real YearPredictionMSD data; a run on the synthetic "
+            "stand-in is comparable in scale only."
+        )
+    return section
+
+
+def stage_sections(pipe: Pipeline) -> list[Section]:
+    out = []
+    for i, stage in enumerate(pipe.plan.stages, start=1):
+        section = Section(f"stage-{stage.name}", f"{i}. {stage.name} ({stage.kind})", stage=stage.name)
+        name = pipe.ctx.study_name(stage.name)
+        study = pipe.ctx.find_study(name)
+        if not records.is_complete(study):
+            section.p(f"study {name} is not complete yet.", "missing")
+            out.append(section)
+            continue
+        assert study is not None
+        selection = records.read_selection(study.user_attrs)
+        assert selection is not None
+        seconds = pipe.trial_seconds(stage)
+        n = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        section.p(
+            f"Study {name}: {n} complete trial(s)" + (f", {seconds:.0f} s of trials" if seconds else "")
+        )
+        section.table([[k, fmt(v)] for k, v in selection.selected.items()], ["selected", "value"])
+        section.p(f"Why: {selection.reason}", "why")
+        ev = selection.evidence
+        if ev is not None:
+            runner_up = ", ".join(f"{k} = {fmt(v)}" for k, v in ev.runner_up.items())
+            text = (
+                f"{'Near-tie: within noise' if ev.within_noise else 'Beyond noise'}. "
+                f"{ev.metric} difference to the runner-up ({runner_up}): {ev.difference:+.4f}, "
+                f"95 % interval [{ev.low:+.4f}, {ev.high:+.4f}] "
+                f"({ev.method}, n = {ev.n})."
+            )
+            section.p(text, "tie" if ev.within_noise else "sure")
+        for fid, fig in stage.figures(study):
+            section.figure(fid, fig)
+        section.details(
+            "resulting configuration", [[k, fmt(v)] for k, v in selection.config_out.to_record().items()]
+        )
+        out.append(section)
+    return out
+
+
+def provenance(pipe: Pipeline) -> dict[str, Any]:
+    meta = pipe.dataset().meta
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    path = Path(pipe.plan.path)
+    synthetic = meta.get("synthetic")
+    out: dict[str, Any] = {
+        "pipeline": pipe.plan.name,
+        "study file": str(path),
+        "study file sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "",
+        "data source": meta["source_file"],
+        "data sha256": meta["source_sha256"],
+    }
+    if isinstance(synthetic, dict):
+        out["synthetic generator"] = (
+            f"version {synthetic['generator_version']}, "
+            f"profile sha256 {synthetic['profile_sha256'][:16]}..., "
+            f"{synthetic['rows']:,} rows, seed {synthetic['seed']}"
+        )
+    out.update(
+        {
+            "data seed (split)": meta["seed"],
+            "training seed": pipe.plan.defaults.seed,
+            "split": pipe.plan.data.split,
+            "storage": pipe.ctx.storage_url,
+            "python": platform.python_version(),
+            **{f"package {k}": v for k, v in versions.items()},
+            "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        }
+    )
+    return out
+
+
+def build(pipe: Pipeline, *, stages: bool = True) -> tuple[str, dict[str, Any]]:
+    """The report's HTML and a summary (sections and figure counts) for the CLI."""
+    sections = [data_section(pipe)]
+    if stages:
+        sections.append(result_section(pipe))
+        sections += stage_sections(pipe)
+    prov = provenance(pipe)
+    prov_section = Section("provenance", "Provenance")
+    prov_section.table([[k, fmt(v)] for k, v in prov.items()])
+    sections.append(prov_section)
+    title = f"hpo report: {pipe.plan.name}" if stages else f"hpo data: {pipe.plan.name}"
+    page = _ENV.get_template("report.html.j2").render(
+        title=title,
+        subtitle=f"{pipe.plan.path} · {pipe.ctx.storage_url} · {prov['generated']}",
+        plotlyjs=plotly.offline.get_plotlyjs(),
+        nav=[(s.anchor, s.title) for s in sections],
+        sections=sections,
+    )
+    counts = {s.stage or s.anchor: s.figures for s in sections if s.figures or s.stage}
+    return page, {"figures": counts, "sections": [s.anchor for s in sections]}
+
+
+def write(pipe: Pipeline, out: Path, *, stages: bool = True) -> dict[str, Any]:
+    page, summary = build(pipe, stages=stages)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return {"path": str(out), "bytes": out.stat().st_size, **summary}

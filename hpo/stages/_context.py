@@ -1,0 +1,153 @@
+"""What a stage is given: the storage, the artifact store, progress, and the rows it may train on.
+
+The test rows are not handed out with the others: :meth:`StageData.read_test_rows` is the one
+audited way to them, which the ``final`` kind calls once per model and which records every
+caller, so a test can prove that no other stage saw them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+
+from hpo import data
+from hpo.present.progress import LogProgress, Progress
+from hpo.settings import DataSettings
+from hpo.training import TensorData, balanced_class_weights
+
+logger = logging.getLogger(__name__)
+
+
+class StageData:
+    """The rows stages train and validate on, scaled by scalers fit on training rows only."""
+
+    def __init__(self, prepared: data.Prepared) -> None:
+        self._prepared = prepared
+        self._folds: dict[tuple[int, int], list[TensorData]] = {}
+        self.test_reads: list[str] = []  # who read the test rows (audit)
+
+    @property
+    def n_features(self) -> int:
+        return self._prepared.n_features
+
+    @property
+    def n_classes(self) -> int:
+        return self._prepared.n_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._prepared.class_names
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self._prepared.feature_names
+
+    @property
+    def meta(self) -> dict[str, object]:
+        return self._prepared.meta
+
+    @property
+    def labeling(self) -> data.Labeling:
+        return self._prepared.labeling
+
+    @property
+    def scaler(self) -> data.Scaler:
+        return self._prepared.scaler
+
+    @cached_property
+    def _train(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        p = self._prepared
+        return np.asarray(p.features[p.split.train], dtype=np.float32), np.asarray(
+            p.labels[p.split.train], dtype=np.int64
+        )
+
+    @cached_property
+    def _train_val(self) -> TensorData:
+        p = self._prepared
+        s, scaler = p.split, p.scaler
+        return TensorData.from_numpy(
+            scaler.transform(p.features[s.train]),
+            p.labels[s.train],
+            scaler.transform(p.features[s.val]),
+            p.labels[s.val],
+        )
+
+    def train_val(self) -> TensorData:
+        """Training and validation rows, scaled with the scaler fit on the training rows."""
+        return self._train_val
+
+    def cv_folds(self, folds: int, seed: int) -> list[TensorData]:
+        """k-fold CV over the training rows (stratified, group-aware with groups), each fold
+        scaled by a scaler fit on its own training part."""
+        key = (folds, seed)
+        if key not in self._folds:
+            x, y = self._train
+            p = self._prepared
+            groups = np.asarray(p.groups[p.split.train]) if p.groups is not None else None
+            out = []
+            for fit_idx, held_idx in data.cv_folds(y, n_splits=folds, seed=seed, groups=groups):
+                scaler = data.Scaler.fit(x[fit_idx])
+                out.append(
+                    TensorData.from_numpy(
+                        scaler.transform(x[fit_idx]), y[fit_idx], scaler.transform(x[held_idx]), y[held_idx]
+                    )
+                )
+            self._folds = {key: out}  # one fold set at a time: they hold a copy of the rows
+        return self._folds[key]
+
+    def class_weights(self, tensors: TensorData) -> list[float]:
+        """Balanced class weights of the rows ``tensors`` trains on."""
+        return balanced_class_weights(tensors.y_train.numpy(), self.n_classes)
+
+    def read_test_rows(self, *, reader: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test rows, scaled as the training rows. Audited: only the final stage reads them."""
+        self.test_reads.append(reader)
+        p = self._prepared
+        logger.info("%s reads the %d test rows", reader, p.split.test.size)
+        return (
+            torch.as_tensor(p.scaler.transform(p.features[p.split.test])),
+            torch.as_tensor(np.asarray(p.labels[p.split.test], dtype=np.int64)),
+        )
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs besides its settings and the configuration it starts from."""
+
+    pipeline: str
+    study_file: str
+    data_settings: DataSettings
+    storage: optuna.storages.BaseStorage
+    storage_url: str  # redacted
+    artifacts: FileSystemArtifactStore
+    data_dir: Path | None = None
+    folds: int = 2  # the most CV folds any stage asks for (checked against the classes)
+    progress: Progress = field(default_factory=LogProgress)
+    _data: StageData | None = field(default=None, repr=False)
+
+    def data(self) -> StageData:
+        """The prepared rows (prepared on first use; a bad data file fails here, before any
+        study is written)."""
+        if self._data is None:
+            prepared = data.prepare(
+                self.data_settings, data_dir=self.data_dir, progressbar=False, folds=self.folds
+            )
+            self._data = StageData(prepared)
+        return self._data
+
+    def study_name(self, stage: str) -> str:
+        return f"{self.pipeline}.{stage}"
+
+    def find_study(self, name: str) -> optuna.Study | None:
+        try:
+            return optuna.load_study(study_name=name, storage=self.storage)
+        except KeyError:
+            return None

@@ -1,0 +1,335 @@
+"""The Optuna storage every stage shares, the artifact store beside it, and riding out outages.
+
+Default: a SQLite file ``hpo.db`` in the working directory and artifacts in ``./artifacts``.
+Any SQLAlchemy URL (PostgreSQL for many workers) via ``--storage`` or ``$HPO_STORAGE``; the
+artifact directory via ``--artifacts`` or ``$HPO_ARTIFACTS``.
+
+**Outages.** :class:`ResilientRDBStorage` is Optuna's ``RDBStorage`` whose every storage call
+waits out a lost database: a call that fails because the server is unreachable (a connection
+refused or dropped, the server restarting) is retried with back-off (0.5 s doubling to 5 s), with
+one warning per outage for the whole process and a note when it ends. So every layer above it
+(Optuna's ``ask``/``tell``/``report``, heartbeat threads, hpo's records, the dashboard figures)
+carries on after a restart without code of its own. Past ``$HPO_STORAGE_OUTAGE_LIMIT`` seconds
+(default 180) the call fails with one :class:`~hpo.errors.StorageError` line. A retried write
+may have committed before its connection died: Optuna's state changes are compare-and-set
+(``set_trial_state_values``), and the grid runner re-reads a trial's state before it tells it
+again, so a repeated write is detected rather than applied twice.
+
+Errors that are not outages (a constraint violated, a bad value) are raised at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+
+from hpo.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///hpo.db"
+DEFAULT_ARTIFACTS = "artifacts"
+HEARTBEAT_INTERVAL = 20  # seconds; $HPO_HEARTBEAT_INTERVAL
+GRACE_PERIOD = 60  # seconds without a heartbeat before a RUNNING trial is stale; $HPO_GRACE_PERIOD
+MAX_RETRY = 3  # re-runs of a trial whose worker died
+OUTAGE_LIMIT = 180.0  # seconds a storage call waits for an unreachable database; $HPO_STORAGE_OUTAGE_LIMIT
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 5.0
+
+T = TypeVar("T")
+
+
+def env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise StorageError(f"{name}={text!r} is not a number of seconds; unset it or fix it") from None
+    if not value > 0:
+        raise StorageError(f"{name}={value} must be more than 0 seconds")
+    return value
+
+
+def storage_url(url: str | None = None) -> str:
+    return url or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+
+
+def artifact_dir(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("HPO_ARTIFACTS") or DEFAULT_ARTIFACTS)
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden; a URL that cannot be parsed is hidden after the scheme."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}{sep}***" if sep else "***"
+
+
+# --------------------------------------------------------------------------- outages
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the database could not be reached."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if type(current).__module__.startswith("psycopg") and type(current).__name__ in (
+            "OperationalError",
+            "InterfaceError",
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class Outages:
+    """One process's view of the database's availability: retries calls through an outage,
+    logs one warning per outage, and remembers when the last one ended."""
+
+    def __init__(self, shown_url: str, limit: float) -> None:
+        self.shown_url = shown_url
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self.last_recovery: float | None = None  # time.monotonic() when the last outage ended
+        self.count = 0
+
+    def call(self, fn: Callable[[], T]) -> T:
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._failed(exc)
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            self._succeeded()
+            return result
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = now
+                self.count += 1
+                logger.warning(
+                    "storage %s unreachable (%s); waiting up to %.0f s for it to return",
+                    self.shown_url,
+                    _first_line(exc),
+                    self.limit,
+                )
+            down_for = now - self._down_since
+        if down_for > self.limit:
+            raise StorageError(
+                f"storage {self.shown_url} unreachable for {down_for:.0f} s ({_first_line(exc)}); "
+                "start the database, then start the workers again (HPO_STORAGE_OUTAGE_LIMIT sets the wait)"
+            ) from None
+
+    def _succeeded(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            took = time.monotonic() - self._down_since
+            self._down_since = None
+            self.last_recovery = time.monotonic()
+        logger.warning("storage %s reachable again after %.0f s; carrying on", self.shown_url, took)
+
+    def recovered_within(self, seconds: float) -> bool:
+        """Whether an outage ended less than ``seconds`` ago (or is going on now)."""
+        if self._down_since is not None:
+            return True
+        return self.last_recovery is not None and time.monotonic() - self.last_recovery < seconds
+
+
+def _first_line(exc: BaseException) -> str:
+    root: BaseException = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip()
+    return text.splitlines()[0][:160] if text else type(root).__name__
+
+
+_RETRIED = (
+    "check_trial_is_updatable",
+    "create_new_study",
+    "create_new_trial",
+    "delete_study",
+    "get_all_studies",
+    "get_all_trials",
+    "get_best_trial",
+    "get_n_trials",
+    "get_study_directions",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_system_attrs",
+    "get_study_user_attrs",
+    "get_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "get_trial_params",
+    "get_trial_system_attrs",
+    "get_trial_user_attrs",
+    "record_heartbeat",
+    "set_study_system_attr",
+    "set_study_user_attr",
+    "set_trial_intermediate_value",
+    "set_trial_param",
+    "set_trial_state_values",
+    "set_trial_system_attr",
+    "set_trial_user_attr",
+    "_get_stale_trial_ids",
+)
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose calls wait out database outages (see the module docstring)."""
+
+    outages: Outages
+
+    def __init__(self, url: str, *, outages: Outages, **kwargs: Any) -> None:
+        self.outages = outages
+        super().__init__(url, **kwargs)
+
+
+def _retrying(name: str) -> Callable[..., Any]:
+    @functools.wraps(getattr(optuna.storages.RDBStorage, name))
+    def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(optuna.storages.RDBStorage, name)
+        return self.outages.call(lambda: method(self, *args, **kwargs))
+
+    return call
+
+
+for _name in _RETRIED:
+    setattr(ResilientRDBStorage, _name, _retrying(_name))
+
+
+def outages_of(storage: optuna.storages.BaseStorage) -> Outages | None:
+    """The outage tracker behind ``storage`` (Optuna wraps an RDB storage in a cache)."""
+    inner = getattr(storage, "_backend", storage)
+    return getattr(inner, "outages", None)
+
+
+def engine_of(storage: optuna.storages.BaseStorage) -> sqlalchemy.engine.Engine | None:
+    inner = getattr(storage, "_backend", storage)
+    engine = getattr(inner, "engine", None)
+    return engine if isinstance(engine, sqlalchemy.engine.Engine) else None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise StorageError(f"{name}={text!r} is not a whole number of seconds; unset it or fix it") from None
+    if value < 1:
+        raise StorageError(f"{name}={value} must be at least 1 second")
+    return value
+
+
+def parse_url(url: str) -> sqlalchemy.engine.URL:
+    """The URL parsed, or one line naming the problem (never the password)."""
+    shown = redact(url)
+    example = "use e.g. sqlite:///hpo.db or postgresql+psycopg://user@127.0.0.1:5432/db"
+    try:
+        parsed = make_url(url)
+        port = parsed.port  # a malformed port is only noticed here
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise StorageError(f"storage URL {shown!r} is not a SQLAlchemy URL; {example}") from None
+    if port is not None and not 0 < port < 65536:
+        raise StorageError(f"storage URL {shown!r} has port {port}; use 1-65535")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+        raise StorageError(
+            f"storage URL {shown!r}: unsupported database {parsed.get_backend_name()!r}; {example}"
+        )
+    return parsed
+
+
+def open_storage(url: str | None = None) -> ResilientRDBStorage:
+    """Open (and create the schema of) an RDB storage, with heartbeats for stale-trial recovery."""
+    url = storage_url(url)
+    shown = redact(url)
+    parsed = parse_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            parent = Path(parsed.database).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise StorageError(f"storage {shown}: directory {parent} does not exist; create it first")
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    if parsed.get_backend_name() == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    outages = Outages(shown, env_seconds("HPO_STORAGE_OUTAGE_LIMIT", OUTAGE_LIMIT))
+    for attempt in range(1, 6):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are marked experimental; they are what recovers trials of killed workers.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return ResilientRDBStorage(
+                    url,
+                    outages=outages,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=_env_int("HPO_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
+                    grace_period=_env_int("HPO_GRACE_PERIOD", GRACE_PERIOD),
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError) as exc:
+            if attempt < 5 and _schema_race(exc):
+                # Workers started together on an empty database all create Optuna's tables; the
+                # losers of that race find them made and open the storage on a second try.
+                time.sleep(0.2 * attempt)
+                continue
+            raise StorageError(
+                f"cannot open storage {shown} ({_first_line(exc)}); check the URL, that the server is "
+                "running, and the --storage / HPO_STORAGE setting"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def _schema_race(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError) and (
+        "already exists" in text or "duplicate key" in text
+    )
+
+
+def artifact_store(path: str | Path | None = None) -> FileSystemArtifactStore:
+    directory = artifact_dir(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(directory))
