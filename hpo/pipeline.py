@@ -171,6 +171,16 @@ class Pipeline:
             optuna.delete_study(study_name=study_name, storage=self.ctx.storage)
             logger.info("deleted study %s (--force)", study_name)
             existing = None
+        if existing is not None and records.SETTINGS not in existing.user_attrs:
+            # another worker is creating it this moment (its settings follow), or it is foreign
+            if existing.get_trials(deepcopy=False) or any(
+                not k.startswith("hpo:") for k in existing.user_attrs
+            ):
+                raise ConfigError(
+                    f"study {study_name} in {self.ctx.storage_url} was not made by this version of hpo; "
+                    f"start stage {stage.name!r} over with --force"
+                )
+            existing = self.create_study(stage, cfg_in)
         if existing is not None:
             self.check_drift(stage, existing, cfg_in)
             if records.is_complete(existing):
@@ -236,13 +246,8 @@ class Pipeline:
         )
 
     def check_drift(self, stage: Stage, study: optuna.Study, cfg_in: RunConfig) -> None:
-        stored = study.user_attrs.get(records.SETTINGS)
+        stored = study.user_attrs[records.SETTINGS]
         current = self._material(stage, cfg_in)
-        if stored is None:
-            raise ConfigError(
-                f"study {study.study_name} in {self.ctx.storage_url} was not made by this version of hpo; "
-                f"start stage {stage.name!r} over with --force"
-            )
         drift = records.settings_drift(stored, current)
         if drift is not None:
             key, was, now = drift

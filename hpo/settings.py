@@ -108,6 +108,7 @@ class TrainConfig:
     restore_best: bool = True  # with patience: end with the weights of the best val loss
     max_batches: PositiveInt | None = None  # stop after this many optimizer steps
     eval_every: PositiveInt | None = None  # evaluate every N steps (default: each epoch's end)
+    eval_last_only: bool = False  # evaluate after the last epoch only (k-fold CV needs no curve)
     eval_batch_size: PositiveInt = 16_384
     precision: Precision = "fp32"  # "bf16": autocast for forward passes (losses stay float32)
     device: Literal["cpu", "cuda"] = "cpu"  # resolved (see hpo.training.device)
@@ -171,6 +172,7 @@ class RunConfig(BaseModel):
         eval_every: int | None = None,
         class_weights: Sequence[float] | None = None,
         seed: int | None = None,
+        eval_last_only: bool = False,
     ) -> TrainConfig:
         """The trainer's settings: this configuration's plus the stage's budget. ``device`` is
         the resolved one (``cpu`` or ``cuda``), ``class_weights`` those of the rows trained on
@@ -187,6 +189,7 @@ class RunConfig(BaseModel):
             device=device,
             label_smoothing=self.label_smoothing,
             class_weights=tuple(class_weights) if class_weights is not None else None,
+            eval_last_only=eval_last_only,
         )
 
     def to_record(self) -> dict[str, Any]:

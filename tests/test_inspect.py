@@ -321,7 +321,7 @@ def test_report_renders_in_a_headless_browser(report_file: Path, tmp_path: Path)
     assert probe["plotly"] == "object"
     assert probe["errors"] == []
     figs = probe["figs"]
-    assert len(figs) == 22
+    assert len(figs) == 20
     assert all(f["svg"] > 0 for f in figs), [f["id"] for f in figs if f["svg"] == 0]
     sections = {f["section"] for f in figs}
     assert sections == {"data"} | {f"stage-{s}" for s in STAGES}

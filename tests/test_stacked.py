@@ -163,3 +163,72 @@ def test_stacked_training_is_deterministic(precision: str) -> None:
         assert a.history_dicts() == b.history_dicts()
         for key, value in a.model.state_dict().items():
             assert torch.equal(value, b.model.state_dict()[key])
+
+
+def _plain(opts: stacked.StackOptions | None = None, **member: object) -> list[train.FitResult]:
+    members = [
+        stacked.Member(
+            ModelConfig(hidden=(32, 32), **member),  # type: ignore[arg-type]
+            OptimConfig(weight_decay=wd),
+            TrainConfig(epochs=3, batch_size=128, seed=s),
+            d,
+        )
+        for s, (wd, d) in enumerate([(0.0, 0), (1e-4, 1), (1e-3, 0), (0.0, 1)])
+    ]
+    return stacked.fit_stacked(members, DATA, callbacks=[[lambda r: r.epoch >= 2], [], [], []], options=opts)
+
+
+def test_levers_do_not_change_what_members_learn() -> None:
+    """Compaction (a stopped member leaves the stack) and batched evaluation give the results of
+    the same stack without them, to float tolerance (the loss sum's order differs, and a
+    smaller stack's batched matmuls may round differently)."""
+    off = stacked.StackOptions(shared_batches=False, batched_eval=False, compaction=False)
+    slow, fast = _plain(off), _plain()
+    for a, b in zip(slow, fast, strict=True):
+        for ra, rb in zip(a.history, b.history, strict=True):
+            assert (ra.epoch, ra.step) == (rb.epoch, rb.step)
+            assert ra.val_loss == pytest.approx(rb.val_loss, rel=1e-5)
+            assert ra.train_loss == pytest.approx(rb.train_loss, rel=1e-5)
+            assert abs(ra.val_accuracy - rb.val_accuracy) <= 2 / 400
+        for key, value in a.model.state_dict().items():
+            torch.testing.assert_close(value, b.model.state_dict()[key], rtol=1e-4, atol=1e-5)
+    assert [len(r.history) for r in fast] == [2, 3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"dropout": 0.2},
+        {"label_smoothing": 0.1},
+        {"class_weights": (0.5, 1.0, 1.5, 2.0, 1.0, 1.0, 3.0, 1.0)},
+    ],
+)
+def test_dropout_smoothing_and_class_weights_match_separate_runs(extra: dict[str, object]) -> None:
+    dropout = float(extra.get("dropout", 0.0))  # type: ignore[arg-type]
+    members = [
+        stacked.Member(
+            ModelConfig(hidden=(32, 32), dropout=dropout, n_classes=8),
+            OptimConfig(weight_decay=wd),
+            TrainConfig(
+                epochs=3,
+                batch_size=128,
+                seed=s,
+                **{k: v for k, v in extra.items() if k != "dropout"},  # type: ignore[arg-type]
+            ),
+            d,
+        )
+        for s, (wd, d) in enumerate([(0.0, 0), (1e-4, 1), (1e-3, 0)])
+    ]
+    _compare(members, rtol=1e-4)
+
+
+def test_eval_last_only() -> None:
+    mb = _member("none", "relu", "default", 0.0, 0, seed=1)
+    last = stacked.Member(
+        mb.model, mb.optim, TrainConfig(epochs=4, batch_size=128, seed=1, eval_last_only=True), 0
+    )
+    (stacked_result,) = stacked.fit_stacked([last, last], DATA)[:1]
+    single = train.fit(last.model, last.optim, last.train, DATA[0])
+    assert [r.epoch for r in stacked_result.history] == [r.epoch for r in single.history] == [4]
+    full = train.fit(mb.model, mb.optim, mb.train, DATA[0])
+    assert single.history[0].val_loss == full.history[-1].val_loss  # evaluation does not change training

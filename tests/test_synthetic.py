@@ -87,3 +87,18 @@ def test_calibration_on_a_smaller_draw(tmp_path: Path) -> None:
     assert 0.59 < result["logreg_accuracy"] < 0.635
     assert 0.62 < result["mlp_accuracy"] < 0.68
     assert result["mlp_accuracy"] - result["logreg_accuracy"] > 0.02
+
+
+def test_prepared_synthetic_values_are_those_of_the_written_text(tmp_path: Path) -> None:
+    """Preparing synthetic data skips writing and parsing UCI's text layout; the values are
+    bit for bit what parsing the written file gives."""
+    from hpo import data
+    from hpo.settings import DataSettings
+
+    spec = synthetic.SyntheticSpec(rows=5000, seed=13)
+    parsed = _parse.parse_uci(synthetic.write_uci_text(spec, tmp_path / "s.txt"))
+    prepared = data.prepare(DataSettings(rows=5000, seed=13), data_dir=tmp_path / "c", progressbar=False)
+    assert np.array_equal(np.asarray(prepared.features).view(np.uint32), parsed.features.view(np.uint32))
+    assert np.array_equal(
+        labels.decades().apply(parsed.years, file="f", column="y", first_line=1), prepared.labels
+    )

@@ -32,6 +32,16 @@ def _int_digits(values: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.uin
     return out
 
 
+def as_written(features: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """The values a reader gets back from the text this module writes: rounded to five decimals
+    exactly as :func:`format_block` rounds them, then the nearest double, as ``strtod`` parses
+    the digits (an exact integer divided by 10**5 is correctly rounded, like the parse), with
+    negative zero written as ``0.00000``."""
+    scaled = np.rint(np.asarray(features, dtype=np.float64) * 10**DECIMALS)
+    out: npt.NDArray[np.float64] = scaled / 10**DECIMALS + 0.0
+    return out
+
+
 def format_block(years: npt.NDArray[np.integer], features: npt.NDArray[np.floating]) -> bytes:
     """Format rows as UCI text: ``year,f1,...,f90`` with five decimals, one row per line."""
     n, k = features.shape

@@ -163,7 +163,7 @@ def prepare(
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        table = sources.read(settings, path, work=work)
+        table = sources.read(settings, path)
         _write_prepared(work, settings, table, sha=sha, folds=folds)
         if target.exists():
             shutil.rmtree(target)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from hpo.data import _download, _parse, synthetic
+from hpo.data import _download, _parse, _uci_format, synthetic
 from hpo.data.labels import Labeling, decades
 from hpo.errors import DataFileError
 from hpo.settings import DataSettings
@@ -58,7 +58,7 @@ class Table:
     first_line: int  # the file line of row 0 (2 below a header line)
     preset_labeling: Labeling | None = None  # msd / synthetic: the decades
     official_train_rows: int | None = None  # msd / synthetic: UCI's train block
-    generated_sha256: str | None = None  # synthetic: the SHA-256 of the text file it was read from
+    generated_sha256: str | None = None  # synthetic: SHA-256 of the drawn years and values
 
 
 def sha256(path: Path) -> str:
@@ -101,10 +101,10 @@ def source_file(settings: DataSettings, data_dir: Path, *, progressbar: bool) ->
     return path
 
 
-def read(settings: DataSettings, path: Path | None, *, work: Path) -> Table:
-    """Read the rows of ``settings``' source (``work``: a scratch directory)."""
+def read(settings: DataSettings, path: Path | None) -> Table:
+    """Read the rows of ``settings``' source."""
     if settings.source == "synthetic":
-        return _read_synthetic(settings, work)
+        return _read_synthetic(settings)
     assert path is not None
     if settings.source == "msd":
         return _read_msd(settings, path)
@@ -114,16 +114,17 @@ def read(settings: DataSettings, path: Path | None, *, work: Path) -> Table:
 # --------------------------------------------------------------------------- presets
 
 
-def _read_synthetic(settings: DataSettings, work: Path) -> Table:
+def _read_synthetic(settings: DataSettings) -> Table:
+    """A draw with the values UCI's text layout carries (five decimals), as parsing the written
+    file gives them (tested bit for bit) without writing and parsing 447 MB (15 s of 29)."""
     spec = synthetic.SyntheticSpec(rows=settings.rows or synthetic.FULL_ROWS, seed=settings.seed)
-    path = synthetic.write_uci_text(spec, work / "synthetic.txt")
-    raw = _parse.parse_uci(path)
-    digest = sha256(path)
-    path.unlink()
+    draw = synthetic.draw(spec)
+    values = _uci_format.as_written(draw.features)
+    digest = hashlib.sha256(draw.years.astype(np.int16).tobytes() + values.tobytes()).hexdigest()
     return Table(
-        features=raw.features,
+        features=values.astype(np.float32),
         feature_names=timbre_names(),
-        target=raw.years,
+        target=draw.years,
         target_name="year",
         groups=None,
         file="synthetic (hpo.data.synthetic)",

@@ -115,9 +115,8 @@ class GridCv(GridStage):
             out = []
             for k, fold in enumerate(folds):
                 weights = data.class_weights(fold) if cfg.class_weight == "balanced" else None
-                out.append(
-                    Member(model, optim, cfg.train(epochs=s.epochs, device=device, class_weights=weights), k)
-                )
+                tcfg = cfg.train(epochs=s.epochs, device=device, class_weights=weights, eval_last_only=True)
+                out.append(Member(model, optim, tcfg, k))
             records.write_config(claim.trial, cfg)
             claim.trial.set_user_attr(
                 records.TRAIN, {**dataclasses.asdict(out[0].train), "folds": s.folds, "stacked": batch}

@@ -244,7 +244,7 @@ def fit(
                 break
         if stop:
             break
-        if cfg.eval_every is None:
+        if cfg.eval_every is None and (not cfg.eval_last_only or epoch == cfg.epochs):
             stop = evaluate(epoch)
             if stop:
                 break

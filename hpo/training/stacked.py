@@ -7,16 +7,27 @@ stacking M models makes every kernel M times larger. Each member keeps its own
 * training rows and validation rows (e.g. its CV fold, scaled by that fold's scaler),
 * data order (its own ``torch.Generator``, exactly as :func:`hpo.training.loop.fit` draws it),
 * dropout masks (its own generator, drawn as the single model draws them),
-* weight decay (L2 added to its gradient slice, as PyTorch's optimizers do internally),
-* loss (label smoothing and class weights, per member),
-* activation and normalisation (BatchNorm statistics are per member and masked to its rows),
+* optimizer, learning rate and weight decay (L2 added to its gradient slice, as PyTorch's
+  optimizers do internally),
+* loss (label smoothing and class weights), activation and normalisation (BatchNorm
+  statistics are per member and masked to its real rows),
 * evaluation history, early-stopping state and best weights.
 
-Members of one stack share the hidden sizes, batch size and number of epochs; members with
-different optimizers or learning rates (the optimizer sweep) keep their own leaf tensors and
-optimizers inside the stack. The losses are summed, so each member's gradient is exactly the one
-it would get alone; results match separate :func:`~hpo.training.loop.fit` runs to float
-tolerance (tested). Like the single-model loop, this module knows nothing of Optuna.
+Members of one stack share the hidden sizes, batch size and number of epochs. The losses are
+summed, so each member's gradient is exactly the one it would get alone; results match separate
+:func:`~hpo.training.loop.fit` runs to float tolerance (tested). Like the single-model loop, this
+module knows nothing of Optuna.
+
+Speed (measured in ``bench/stack_levers.py``, numbers in docs/benchmarks.md): the parameters are
+used whole in the training step (no per-member slicing, whose backward allocates and fills a
+full-size gradient per slice); members with different optimizers or learning rates are updated by
+one fused optimizer per group over views into the stacked tensors (before: per-member leaf
+tensors stacked anew at every step); only the last batch of an epoch can be ragged, so no step
+synchronises to find out. Optional levers (:class:`StackOptions`): members that share their rows
+and data order (a sweep's choices: same seed, same data) share one gathered batch and the first
+layer's input; evaluation runs all members of a dataset in one batched pass; members that stopped
+(early stopping, a pruner) leave the stack instead of being trained on; ``torch.compile`` of the
+step's forward and loss.
 """
 
 from __future__ import annotations
@@ -50,6 +61,17 @@ class Member:
     data: int
 
 
+@dataclass(frozen=True)
+class StackOptions:
+    """The stacked trainer's optional speed levers (all on by default except compile, which
+    measured no gain on this CPU; see docs/benchmarks.md)."""
+
+    shared_batches: bool = True  # members with the same rows and order share one gathered batch
+    batched_eval: bool = True  # evaluate all members of a dataset in one pass
+    compaction: bool = True  # drop stopped members from the stack
+    compile: bool = False  # torch.compile the forward and loss
+
+
 def stack_key(member: Member) -> tuple[object, ...]:
     """Members with equal keys can share a stack (and usually should)."""
     t = member.train
@@ -61,139 +83,117 @@ def stack_key(member: Member) -> tuple[object, ...]:
         t.batch_size,
         t.max_batches,
         t.eval_every,
+        t.eval_last_only,
         t.eval_batch_size,
         t.precision,
         t.device,
     )
 
 
-class _Stack:
-    """The stacked parameters: weights ``[M, in, out]``, biases and norm affines ``[M, 1, out]``."""
+def _act(kind: str, h: torch.Tensor) -> torch.Tensor:
+    if kind == "relu":
+        return F.relu(h)
+    if kind == "leaky_relu":
+        return F.leaky_relu(h)
+    return F.gelu(h)
+
+
+class StackedMLP:
+    """M same-shape MLPs as stacked tensors: weights ``[M, in, out]``, biases and norm affines
+    ``[M, 1, out]``, BatchNorm statistics ``[M, out]``. Members are kept in groups of equal
+    (norm, activation), contiguous in the stack; ``order[p]`` is the caller's index of the
+    member at position ``p``."""
 
     def __init__(self, members: Sequence[Member], device: str) -> None:
-        self.members = list(members)
-        self.m = len(members)
+        self.order = sorted(
+            range(len(members)), key=lambda i: (members[i].model.norm, members[i].model.activation)
+        )
+        self.members = [members[i] for i in self.order]
         self.device = device
-        built = [build_model(mb.model, seed=mb.train.seed) for mb in members]
+        built = [build_model(mb.model, seed=mb.train.seed) for mb in self.members]
         linears = [[mod for mod in net.modules() if isinstance(mod, nn.Linear)] for net in built]
+        n_lin = len(linears[0])
         self.weights = [
             torch.stack([ls[i].weight.detach().t() for ls in linears])
             .contiguous()
             .to(device)
             .requires_grad_()
-            for i in range(len(linears[0]))
+            for i in range(n_lin)
         ]
         self.biases = [
             torch.stack([ls[i].bias.detach()[None] for ls in linears])
             .contiguous()
             .to(device)
             .requires_grad_()
-            for i in range(len(linears[0]))
+            for i in range(n_lin)
         ]
-        hidden = members[0].model.hidden
-        self.norms = [mb.model.norm for mb in members]
-        self.acts = [mb.model.activation for mb in members]
-        self.dropout = [mb.model.dropout for mb in members]
-        self.dropout_generators = [dropout_generator(mb.train.seed) for mb in members]
-        self.gammas = [torch.ones(self.m, 1, h, device=device).requires_grad_() for h in hidden]
-        self.betas = [torch.zeros(self.m, 1, h, device=device).requires_grad_() for h in hidden]
-        self.running_mean = [torch.zeros(self.m, h, device=device) for h in hidden]
-        self.running_var = [torch.ones(self.m, h, device=device) for h in hidden]
-        self.uses_norm = any(n != "none" for n in self.norms)
-        self.same = len(set(self.norms)) == 1 and len(set(self.acts)) == 1
-        # Members with different optimizers (the optimizer sweep) keep their own leaf tensors,
-        # each updated by its own optimizer; the stacked tensors are rebuilt from them per step.
-        self.mixed = len({(mb.optim.name, mb.optim.lr) for mb in members}) > 1
-        self.member_leaves: list[list[torch.Tensor]] = []
-        if self.mixed:
-            for m in range(self.m):
-                self.member_leaves.append([t[m].detach().clone().requires_grad_() for t in self._stacked()])
-            self.refresh()
+        hidden = self.members[0].model.hidden
+        m = len(self.members)
+        self.uses_norm = any(mb.model.norm != "none" for mb in self.members)
+        self.gammas = (
+            [torch.ones(m, 1, h, device=device).requires_grad_() for h in hidden] if self.uses_norm else []
+        )
+        self.betas = (
+            [torch.zeros(m, 1, h, device=device).requires_grad_() for h in hidden] if self.uses_norm else []
+        )
+        self.running_mean = [torch.zeros(m, h, device=device) for h in hidden]
+        self.running_var = [torch.ones(m, h, device=device) for h in hidden]
+        self.dropout_generators = [dropout_generator(mb.train.seed) for mb in self.members]
         self.steps = 0
-        self.ragged = False  # the current batch has padding rows (masked out of BatchNorm statistics)
+        self._regroup()
 
-    def _stacked(self) -> list[torch.Tensor]:
-        out = [*self.weights, *self.biases]
-        if self.uses_norm:
-            out += [*self.gammas, *self.betas]
-        return out
+    @property
+    def m(self) -> int:
+        return len(self.members)
 
-    def refresh(self) -> None:
-        """Mixed mode: stack the members' leaves (differentiably) into the working tensors."""
-        if not self.mixed:
-            return
-        n_lin, n_norm = len(self.weights), len(self.gammas)
-        tensors = [
-            torch.stack([leaves[j] for leaves in self.member_leaves])
-            for j in range(len(self.member_leaves[0]))
-        ]
-        self.weights = tensors[:n_lin]
-        self.biases = tensors[n_lin : 2 * n_lin]
-        if self.uses_norm:
-            self.gammas = tensors[2 * n_lin : 2 * n_lin + n_norm]
-            self.betas = tensors[2 * n_lin + n_norm :]
+    def _regroup(self) -> None:
+        """Contiguous runs of members sharing (norm, activation)."""
+        self.groups: list[tuple[str, str, slice]] = []
+        start = 0
+        for p in range(1, self.m + 1):
+            if p == self.m or (self.members[p].model.norm, self.members[p].model.activation) != (
+                self.members[start].model.norm,
+                self.members[start].model.activation,
+            ):
+                mb = self.members[start].model
+                self.groups.append((mb.norm, mb.activation, slice(start, p)))
+                start = p
+        self.dropout = [mb.model.dropout for mb in self.members]
 
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        """One optimizer over the stacked leaves, or (mixed) one per member over its own."""
-        if not self.mixed:
-            opt = self.members[0].optim
-            config = OptimConfig(name=opt.name, lr=opt.lr, weight_decay=0.0)
-            return [build_optimizer(self._stacked(), config)]
-        return [
-            build_optimizer(
-                self.member_leaves[m], OptimConfig(name=mb.optim.name, lr=mb.optim.lr, weight_decay=0.0)
-            )
-            for m, mb in enumerate(self.members)
-        ]
+    def leaves(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases, *self.gammas, *self.betas]
 
-    def decayed(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(leaf, weight decay broadcastable to it) pairs for the L2 term added to gradients."""
-        decay = [mb.optim.weight_decay for mb in self.members]
-        if not any(decay):
-            return []
-        if not self.mixed:
-            d = torch.tensor(decay, device=self.device).view(self.m, 1, 1)
-            return [(p, d) for p in self._stacked()]
-        return [
-            (p, torch.tensor(decay[m], device=self.device))
-            for m in range(self.m)
-            if decay[m]
-            for p in self.member_leaves[m]
-        ]
+    # ------------------------------------------------------------------ forward
 
     def _norm(
-        self, i: int, h: torch.Tensor, kind: str, sel: slice | int, mask: torch.Tensor | None, training: bool
+        self, i: int, h: torch.Tensor, kind: str, sel: slice, mask: torch.Tensor | None, training: bool
     ) -> torch.Tensor:
         if kind == "none":
             return h
-        g, b = self.gammas[i][sel], self.betas[i][sel]
+        whole = sel == slice(0, self.m)
+        g, b = (self.gammas[i], self.betas[i]) if whole else (self.gammas[i][sel], self.betas[i][sel])
         if kind == "layernorm":
             return F.layer_norm(h, h.shape[-1:], eps=_LN_EPS) * g + b
         rm, rv = self.running_mean[i][sel], self.running_var[i][sel]
         if not training:
             return (h - rm.unsqueeze(-2)) / torch.sqrt(rv.unsqueeze(-2) + _BN_EPS) * g + b
-        assert mask is not None
-        if not self.ragged:  # every row real: PyTorch's own kernel, members as channel blocks
-            if h.dim() == 3:
-                m, rows, width = h.shape
-                flat = h.transpose(0, 1).reshape(rows, m * width)
-                out = F.batch_norm(
-                    flat,
-                    rm.view(-1),
-                    rv.view(-1),
-                    g.reshape(-1),
-                    b.reshape(-1),
-                    training=True,
-                    momentum=_BN_MOMENTUM,
-                    eps=_BN_EPS,
-                )
-                return out.view(rows, m, width).transpose(0, 1)
-            return F.batch_norm(
-                h, rm, rv, g.reshape(-1), b.reshape(-1), training=True, momentum=_BN_MOMENTUM, eps=_BN_EPS
+        if mask is None:  # every row real: PyTorch's own kernel, members as channel blocks
+            m, rows, width = h.shape
+            flat = h.transpose(0, 1).reshape(rows, m * width)
+            out = F.batch_norm(
+                flat,
+                rm.view(-1),
+                rv.view(-1),
+                g.reshape(-1),
+                b.reshape(-1),
+                training=True,
+                momentum=_BN_MOMENTUM,
+                eps=_BN_EPS,
             )
+            return out.view(rows, m, width).transpose(0, 1)
         h32 = h.float()
         w = mask.unsqueeze(-1)
-        cnt = mask.sum(-1, keepdim=True).unsqueeze(-1)  # [..., 1, 1]
+        cnt = mask.sum(-1, keepdim=True).unsqueeze(-1)  # [M, 1, 1]
         mean = (h32 * w).sum(-2, keepdim=True) / cnt
         var = (((h32 - mean) * w) ** 2).sum(-2, keepdim=True) / cnt
         with torch.no_grad():
@@ -202,18 +202,21 @@ class _Stack:
             rv.mul_(1 - _BN_MOMENTUM).add_(unbiased.squeeze(-2), alpha=_BN_MOMENTUM)
         return ((h32 - mean) / torch.sqrt(var + _BN_EPS)).to(h.dtype) * g + b
 
-    @staticmethod
-    def _act(kind: str, h: torch.Tensor) -> torch.Tensor:
-        if kind == "relu":
-            return F.relu(h)
-        if kind == "leaky_relu":
-            return F.leaky_relu(h)
-        return F.gelu(h)
+    def _mixed(self, i: int, h: torch.Tensor, mask: torch.Tensor | None, training: bool) -> torch.Tensor:
+        """Members of several (norm, activation) groups: each group on its slice of the stack.
+        (Computing every kind for the whole stack and selecting with ``torch.where`` measured
+        slower: 3.7 vs 3.4 ms per step for the norm sweep's three members.)"""
+        if h.shape[0] != self.m:
+            h = h.expand(self.m, -1, -1)
+        return torch.cat(
+            [
+                _act(act, self._norm(i, h[sel], norm, sel, mask[sel] if mask is not None else None, training))
+                for norm, act, sel in self.groups
+            ]
+        )
 
-    def _dropout(self, h: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
+    def _dropout(self, h: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         """Each member's mask from its own generator, over its real rows only (as alone)."""
-        if rows is None or not any(self.dropout):
-            return h
         parts = []
         for m, p in enumerate(self.dropout):
             if p > 0:
@@ -227,59 +230,158 @@ class _Stack:
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | None,
         *,
         training: bool,
-        members: slice = slice(None),
+        mask: torch.Tensor | None = None,
         rows: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """``x``: ``[M, B, in]`` (or ``[1, B, in]``, broadcast); ``mask``: ``[M, B]`` of 0/1;
-        ``rows``: each member's real rows (training with dropout)."""
+        """Logits ``[M, B, classes]`` of ``x``: ``[M, B, in]``, or ``[1, B, in]`` shared by every
+        member. Training: ``mask`` ``[M, B]`` marks real rows of a ragged batch (None: all real),
+        ``rows`` each member's count of real rows."""
         h = x
-        idx = range(self.m)[members]
+        uniform = len(self.groups) == 1
         for i in range(len(self.weights) - 1):
-            w, b = self.weights[i][members], self.biases[i][members]
-            h = _affine(h, w, b)
-            if self.same:
-                h = self._act(self.acts[0], self._norm(i, h, self.norms[0], members, mask, training))
+            h = _affine(h, self.weights[i], self.biases[i])
+            if uniform:
+                norm, act, sel = self.groups[0]
+                h = _act(act, self._norm(i, h, norm, sel, mask, training))
             else:
-                parts = []
-                for j, m in enumerate(idx):
-                    hm = h[j] if h.shape[0] > 1 else h[0]
-                    mm = mask[j] if mask is not None else None
-                    parts.append(self._act(self.acts[m], self._norm(i, hm, self.norms[m], m, mm, training)))
-                h = torch.stack(parts)
-            if training:
-                h = self._dropout(h, rows)
-        return _affine(h, self.weights[-1][members], self.biases[-1][members])
+                h = self._mixed(i, h, mask, training)
+            if training and any(self.dropout):
+                h = self._dropout(h, rows or [h.shape[1]] * self.m)
+        return _affine(h, self.weights[-1], self.biases[-1])
 
-    def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        """Member ``m``'s weights as the ``state_dict`` of its own :class:`hpo.model.MLP`."""
-        net = MLP(self.members[m].model)
+    # ------------------------------------------------------------------ members
+
+    def member_state(self, p: int) -> dict[str, torch.Tensor]:
+        """The member at position ``p`` as the ``state_dict`` of its own :class:`hpo.model.MLP`."""
+        net = MLP(self.members[p].model)
         state = net.state_dict()
-        linear_i = 0
-        norm_i = 0
+        linear_i = norm_i = 0
         for name, module in net.named_children():
             if isinstance(module, nn.Linear):
-                state[f"{name}.weight"] = self.weights[linear_i][m].detach().t().cpu().clone()
-                state[f"{name}.bias"] = self.biases[linear_i][m, 0].detach().cpu().clone()
+                state[f"{name}.weight"] = self.weights[linear_i][p].detach().t().cpu().clone()
+                state[f"{name}.bias"] = self.biases[linear_i][p, 0].detach().cpu().clone()
                 linear_i += 1
             elif isinstance(module, nn.BatchNorm1d | nn.LayerNorm):
-                state[f"{name}.weight"] = self.gammas[norm_i][m, 0].detach().cpu().clone()
-                state[f"{name}.bias"] = self.betas[norm_i][m, 0].detach().cpu().clone()
+                state[f"{name}.weight"] = self.gammas[norm_i][p, 0].detach().cpu().clone()
+                state[f"{name}.bias"] = self.betas[norm_i][p, 0].detach().cpu().clone()
                 if isinstance(module, nn.BatchNorm1d):
-                    state[f"{name}.running_mean"] = self.running_mean[norm_i][m].cpu().clone()
-                    state[f"{name}.running_var"] = self.running_var[norm_i][m].cpu().clone()
+                    state[f"{name}.running_mean"] = self.running_mean[norm_i][p].cpu().clone()
+                    state[f"{name}.running_var"] = self.running_var[norm_i][p].cpu().clone()
                     state[f"{name}.num_batches_tracked"] = torch.tensor(self.steps)
                 norm_i += 1
         return state
 
+    def keep(self, positions: list[int]) -> list[torch.Tensor]:
+        """Only the members at ``positions`` stay (compaction); returns the old leaves, whose
+        optimizer state the caller carries over."""
+        old = self.leaves()
+        idx = torch.tensor(positions, device=self.device)
+
+        def take(ts: list[torch.Tensor], grad: bool) -> list[torch.Tensor]:
+            out = [t.detach().index_select(0, idx).contiguous() for t in ts]
+            return [t.requires_grad_() for t in out] if grad else out
+
+        self.weights, self.biases = take(self.weights, True), take(self.biases, True)
+        self.gammas, self.betas = take(self.gammas, True), take(self.betas, True)
+        self.running_mean, self.running_var = take(self.running_mean, False), take(self.running_var, False)
+        self.members = [self.members[p] for p in positions]
+        self.order = [self.order[p] for p in positions]
+        self.dropout_generators = [self.dropout_generators[p] for p in positions]
+        self._regroup()
+        return old
+
 
 def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``h @ w + b`` per member; one fused ``baddbmm`` when ``h`` has a row block per member."""
-    if h.dim() == 3 and h.shape[0] == w.shape[0]:
+    if h.shape[0] == w.shape[0]:
         return torch.baddbmm(b, h, w)
     return torch.matmul(h, w) + b
+
+
+class _Optimizers:
+    """The stack's optimizers: one over the stacked tensors when every member shares the
+    optimizer and learning rate; else one fused optimizer per (optimizer, lr) group over views
+    of its members' slices, with each view's gradient a view of the stacked gradient. Weight
+    decay is added to the gradients beforehand (per member), as PyTorch's optimizers do."""
+
+    def __init__(self, stack: StackedMLP) -> None:
+        self.stack = stack
+        self._build({})
+
+    def _build(self, carried: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
+        stack = self.stack
+        leaves = stack.leaves()
+        self.leaves = leaves
+        keys = [(mb.optim.name, mb.optim.lr) for mb in stack.members]
+        self.grouped = len(set(keys)) > 1
+        self.views: list[tuple[torch.Tensor, int, int]] = []  # (view, leaf index, member position)
+        self.optimizers: list[torch.optim.Optimizer] = []
+        if not self.grouped:
+            opt = stack.members[0].optim
+            optimizer = build_optimizer(leaves, OptimConfig(name=opt.name, lr=opt.lr, weight_decay=0.0))
+            for j, leaf in enumerate(leaves):
+                state = carried.get((j, -1))
+                if state:
+                    optimizer.state[leaf] = state
+            self.optimizers.append(optimizer)
+        else:
+            for key in dict.fromkeys(keys):
+                params = []
+                for p, k in enumerate(keys):
+                    if k != key:
+                        continue
+                    for j, leaf in enumerate(leaves):
+                        view = leaf.detach()[p]
+                        self.views.append((view, j, p))
+                        params.append(view)
+                optimizer = build_optimizer(params, OptimConfig(name=key[0], lr=key[1], weight_decay=0.0))
+                for view, j, p in self.views:
+                    state = carried.get((j, stack.order[p]))
+                    if state and any(view is q for q in params):
+                        optimizer.state[view] = state
+                self.optimizers.append(optimizer)
+        decay = torch.tensor([mb.optim.weight_decay for mb in stack.members], device=stack.device)
+        self.decay = decay.view(-1, 1, 1) if bool(decay.any()) else None
+
+    def step(self) -> None:
+        with torch.no_grad():
+            if self.decay is not None:
+                for leaf in self.leaves:  # L2 as PyTorch's optimizers add it: grad + wd * param
+                    assert leaf.grad is not None
+                    leaf.grad.addcmul_(leaf, self.decay)
+            for view, j, p in self.views:
+                grad = self.leaves[j].grad
+                assert grad is not None
+                view.grad = grad[p]
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self) -> None:
+        for leaf in self.leaves:
+            leaf.grad = None
+
+    def keep(self, positions: list[int], old_leaves: list[torch.Tensor]) -> None:
+        """Carry the optimizer state of the members that stay into optimizers over the new leaves."""
+        idx = torch.tensor(positions, device=self.stack.device)
+        carried: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        if not self.grouped:
+            for j, leaf in enumerate(old_leaves):
+                state = self.optimizers[0].state.get(leaf, {})
+                carried[(j, -1)] = {
+                    k: v.index_select(0, idx).contiguous() if torch.is_tensor(v) and v.dim() > 0 else v
+                    for k, v in state.items()
+                }
+        else:
+            by_view = {id(view): (j, self.stack_order_before[p]) for view, j, p in self.views}
+            for optimizer in self.optimizers:
+                for view, state in optimizer.state.items():
+                    carried[by_view[id(view)]] = state
+        self._build(carried)
+
+    def remember_order(self) -> None:
+        self.stack_order_before = list(self.stack.order)
 
 
 def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
@@ -304,24 +406,76 @@ def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
 
 @torch.no_grad()
 def _evaluate(
-    stack: _Stack, datasets: Sequence[TensorData], batch: int, precision: str
+    stack: StackedMLP, datasets: Sequence[TensorData], eval_batch: int, precision: str, batched: bool
 ) -> list[tuple[float, float, torch.Tensor]]:
-    out: list[tuple[float, float, torch.Tensor]] = []
-    for m, mb in enumerate(stack.members):
-        d = datasets[mb.data]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
-        preds = []
-        for s in range(0, d.x_val.shape[0], batch):
-            xb, yb = d.x_val[s : s + batch], d.y_val[s : s + batch]
-            with autocast(precision, stack.device):
-                logits = stack.forward(xb[None], None, training=False, members=slice(m, m + 1))[0].float()
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-            preds.append(logits.argmax(dim=1))
-        n = d.x_val.shape[0]
-        pred = torch.cat(preds)
-        correct = int((pred == d.y_val).sum())
-        out.append((float(loss_sum) / n, correct / n, pred.cpu()))
+    """(val loss, val accuracy, predicted classes) of every member, by stack position: all
+    members in one pass per chunk of rows (``batched``), or member by member."""
+    if not batched:
+        return [
+            _evaluate_one(stack, datasets[mb.data], p, eval_batch, precision)
+            for p, mb in enumerate(stack.members)
+        ]
+    m = stack.m
+    vals = [datasets[mb.data] for mb in stack.members]
+    sizes = [v.x_val.shape[0] for v in vals]
+    one_dataset = len({mb.data for mb in stack.members}) == 1
+    chunk = max(512, eval_batch // m)
+    loss_sum = torch.zeros(m, dtype=torch.float64, device=stack.device)
+    preds: list[list[torch.Tensor]] = [[] for _ in range(m)]
+    for s in range(0, max(sizes), chunk):
+        if one_dataset:
+            xb = vals[0].x_val[s : s + chunk][None].expand(m, -1, -1)
+            yb = vals[0].y_val[s : s + chunk][None].expand(m, -1)
+            valid = None
+        else:
+            rows = min(chunk, max(sizes) - s)
+            xb = torch.zeros(m, rows, vals[0].x_val.shape[1], device=stack.device)
+            yb = torch.zeros(m, rows, dtype=torch.int64, device=stack.device)
+            valid = torch.zeros(m, rows, device=stack.device)
+            for p, v in enumerate(vals):
+                part = v.x_val[s : s + rows]
+                xb[p, : part.shape[0]] = part
+                yb[p, : part.shape[0]] = v.y_val[s : s + rows]
+                valid[p, : part.shape[0]] = 1.0
+        with autocast(precision, stack.device):
+            logits = stack.forward(xb, training=False).float()
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none").view(
+            m, -1
+        )
+        if valid is not None:
+            ce = ce * valid
+        loss_sum += ce.double().sum(1)
+        pred = logits.argmax(-1)
+        for p in range(m):
+            preds[p].append(pred[p, : max(0, min(chunk, sizes[p] - s))])
+    out = []
+    for p, v in enumerate(vals):
+        pred = torch.cat(preds[p])
+        out.append((float(loss_sum[p]) / sizes[p], int((pred == v.y_val).sum()) / sizes[p], pred.cpu()))
     return out
+
+
+def _evaluate_one(
+    stack: StackedMLP, data: TensorData, p: int, eval_batch: int, precision: str
+) -> tuple[float, float, torch.Tensor]:
+    """One member's evaluation (the stack's layers, sliced to that member)."""
+    mb = stack.members[p].model
+    sel = slice(p, p + 1)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
+    preds = []
+    for s in range(0, data.x_val.shape[0], eval_batch):
+        xb, yb = data.x_val[s : s + eval_batch], data.y_val[s : s + eval_batch]
+        with autocast(precision, stack.device):
+            h = xb[None]
+            for i in range(len(stack.weights) - 1):
+                h = torch.baddbmm(stack.biases[i][sel], h, stack.weights[i][sel])
+                h = _act(mb.activation, stack._norm(i, h, mb.norm, sel, None, False))
+            logits = torch.baddbmm(stack.biases[-1][sel], h, stack.weights[-1][sel])[0].float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+        preds.append(logits.argmax(dim=1))
+    pred = torch.cat(preds)
+    n = data.x_val.shape[0]
+    return float(loss_sum) / n, int((pred == data.y_val).sum()) / n, pred.cpu()
 
 
 def _losses(
@@ -357,6 +511,7 @@ def fit_stacked(
     *,
     callbacks: Sequence[Sequence[MemberCallback]] | None = None,
     precision: str | None = None,
+    options: StackOptions | None = None,
 ) -> list[FitResult]:
     """Train every member; one :class:`~hpo.training.loop.FitResult` per member, in order.
 
@@ -364,119 +519,143 @@ def fit_stacked(
     member (its history ends there), as with :func:`~hpo.training.loop.fit`.
     """
     _check(members, datasets)
+    opt = options or StackOptions()
     torch.set_flush_denormal(True)  # see hpo.training.loop.fit
     cfg = members[0].train
     device = cfg.device
     precision = precision or cfg.precision
     datasets = [d.to(device) for d in datasets]
-    m_count = len(members)
     cbs = [list(c) for c in callbacks] if callbacks is not None else [[] for _ in members]
-    stack = _Stack(members, device)
-    optimizers = stack.optimizers()
-    decayed = stack.decayed()
-    # members reading each dataset (gathered per dataset: no concatenated copy of all rows)
-    groups = {
-        d: torch.tensor([m for m, mb in enumerate(members) if mb.data == d], device=device)
-        for d in sorted({mb.data for mb in members})
-    }
-    sizes = [datasets[mb.data].x_train.shape[0] for mb in members]
-    steps_per_epoch = max(math.ceil(n / cfg.batch_size) for n in sizes)
-    if any(math.ceil(n / cfg.batch_size) != steps_per_epoch for n in sizes):
+    stack = StackedMLP(members, device)
+    optimizers = _Optimizers(stack)
+    batch = cfg.batch_size
+    sizes = [datasets[mb.data].x_train.shape[0] for mb in stack.members]
+    steps_per_epoch = math.ceil(max(sizes) / batch)
+    if any(math.ceil(n / batch) != steps_per_epoch for n in sizes):
         raise ValueError("stacked members need the same number of batches per epoch; stack them apart")
-    generators = [torch.Generator().manual_seed(mb.train.seed) for mb in members]
+    generators = [torch.Generator().manual_seed(mb.train.seed) for mb in stack.members]
     results = [FitResult(model=nn.Module()) for _ in members]
-    active = [True] * m_count
     trackers = [
         EarlyStopping(patience=mb.train.patience, restore_best=mb.train.restore_best) for mb in members
     ]
-    best_state: list[dict[str, torch.Tensor] | None] = [None] * m_count
-    run_loss = torch.zeros(m_count, dtype=torch.float64, device=device)
-    run_correct = torch.zeros(m_count, dtype=torch.int64, device=device)
-    run_seen = torch.zeros(m_count, dtype=torch.int64, device=device)
-    batch = cfg.batch_size
-    step = 0
+    best_state: list[dict[str, torch.Tensor] | None] = [None] * len(members)
+    done = [False] * len(members)
+
+    def forward_loss(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with autocast(precision, device):
+            logits = stack.forward(xb, training=True)
+        logits = logits.float()
+        per_member, counts = _losses(logits, yb, None, stack.members)
+        return logits, per_member, counts
+
+    compiled = torch.compile(forward_loss, dynamic=False) if opt.compile else forward_loss
     for epoch in range(1, cfg.epochs + 1):
-        orders = [torch.randperm(n, generator=g) for n, g in zip(sizes, generators, strict=True)]
-        padded = torch.zeros(m_count, steps_per_epoch * batch, dtype=torch.int64)
-        valid = torch.zeros(m_count, steps_per_epoch * batch)
-        for m, order in enumerate(orders):
-            padded[m, : order.numel()] = order
-            valid[m, : order.numel()] = 1.0
-        ragged = bool((valid == 0).any())
-        padded, valid = padded.to(device), valid.to(device)
+        m = stack.m
+        shared = opt.shared_batches and len({(mb.data, mb.train.seed) for mb in stack.members}) == 1
+        run_loss = torch.zeros(m, dtype=torch.float64, device=device)
+        run_correct = torch.zeros(m, dtype=torch.int64, device=device)
+        run_seen = torch.zeros(m, dtype=torch.int64, device=device)
+        if shared:
+            order = torch.randperm(sizes[0], generator=generators[0])
+            for g in generators[1:]:
+                torch.randperm(sizes[0], generator=g)  # every member's generator advances as alone
+            data = datasets[stack.members[0].data]
+        else:
+            orders = [torch.randperm(n, generator=g) for n, g in zip(sizes, generators, strict=True)]
+            padded = torch.zeros(m, steps_per_epoch * batch, dtype=torch.int64)
+            valid = torch.ones(m, steps_per_epoch * batch)
+            for p, o in enumerate(orders):
+                padded[p, : o.numel()] = o
+                valid[p, o.numel() :] = 0.0
+            padded, valid = padded.to(device), valid.to(device)
+            by_data = sorted({mb.data for mb in stack.members})
+            groups = {
+                d: torch.tensor([p for p, mb in enumerate(stack.members) if mb.data == d], device=device)
+                for d in by_data
+            }
+        ragged = not shared and any(n < steps_per_epoch * batch for n in sizes)
         for s in range(steps_per_epoch):
-            idx = padded[:, s * batch : (s + 1) * batch]
-            mask = valid[:, s * batch : (s + 1) * batch]
-            if len(groups) == 1:
-                d = members[0].data
-                xb = datasets[d].x_train[idx]  # [M, B, in]
-                yb = datasets[d].y_train[idx]  # [M, B]
+            last = s == steps_per_epoch - 1
+            if shared:
+                idx = order[s * batch : (s + 1) * batch].to(device)
+                xb = data.x_train.index_select(0, idx)[None]
+                yb = data.y_train.index_select(0, idx)[None].expand(m, -1)
             else:
-                xb = torch.empty(m_count, idx.shape[1], datasets[0].x_train.shape[1], device=device)
-                yb = torch.empty(m_count, idx.shape[1], dtype=torch.int64, device=device)
-                for d, rows in groups.items():
-                    sub = idx[rows]
-                    xb[rows] = datasets[d].x_train[sub]
-                    yb[rows] = datasets[d].y_train[sub]
-            stack.ragged = ragged and bool((mask == 0).any())
-            real_rows = [int(r) for r in mask.sum(1).tolist()] if stack.ragged else [batch] * m_count
-            stack.refresh()
-            with autocast(precision, device):
-                logits = stack.forward(xb, mask, training=True, rows=real_rows)
-            logits = logits.float()
-            per_member, counts = _losses(logits, yb, mask if ragged else None, members)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
+                idx = padded[:, s * batch : (s + 1) * batch]
+                if len(groups) == 1:
+                    d = stack.members[0].data
+                    xb, yb = datasets[d].x_train[idx], datasets[d].y_train[idx]
+                else:
+                    xb = torch.empty(m, idx.shape[1], datasets[0].x_train.shape[1], device=device)
+                    yb = torch.empty(m, idx.shape[1], dtype=torch.int64, device=device)
+                    for d, pos in groups.items():
+                        sub = idx[pos]
+                        xb[pos] = datasets[d].x_train[sub]
+                        yb[pos] = datasets[d].y_train[sub]
+            mask = valid[:, s * batch : (s + 1) * batch] if ragged and last else None
+            if mask is None and not (any(stack.dropout) and last):
+                logits, per_member, counts = compiled(xb, yb)
+            else:
+                rows = [int(r) for r in mask.sum(1).tolist()] if mask is not None else [yb.shape[1]] * m
+                with autocast(precision, device):
+                    logits = stack.forward(xb, training=True, mask=mask, rows=rows)
+                logits = logits.float()
+                per_member, counts = _losses(logits, yb, mask, stack.members)
+            optimizers.zero_grad()
             per_member.sum().backward()  # type: ignore[no-untyped-call]
+            optimizers.step()
+            stack.steps += 1
             with torch.no_grad():
-                for leaf, wd in decayed:  # L2 as PyTorch's optimizers add it: grad + wd * param
-                    assert leaf.grad is not None
-                    leaf.grad.addcmul_(leaf, wd)
-            for optimizer in optimizers:
-                optimizer.step()
-            step += 1
-            stack.steps = step
-            with torch.no_grad():
-                hit = (logits.argmax(-1) == yb).to(torch.int64)
-                if ragged:
-                    hit = hit * mask.to(torch.int64)
+                hit = logits.argmax(-1) == yb
+                if mask is not None:
+                    hit = hit & (mask > 0)
                 run_loss += per_member.detach().double() * counts.double()
                 run_correct += hit.sum(1)
                 run_seen += counts.to(torch.int64)
-        stack.refresh()
-        scores = _evaluate(stack, datasets, cfg.eval_batch_size, precision)
-        for m in range(m_count):
-            if not active[m]:
+        if cfg.eval_last_only and epoch < cfg.epochs:
+            continue
+        scores = _evaluate(stack, datasets, cfg.eval_batch_size, precision, opt.batched_eval)
+        stopped: list[int] = []
+        for p, (val_loss, val_acc, val_pred) in enumerate(scores):
+            i = stack.order[p]
+            if done[i]:  # stopped earlier, still in the stack (compaction off)
                 continue
-            val_loss, val_acc, val_pred = scores[m]
-            seen = max(int(run_seen[m]), 1)
+            seen = max(int(run_seen[p]), 1)
             record = EvalRecord(
                 epoch=epoch,
-                step=step,
-                train_loss=float(run_loss[m]) / seen,
-                train_accuracy=float(run_correct[m]) / seen,
+                step=stack.steps,
+                train_loss=float(run_loss[p]) / seen,
+                train_accuracy=float(run_correct[p]) / seen,
                 val_loss=val_loss,
                 val_accuracy=val_acc,
                 val_pred=val_pred,
             )
-            stop, snapshot = trackers[m].observe(results[m], record, cbs[m])
+            stop, snapshot = trackers[i].observe(results[i], record, cbs[i])
             if snapshot:
-                best_state[m] = stack.member_state(m)
+                best_state[i] = stack.member_state(p)
             if stop:
-                active[m] = False
-                if best_state[m] is None:  # end with the weights it stopped with
-                    best_state[m] = stack.member_state(m)
-        run_loss.zero_()
-        run_correct.zero_()
-        run_seen.zero_()
-        if not any(active):
+                done[i] = True
+                stopped.append(p)
+                if best_state[i] is None:  # end with the weights it stopped with
+                    best_state[i] = stack.member_state(p)
+        if all(done):
             break
-    stack.refresh()
-    for m, res in enumerate(results):
+        if stopped and opt.compaction:
+            keep = [p for p in range(stack.m) if p not in stopped]
+            optimizers.remember_order()
+            old = stack.keep(keep)
+            optimizers.keep(keep, old)
+            sizes = [sizes[p] for p in keep]
+            generators = [generators[p] for p in keep]
+    for p, i in enumerate(stack.order):
+        if best_state[i] is None:
+            best_state[i] = stack.member_state(p)
+    for i, res in enumerate(results):
         EarlyStopping.finish(res)
-        net = MLP(members[m].model)
-        state = best_state[m]
-        net.load_state_dict(state if state is not None else stack.member_state(m))
+        net = MLP(members[i].model)
+        state = best_state[i]
+        assert state is not None
+        net.load_state_dict(state)
         net.eval()
         res.model = net
     return results

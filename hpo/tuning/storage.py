@@ -204,7 +204,13 @@ _RETRIED = (
     "set_trial_state_values",
     "set_trial_system_attr",
     "set_trial_user_attr",
+    # private ones Optuna's own callers use: fail_stale_trials, and the cache Optuna wraps an
+    # RDB storage in (optuna/storages/_cached_storage.py calls these on its backend)
+    "_create_new_trial",
+    "_get_best_trial_id",
     "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_trial_param",
 )
 
 
