@@ -54,23 +54,26 @@ def test_years_stay_inside_each_decade_and_real_range() -> None:
 
 
 def test_features_look_like_the_real_sample(sample_dir: Path) -> None:
+    """The realism figures of docs/synthetic.md (measured: IQR ratios 0.963-1.008, largest median
+    offset 0.6 % of the 5-95 % range, skewness rank correlation 0.91, 99 % of the heavy-tailed
+    features heavy-tailed, correlation of the correlation matrices 0.89), with a small margin."""
     real = np.concatenate([_parse.parse_uci(p).features for p in sorted(sample_dir.glob("*.txt"))])
     syn = synthetic.draw(synthetic.SyntheticSpec(rows=20_000, seed=2)).features
     q = [0.05, 0.25, 0.5, 0.75, 0.95]
     rq, sq = np.quantile(real, q, axis=0), np.quantile(syn, q, axis=0)
     iqr_ratio = (sq[3] - sq[1]) / (rq[3] - rq[1])
-    assert np.all((iqr_ratio > 0.7) & (iqr_ratio < 1.4)), iqr_ratio
+    assert np.all((iqr_ratio > 0.94) & (iqr_ratio < 1.03)), iqr_ratio
     spread = rq[4] - rq[0]
-    assert np.all(np.abs(sq[2] - rq[2]) < 0.15 * spread)  # medians where the real ones are
-    assert stats.spearmanr(stats.skew(real), stats.skew(syn)).statistic > 0.8
+    assert np.all(np.abs(sq[2] - rq[2]) < 0.01 * spread)  # medians where the real ones are
+    assert stats.spearmanr(stats.skew(real), stats.skew(syn)).statistic > 0.88
     heavy = stats.kurtosis(real) > 5
-    assert np.mean(stats.kurtosis(syn)[heavy] > 3) > 0.8  # outliers / heavy tails kept
+    assert np.mean(stats.kurtosis(syn)[heavy] > 3) > 0.95  # outliers / heavy tails kept
     positive = real.min(axis=0) > 0
     assert np.all(syn[:, positive] > 0)  # variances stay positive
     upper = np.triu_indices(90, 1)
     real_corr = np.asarray(np.corrcoef(real, rowvar=False))[upper]
     syn_corr = np.asarray(np.corrcoef(syn, rowvar=False))[upper]
-    assert float(np.corrcoef(real_corr, syn_corr)[0, 1]) > 0.7
+    assert float(np.corrcoef(real_corr, syn_corr)[0, 1]) > 0.86
 
 
 @pytest.mark.slow
@@ -102,3 +105,21 @@ def test_prepared_synthetic_values_are_those_of_the_written_text(tmp_path: Path)
     assert np.array_equal(
         labels.decades().apply(parsed.years, file="f", column="y", first_line=1), prepared.labels
     )
+
+
+@pytest.mark.slow
+def test_nonlinearity_matches_the_real_rows(sample_dir: Path) -> None:
+    """How much only a nonlinear model reaches (gradient boosting minus logistic regression,
+    5-fold CV on 7,000 rows): a synthetic draw within 1 point of the real sample's (+1.83). Five
+    draws of the shipped generator measured +1.10 to +2.43 points (mean +1.69, docs/synthetic.md);
+    without the era-dependent spread one draw gives -0.25."""
+    result = calibration.nonlinearity(
+        config=calibration.NonlinearityConfig(draws=1), real_file=sample_dir / "random7000.txt"
+    )
+    assert result["real_rows"] == 7000
+    assert result["real_gap"] == pytest.approx(0.0183, abs=0.002)  # the real rows: fixed, deterministic
+    assert result["within_1_point"], result
+    flat = calibration.nonlinearity(
+        config=calibration.NonlinearityConfig(draws=1), spec=synthetic.SyntheticSpec(era_spread=0.0)
+    )
+    assert flat["gap_mean"] < result["gap_mean"] - 0.01  # the era-dependent spread is what adds it

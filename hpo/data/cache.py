@@ -165,9 +165,14 @@ def prepare(
     try:
         table = sources.read(settings, path)
         _write_prepared(work, settings, table, sha=sha, folds=folds)
-        if target.exists():
+        if force and target.exists():
             shutil.rmtree(target)
-        work.rename(target)
+        try:
+            work.rename(target)
+        except OSError:  # another worker prepared the same rows first: use theirs
+            if not (target / "meta.json").exists():
+                raise
+            shutil.rmtree(work, ignore_errors=True)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
