@@ -13,7 +13,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -79,9 +79,15 @@ class EvalRecord:
     val_accuracy: float
     #: the predicted class of every validation row (CPU int64), for metrics beyond accuracy
     val_pred: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    #: the cross-entropy of every validation row (CPU float32), for paired comparisons
+    val_nll: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def light(self) -> EvalRecord:
+        """The record without its per-row tensors (what a history keeps)."""
+        return replace(self, val_pred=None, val_nll=None)
 
 
-_HISTORY_FIELDS = tuple(f.name for f in fields(EvalRecord) if f.name != "val_pred")
+_HISTORY_FIELDS = tuple(f.name for f in fields(EvalRecord) if f.name not in ("val_pred", "val_nll"))
 
 Callback = Callable[[EvalRecord], bool | None]
 
@@ -138,6 +144,7 @@ class EarlyStopping:
         for callback in callbacks:
             if callback(record):
                 stop = True
+        result.history[-1] = record.light()  # callbacks saw the per-row tensors; keep them no longer
         return stop, snapshot
 
     @staticmethod
@@ -197,6 +204,7 @@ def fit(
         with autocast(cfg.precision, device):
             logits = predict_logits(model, data.x_val, batch_size=cfg.eval_batch_size)
         pred = logits.argmax(dim=1)
+        nll = F.cross_entropy(logits, data.y_val, reduction="none")
         record = EvalRecord(
             epoch=epoch,
             step=step,
@@ -205,6 +213,7 @@ def fit(
             val_loss=F.cross_entropy(logits, data.y_val).item(),
             val_accuracy=(pred == data.y_val).double().mean().item(),
             val_pred=pred.cpu(),
+            val_nll=nll.cpu(),
         )
         run_loss.zero_()
         run_correct.zero_()

@@ -347,14 +347,15 @@ class _Optimizers:
 
     def step(self) -> None:
         with torch.no_grad():
+            # a leaf without a gradient is unused: the norm affines of a stack whose normalised
+            # members have all stopped and left it (optimizers skip parameters without gradients)
             if self.decay is not None:
                 for leaf in self.leaves:  # L2 as PyTorch's optimizers add it: grad + wd * param
-                    assert leaf.grad is not None
-                    leaf.grad.addcmul_(leaf, self.decay)
+                    if leaf.grad is not None:
+                        leaf.grad.addcmul_(leaf, self.decay)
             for view, j, p in self.views:
                 grad = self.leaves[j].grad
-                assert grad is not None
-                view.grad = grad[p]
+                view.grad = grad[p] if grad is not None else None
         for optimizer in self.optimizers:
             optimizer.step()
 
@@ -407,9 +408,9 @@ def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
 @torch.no_grad()
 def _evaluate(
     stack: StackedMLP, datasets: Sequence[TensorData], eval_batch: int, precision: str, batched: bool
-) -> list[tuple[float, float, torch.Tensor]]:
-    """(val loss, val accuracy, predicted classes) of every member, by stack position: all
-    members in one pass per chunk of rows (``batched``), or member by member."""
+) -> list[tuple[float, float, torch.Tensor, torch.Tensor]]:
+    """(val loss, val accuracy, predicted classes, per-row cross-entropy) of every member, by
+    stack position: all members in one pass per chunk of rows (``batched``), or member by member."""
     if not batched:
         return [
             _evaluate_one(stack, datasets[mb.data], p, eval_batch, precision)
@@ -422,6 +423,7 @@ def _evaluate(
     chunk = max(512, eval_batch // m)
     loss_sum = torch.zeros(m, dtype=torch.float64, device=stack.device)
     preds: list[list[torch.Tensor]] = [[] for _ in range(m)]
+    nlls: list[list[torch.Tensor]] = [[] for _ in range(m)]
     for s in range(0, max(sizes), chunk):
         if one_dataset:
             xb = vals[0].x_val[s : s + chunk][None].expand(m, -1, -1)
@@ -447,22 +449,31 @@ def _evaluate(
         loss_sum += ce.double().sum(1)
         pred = logits.argmax(-1)
         for p in range(m):
-            preds[p].append(pred[p, : max(0, min(chunk, sizes[p] - s))])
+            real = max(0, min(chunk, sizes[p] - s))
+            preds[p].append(pred[p, :real])
+            nlls[p].append(ce[p, :real])
     out = []
     for p, v in enumerate(vals):
         pred = torch.cat(preds[p])
-        out.append((float(loss_sum[p]) / sizes[p], int((pred == v.y_val).sum()) / sizes[p], pred.cpu()))
+        out.append(
+            (
+                float(loss_sum[p]) / sizes[p],
+                int((pred == v.y_val).sum()) / sizes[p],
+                pred.cpu(),
+                torch.cat(nlls[p]).float().cpu(),
+            )
+        )
     return out
 
 
 def _evaluate_one(
     stack: StackedMLP, data: TensorData, p: int, eval_batch: int, precision: str
-) -> tuple[float, float, torch.Tensor]:
+) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """One member's evaluation (the stack's layers, sliced to that member)."""
     mb = stack.members[p].model
     sel = slice(p, p + 1)
     loss_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
-    preds = []
+    preds, nlls = [], []
     for s in range(0, data.x_val.shape[0], eval_batch):
         xb, yb = data.x_val[s : s + eval_batch], data.y_val[s : s + eval_batch]
         with autocast(precision, stack.device):
@@ -473,9 +484,10 @@ def _evaluate_one(
             logits = torch.baddbmm(stack.biases[-1][sel], h, stack.weights[-1][sel])[0].float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
         preds.append(logits.argmax(dim=1))
+        nlls.append(F.cross_entropy(logits, yb, reduction="none"))
     pred = torch.cat(preds)
     n = data.x_val.shape[0]
-    return float(loss_sum) / n, int((pred == data.y_val).sum()) / n, pred.cpu()
+    return float(loss_sum) / n, int((pred == data.y_val).sum()) / n, pred.cpu(), torch.cat(nlls).cpu()
 
 
 def _losses(
@@ -616,7 +628,10 @@ def fit_stacked(
             continue
         scores = _evaluate(stack, datasets, cfg.eval_batch_size, precision, opt.batched_eval)
         stopped: list[int] = []
-        for p, (val_loss, val_acc, val_pred) in enumerate(scores):
+        # in the caller's member order: a pruner then decides for each member with what it
+        # would see if the members trained one after another (the earlier members' same epoch)
+        for p in sorted(range(stack.m), key=lambda q: stack.order[q]):
+            val_loss, val_acc, val_pred, val_nll = scores[p]
             i = stack.order[p]
             if done[i]:  # stopped earlier, still in the stack (compaction off)
                 continue
@@ -629,6 +644,7 @@ def fit_stacked(
                 val_loss=val_loss,
                 val_accuracy=val_acc,
                 val_pred=val_pred,
+                val_nll=val_nll,
             )
             stop, snapshot = trackers[i].observe(results[i], record, cbs[i])
             if snapshot:
