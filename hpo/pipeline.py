@@ -20,9 +20,11 @@ arguments and renders what these methods return.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from hpo.stages import Stage, StageContext
 from hpo.tuning import records
 from hpo.tuning.locks import exclusive_sqlite_worker
 from hpo.tuning.storage import artifact_store, open_storage, redact, storage_url
+from hpo.tuning.workers import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +125,7 @@ class Pipeline:
     plan: Plan
     ctx: StageContext
     progress: Progress = field(default_factory=LogProgress)
+    _registry: Registry | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -132,8 +136,9 @@ class Pipeline:
         artifacts: Path | str | None = None,
         data_dir: Path | None = None,
         progress: Progress | None = None,
+        overrides: Sequence[str] = (),
     ) -> Pipeline:
-        plan = plan_mod.load(resolve_study_file(study_file))
+        plan = plan_mod.load(resolve_study_file(study_file), overrides=overrides)
         url = storage_url(storage)
         ctx = StageContext(
             pipeline=plan.name,
@@ -155,9 +160,29 @@ class Pipeline:
     # ------------------------------------------------------------------ running
 
     def run(self, *, force: bool = False) -> RunResult:
+        """Every stage in order, skipping completed ones; with other workers on the same storage,
+        joining whatever stage they are on and splitting its points with them."""
         start = time.perf_counter()
-        runs = [self.run_stage(stage.name, force=force) for stage in self.plan.stages]
+        with self.registered():
+            runs = [self.run_stage(stage.name, force=force) for stage in self.plan.stages]
         return RunResult(runs=runs, status=self.status(), seconds=round(time.perf_counter() - start, 1))
+
+    @contextlib.contextmanager
+    def registered(self) -> Iterator[None]:
+        """This process counted among the pipeline's live workers while it works."""
+        if self._registry is not None:
+            yield
+            return
+        exclusive_sqlite_worker(self.ctx.storage, self.ctx.storage_url)
+        self.ctx.data()  # prepare (and check) the data before anything is stored
+        with Registry(self.ctx.storage, self.plan.name) as registry:
+            self._registry = registry
+            self.ctx.live_workers = registry.live
+            try:
+                yield
+            finally:
+                self._registry = None
+                self.ctx.live_workers = lambda: 1
 
     def run_stage(self, name: str, *, force: bool = False) -> StageRun:
         stage = self.plan.stage(name)
@@ -165,6 +190,10 @@ class Pipeline:
         self.check_prerequisites(stage)
         cfg_in = self.input_config(stage)
         self.ctx.data()  # prepare (and check) the data before anything is stored
+        with self.registered():
+            return self._run_stage(stage, cfg_in, force=force)
+
+    def _run_stage(self, stage: Stage, cfg_in: RunConfig, *, force: bool) -> StageRun:
         study_name = self.ctx.study_name(stage.name)
         existing = self.ctx.find_study(study_name)
         if force and existing is not None:
@@ -231,6 +260,7 @@ class Pipeline:
             records.SETTINGS: material,
             records.FINGERPRINT: records.fingerprint(material),
             records.CARRIED_IN: cfg_in.to_record(),
+            **stage.study_records(self.ctx),
         }
         for key, value in attrs.items():
             if key not in study.user_attrs:  # another worker may have created it first
@@ -261,7 +291,7 @@ class Pipeline:
         """Select, publish the figures and note, then flag the study complete (an error in
         between leaves it to be finished by a re-run)."""
         study = self._reopen(stage, study.study_name, cfg_in)
-        selection = stage.select(study.get_trials(deepcopy=False), cfg_in)
+        selection = stage.select(study.get_trials(deepcopy=False), cfg_in, study.user_attrs)
         records.write_selection(study, selection)
         if stage.reads_test_rows:
             study.set_user_attr(records.TEST_METRICS, selection.extra["test_metrics"])

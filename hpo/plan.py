@@ -7,6 +7,10 @@ so study files written before kinds existed keep working: ``weight_decay`` is a 
 ``weight_decay`` (a ``grid = [...]`` list is its values), and ``components`` becomes four
 ``sweep`` stages (``components.init``, ``.activation``, ``.norm``, ``.optimizer``).
 
+``--set KEY=VALUE`` on the command line changes one key of the file before it is validated
+(``defaults.precision=fp32``, ``pipeline.name=faithful_fp32``, ``stages.final.seeds=3``); the
+value is read as a TOML value, or as a string when it is not one.
+
 Every problem is one :class:`~hpo.errors.ConfigError` line naming the file, the key path and the
 fix, raised before anything is written anywhere.
 """
@@ -14,7 +18,7 @@ fix, raised before anything is written anywhere.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from hpo.stages import KINDS, Stage
 
 TOP_LEVEL = ("pipeline", "data", "defaults", "report", "stages")
 LEGACY_COMPONENTS = ("init", "activation", "norm", "optimizer")
+RESERVED = ("workers",)  # <pipeline>.workers is the registry of live workers
 #: Stage names of the write-up whose kind is implied.
 IMPLIED_KINDS = {"weight_decay": "grid_cv"}
 
@@ -49,6 +54,7 @@ class Plan:
     report: ReportSettings
     stages: tuple[Stage, ...]  # in run order
     requires: Mapping[str, tuple[str, ...]]
+    overrides: tuple[str, ...] = ()  # the --set KEY=VALUE applied to the file, in order
 
     @property
     def name(self) -> str:
@@ -165,11 +171,46 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{shown}: not valid TOML ({exc}); fix the syntax") from None
 
 
-def load(path: Path | str) -> Plan:
-    """Read and validate a study file."""
+def _override_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string (fp32, tpe, ...)
+
+
+def apply_overrides(shown: str, raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """The study file's tables with each ``KEY=VALUE`` (a dotted key path) set."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(
+                f"--set {item}: expected KEY=VALUE with a dotted key, e.g. --set defaults.precision=fp32"
+            )
+        if parts[0] not in TOP_LEVEL:
+            raise ConfigError(
+                f"--set {item}: {parts[0]!r} is not a table; top-level tables: {', '.join(TOP_LEVEL)}"
+            )
+        table = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt = table.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"--set {item}: {where} in {shown} is a value, not a table; set it directly"
+                )
+            table = nxt
+        table[parts[-1]] = _override_value(value.strip())
+    return raw
+
+
+def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
+    """Read and validate a study file, with ``--set KEY=VALUE`` overrides applied first."""
     file = Path(path)
     shown = str(path)
-    raw = _read_toml(file)
+    raw = apply_overrides(shown, _read_toml(file), overrides)
+    if overrides:
+        shown = f"{shown} (--set {' '.join(overrides)})"
     for key in raw:
         if key not in TOP_LEVEL:
             raise _fail(shown, key, f"unknown table; top-level tables: {', '.join(TOP_LEVEL)}")
@@ -188,6 +229,10 @@ def load(path: Path | str) -> Plan:
             raise _fail(shown, f"stages.{name}", f"must be a table ([stages.{name}])")
         if not all(c.isalnum() or c in "-_" for c in name):
             raise _fail(shown, f"stages.{name}", "a stage name may hold only letters, digits, '-' and '_'")
+        if name in RESERVED:
+            raise _fail(
+                shown, f"stages.{name}", f"the name {name!r} is reserved (the worker registry); rename it"
+            )
         declared.extend(_expand(shown, name, table))
     built: list[Stage] = []
     for name, table in declared:
@@ -229,4 +274,5 @@ def load(path: Path | str) -> Plan:
         report=report,
         stages=tuple(ordered),
         requires=requires,
+        overrides=tuple(overrides),
     )

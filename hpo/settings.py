@@ -313,6 +313,21 @@ class StageSettings(Section):
     requires: list[str] | None = None  # stages that must be complete first (default: the previous one)
 
 
+SelectPolicy = Literal["best", "keep_unless_better"]
+
+
+class SelectingSettings(StageSettings):
+    """Settings of a stage that selects among candidates."""
+
+    metric: Metric = "accuracy"
+    # "best": the best score wins (the write-up's rule); "keep_unless_better": the carried-in
+    # value stays unless a challenger beats it beyond noise (its 95 % interval above 0)
+    select: SelectPolicy = "best"
+    seeds: Annotated[int, Field(ge=1, le=64)] = (
+        1  # seeds per candidate, trained stacked; scored by their mean
+    )
+
+
 # --------------------------------------------------------------------------- error messages
 
 

@@ -293,7 +293,7 @@ def watched_trainers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str
         seen.append(("range_test", peak(args[2])))
         return real_range(*args, **kwargs)
 
-    for module in ("hpo.stages.baseline", "hpo.stages.lr_range", "hpo.stages.final"):
+    for module in ("hpo.stages.baseline", "hpo.stages.lr_range"):  # the rest train through batch
         monkeypatch.setattr(f"{module}.fit", fit)
     monkeypatch.setattr(batch, "fit", fit)
     monkeypatch.setattr(batch, "fit_stacked", fit_stacked)
@@ -497,3 +497,47 @@ def test_an_appended_dropout_sweep_runs_before_final(tmp_path: Path) -> None:
     assert _hpo("report", "--config", str(cfg), "--out", str(out), cwd=tmp_path).returncode == 0
     text = out.read_text()
     assert 'id="stage-dropout"' in text and 'data-figure="dropout-bar"' in text
+
+
+MEDIAN = """
+[pipeline]
+name = "median"
+
+[data]
+source = "synthetic"
+rows = 4000
+seed = 42
+
+[defaults]
+hidden = [32, 32]
+
+[stages.weight_decay]
+kind = "grid_cv"
+grid = { weight_decay = [1e-4, 1e-3, 3.0] }
+folds = 3
+epochs = 2
+pruner = "median"
+"""
+
+
+def test_median_pruner_stops_a_hopeless_point_after_its_first_fold(tmp_path: Path) -> None:
+    """With ``pruner = "median"`` the points run one at a time, fold by fold; a point whose first
+    fold scores below the median of the points before it is pruned there and cannot be selected."""
+    cfg = tmp_path / "median.toml"
+    cfg.write_text(MEDIAN)
+    pipe = load(tmp_path, cfg)
+    pipe.run()
+    study = optuna.load_study(study_name="median.weight_decay", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    by_wd = {t.params["weight_decay"]: t for t in study.get_trials()}
+    assert set(by_wd) == {1e-4, 1e-3, 3.0} and len(study.get_trials()) == 3
+    for wd in (1e-4, 1e-3):
+        assert by_wd[wd].state == optuna.trial.TrialState.COMPLETE
+        assert len(by_wd[wd].user_attrs[records.FOLD_SCORES]) == 3
+    hopeless = by_wd[3.0]
+    assert hopeless.state == optuna.trial.TrialState.PRUNED
+    assert len(hopeless.user_attrs[records.FOLD_SCORES]) == 1  # stopped after its first fold
+    assert hopeless.user_attrs[records.FOLD_SCORES][0] < min(
+        by_wd[wd].user_attrs[records.FOLD_SCORES][0] for wd in (1e-4, 1e-3)
+    )
+    selection = records.read_selection(study.user_attrs)
+    assert selection is not None and selection.config_out.weight_decay in (1e-4, 1e-3)

@@ -296,3 +296,34 @@ def test_validate_lists_the_stages_in_order(capsys: pytest.CaptureFixture[str]) 
     assert (
         "pipeline quick, 8 stages, valid" in out and "weight_decay            grid_cv (after lr_range)" in out
     )
+
+
+def test_set_overrides_one_key_before_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    faithful = REPO / "studies" / "msd_decade.toml"
+    p = plan.load(
+        faithful,
+        overrides=["defaults.precision=fp32", "pipeline.name=faithful_fp32", "stages.final.epochs=3"],
+    )
+    assert p.name == "faithful_fp32" and p.defaults.precision == "fp32"
+    assert getattr(p.stage("final").settings, "epochs") == 3  # noqa: B009  (a TOML value: the integer 3)
+    assert plan.load(faithful).defaults.precision == "bf16"  # the file itself is untouched
+    with pytest.raises(ConfigError, match=r"defaults.lr = -1.0: .*greater than 0"):
+        plan.load(faithful, overrides=["defaults.lr=-1.0"])  # validated like the file
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        plan.load(faithful, overrides=["defaults.lr"])
+    with pytest.raises(ConfigError, match="'default' is not a table"):
+        plan.load(faithful, overrides=["default.lr=1"])
+    with pytest.raises(ConfigError, match=r"defaults\.lr in .* is a value, not a table"):
+        plan.load(faithful, overrides=["defaults.lr.x=1"])
+    db = tmp_path / "hpo.db"
+    args = ["validate", "--config", str(faithful), "--set", "defaults.optimizer=adagrad"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "defaults.optimizer = 'adagrad'" in err and "--set" in err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_study_file_validates(path: Path) -> None:
+    p = plan.load(path)
+    assert p.name == path.stem and p.stages[-1].kind == "final"

@@ -116,7 +116,7 @@ def test_queued_duplicates_and_lost_claims_step_aside(tmp_path: Path) -> None:
     owner = study.ask(fixed_distributions=DISTS)
     # a stale retry of point 1 is still queued (e.g. a lost claim lock queued it twice)
     study.enqueue_trial({"x": 1}, user_attrs={records.POINT: key1})
-    r = runner._Runner(study, storage, runner.Grid(POINTS), DISTS, _objective([]), 5)
+    r = runner._Runner(study, storage, runner.Grid(POINTS), DISTS, _objective([]), runner._fixed(5))
     claims = r.claim()
     assert claims is not None
     queued = [c for c in claims if c.point == {"x": 1}]
@@ -204,7 +204,7 @@ def test_a_dead_workers_trial_is_failed_requeued_and_rerun(url: str, fast_heartb
     storage = open_storage(url)
     study = _study(storage)
     # a worker claimed point 3, beat once, and died
-    r = runner._Runner(study, storage, runner.Grid([{"x": 3}]), DISTS, _objective([]), 1)
+    r = runner._Runner(study, storage, runner.Grid([{"x": 3}]), DISTS, _objective([]), runner._fixed(1))
     with runner._quiet_optuna():
         (dead,) = r.claim() or []
     time.sleep(3)

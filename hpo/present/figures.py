@@ -270,6 +270,31 @@ def sweep_figures(study: optuna.Study, setting: str, *, metric: str) -> list[Fig
     return [(f"{p}-bar", bar), (f"{p}-curves", curves)]
 
 
+def search_figures(study: optuna.Study, space: Sequence[str], *, metric: str) -> list[Figure]:
+    """Optuna's own plots of a search: its history, the parameters' importances (fANOVA), and
+    parallel coordinates."""
+    import optuna.visualization as vis
+
+    p = _prefix(study)
+    name = metric.replace("_", " ")
+    history = vis.plot_optimization_history(study, target_name=f"peak validation {name}")
+    history.update_layout(title=f"Search: peak validation {name} by trial", **_LAYOUT)
+    out = [(f"{p}-history", history)]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2 and len(space) >= 2:
+        try:
+            importance = vis.plot_param_importances(study, target_name=name)
+            importance.update_layout(title="Search: parameter importances (fANOVA)", **_LAYOUT)
+            out.append((f"{p}-importance", importance))
+        except (RuntimeError, ValueError):  # too few distinct values to rank
+            pass
+    if complete:
+        parallel = vis.plot_parallel_coordinate(study, params=list(space), target_name=name)
+        parallel.update_layout(title="Search: parallel coordinates", **_LAYOUT)
+        out.append((f"{p}-parallel", parallel))
+    return out
+
+
 def learning_curves(trial: FrozenTrial, title: str) -> go.Figure:
     h = _history(trial)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
@@ -334,6 +359,15 @@ def final_figures(study: optuna.Study) -> list[Figure]:
         (f"{p}-confusion", conf),
         (f"{p}-per-class", scores),
     ]
+
+
+def recall_comparison(recalls: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """Per-class test recall of several pipelines, side by side."""
+    fig = _fig("Test recall per class", barmode="group", yaxis_title="recall")
+    for name, by_class in recalls.items():
+        fig.add_bar(x=list(by_class), y=list(by_class.values()), name=name)
+    fig.update_xaxes(type="category")
+    return fig
 
 
 def _fmt(value: Any) -> str:

@@ -233,6 +233,72 @@ def build(pipe: Pipeline, *, stages: bool = True) -> tuple[str, dict[str, Any]]:
     return page, {"figures": counts, "sections": [s.anchor for s in sections]}
 
 
+def comparison_section(pipes: list[Pipeline]) -> Section:
+    """Pipelines of one storage side by side: selections, test metrics, compute, per-class recall."""
+    section = Section("comparison", "Pipelines side by side")
+    names = [p.plan.name for p in pipes]
+    statuses = [p.status() for p in pipes]
+    rows: list[list[str]] = []
+    for key, label in (
+        ("accuracy", "test accuracy"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("macro_f1", "macro-F1"),
+        ("loss", "test loss"),
+    ):
+        cells = []
+        for st in statuses:
+            m = st.test_metrics
+            if not m:
+                cells.append("not run")
+            elif f"{key}_sd" in m:
+                cells.append(f"{m[key]:.4f} ± {m[f'{key}_sd']:.4f} ({m['seeds']} seeds)")
+            else:
+                cells.append(f"{m[key]:.4f}")
+        rows.append([label, *cells])
+    seconds = [sum(s for st in p.plan.stages if (s := p.trial_seconds(st)) is not None) for p in pipes]
+    trials = [sum(sum(st.trials.values()) for st in status.stages) for status in statuses]
+    rows.append(["compute: seconds of trials", *[f"{s:,.0f}" for s in seconds]])
+    rows.append(["compute: trials", *[str(t) for t in trials]])
+    section.table(rows, ["", *names])
+    for pipe, status in zip(pipes, statuses, strict=True):
+        section.h3(f"{pipe.plan.name}: what each stage selected")
+        section.table(
+            [
+                [
+                    st.stage,
+                    st.kind,
+                    ", ".join(f"{k} = {fmt(v)}" for k, v in (st.selection or {}).get("selected", {}).items()),
+                ]
+                for st in status.stages
+            ],
+            ["stage", "kind", "selected"],
+        )
+    recalls = {
+        p.plan.name: {c: v["recall"] for c, v in st.test_metrics["per_class"].items()}
+        for p, st in zip(pipes, statuses, strict=True)
+        if st.test_metrics
+    }
+    if recalls:
+        section.figure("comparison-recall", figures.recall_comparison(recalls))
+    return section
+
+
+def write_comparison(pipes: list[Pipeline], out: Path) -> dict[str, Any]:
+    """One page comparing pipelines (e.g. the faithful protocol and one that beats it)."""
+    sections = [comparison_section(pipes)]
+    title = "hpo comparison: " + " vs ".join(p.plan.name for p in pipes)
+    page = _ENV.get_template("report.html.j2").render(
+        title=title,
+        subtitle=" · ".join(p.plan.path for p in pipes) + f" · {pipes[0].ctx.storage_url}",
+        plotlyjs=plotly.offline.get_plotlyjs(),
+        nav=[(s.anchor, s.title) for s in sections],
+        sections=sections,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return {"path": str(out), "bytes": out.stat().st_size, "figures": {"comparison": sections[0].figures}}
+
+
 def write(pipe: Pipeline, out: Path, *, stages: bool = True) -> dict[str, Any]:
     page, summary = build(pipe, stages=stages)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,10 @@ kind       what it does
 baseline   candidate architectures, briefly trained; lowest validation loss wins
 lr_range   the LR range test (torch-lr-finder's method) and a verification run
 grid_cv    a grid over settings, each point scored by k-fold CV
-sweep      one setting at each of its choices; the best is carried forward
-final      retrain, evaluate the test rows once, save the model
+sweep      one setting at each of its choices (optionally re-tuning nuisance settings for
+           each); the best is carried forward
+search     an Optuna sampler over a declared space, with a pruner and a trial budget
+final      retrain (N seeds), evaluate the test rows once per model, save the model
 ========== =====================================================================================
 """
 
@@ -20,9 +22,11 @@ from hpo.stages.baseline import Baseline, BaselineSettings
 from hpo.stages.final import Final, FinalSettings
 from hpo.stages.grid_cv import GridCv, GridCvSettings
 from hpo.stages.lr_range import LrRange, LrRangeSettings
+from hpo.stages.search import Search, SearchSettings
 from hpo.stages.sweep import Sweep, SweepSettings
 
-KINDS: dict[str, type[GridStage]] = {cls.kind: cls for cls in (Baseline, LrRange, GridCv, Sweep, Final)}
+StageClass = type[GridStage] | type[Search]
+KINDS: dict[str, StageClass] = {cls.kind: cls for cls in (Baseline, LrRange, GridCv, Sweep, Search, Final)}
 
 __all__ = [
     "KINDS",
@@ -31,6 +35,7 @@ __all__ = [
     "GridCvSettings",
     "GridStage",
     "LrRangeSettings",
+    "SearchSettings",
     "Stage",
     "StageContext",
     "StageData",

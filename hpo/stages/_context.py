@@ -8,6 +8,7 @@ caller, so a test can prove that no other stage saw them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -131,6 +132,7 @@ class StageContext:
     data_dir: Path | None = None
     folds: int = 2  # the most CV folds any stage asks for (checked against the classes)
     progress: Progress = field(default_factory=LogProgress)
+    live_workers: Callable[[], int] = field(default=lambda: 1, repr=False)  # counted from heartbeats
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:

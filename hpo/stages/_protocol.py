@@ -9,8 +9,8 @@ figures, the completion flag.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal, Protocol
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -20,8 +20,9 @@ from hpo.errors import HpoError
 from hpo.present.figures import Figure
 from hpo.settings import RunConfig, StageSettings
 from hpo.stages._context import StageContext
-from hpo.tuning import runner
+from hpo.tuning import records, runner
 from hpo.tuning.records import Selection, point_key
+from hpo.tuning.workers import share
 
 Direction = Literal["minimize", "maximize"]
 
@@ -30,8 +31,12 @@ class Stage(Protocol):
     kind: ClassVar[str]
     settings_model: ClassVar[type[StageSettings]]
     reads_test_rows: ClassVar[bool]
-    name: str
-    settings: StageSettings
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> StageSettings: ...
 
     @property
     def direction(self) -> Direction: ...
@@ -47,7 +52,11 @@ class Stage(Protocol):
 
     def run(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None: ...
 
-    def select(self, trials: Sequence[FrozenTrial], cfg_in: RunConfig) -> Selection: ...
+    def select(
+        self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
+    ) -> Selection: ...
+
+    def study_records(self, ctx: StageContext) -> dict[str, Any]: ...
 
     def figures(self, study: optuna.Study) -> list[Figure]: ...
 
@@ -58,6 +67,7 @@ class GridStage:
     kind: ClassVar[str]
     settings_model: ClassVar[type[StageSettings]]
     reads_test_rows: ClassVar[bool] = False
+    scores_validation_rows: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: StageSettings) -> None:
         self.name = name
@@ -99,11 +109,26 @@ class GridStage:
             work=runner.Grid(self.points(cfg_in)),
             distributions=self.distributions(cfg_in),
             objective=self.objective(ctx, cfg_in),
-            batch_size=self.batch_size(),
+            batch_size=share(self.batch_size(), ctx.live_workers),
         )
 
-    def select(self, trials: Sequence[FrozenTrial], cfg_in: RunConfig) -> Selection:
+    def select(
+        self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
+    ) -> Selection:
+        """What the stage selects from its finished trials (``study_attrs``: its study's
+        attributes, e.g. the validation rows' classes that paired comparisons need)."""
         raise NotImplementedError
+
+    def study_records(self, ctx: StageContext) -> dict[str, Any]:
+        """Attributes stored with the study when it is created: a stage that scores candidates on
+        the validation rows keeps their classes, for the paired comparison of its selection."""
+        if not self.scores_validation_rows:
+            return {}
+        data = ctx.data()
+        return {
+            records.VAL_LABELS: records.pack_labels(data.train_val().y_val.numpy()),
+            records.N_CLASSES: data.n_classes,
+        }
 
     def finished(self, trials: Sequence[FrozenTrial], cfg_in: RunConfig) -> list[FrozenTrial]:
         """The COMPLETE trial of each point, in point order (a point that ran twice: the latest);
@@ -129,26 +154,3 @@ class GridStage:
 
     def figures(self, study: optuna.Study) -> list[Figure]:
         return []
-
-
-def best_of(
-    trials: Sequence[FrozenTrial], key: Callable[[FrozenTrial], float], *, maximize: bool
-) -> FrozenTrial:
-    """The best trial under ``key``; a tie goes to the earliest in ``trials`` (point order)."""
-    best = trials[0]
-    for t in trials[1:]:
-        if (key(t) > key(best)) if maximize else (key(t) < key(best)):
-            best = t
-    return best
-
-
-def runner_up(
-    trials: Sequence[FrozenTrial], chosen: FrozenTrial, key: Callable[[FrozenTrial], float], *, maximize: bool
-) -> FrozenTrial | None:
-    rest = [t for t in trials if t.number != chosen.number]
-    return best_of(rest, key, maximize=maximize) if rest else None
-
-
-def value(t: FrozenTrial) -> float:
-    assert t.value is not None
-    return float(t.value)

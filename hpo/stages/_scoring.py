@@ -1,21 +1,26 @@
 """How a trial's evaluations become its score, and the trainer callbacks that report them to Optuna.
 
 A :class:`Scorer` turns one evaluation record into the stage's metric (accuracy, balanced
-accuracy, macro-F1 or the validation loss); :func:`trial_callbacks` reports it as the trial's
-intermediate value, asks the pruner, and feeds the progress display.
+accuracy, macro-F1 or the validation loss). A trial may train several seeds (models); its
+:class:`TrialScore` collects every seed's evaluations, reports the mean over the seeds as the
+trial's intermediate value once all of them have reached a step, asks the pruner then, and keeps
+each seed's best evaluation (and, for one seed, that evaluation's per-row predictions and
+losses, which paired comparisons between trials need).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import optuna
 import torch
 
 from hpo.present.progress import Progress
-from hpo.training import Callback, EvalRecord, FitResult, score
+from hpo.training import Callback, EvalRecord, score
+from hpo.tuning import records
 
 
 class Scorer:
@@ -35,52 +40,85 @@ class Scorer:
         assert record.val_pred is not None
         return score(self.metric, self.y_val, record.val_pred.numpy(), n_classes=self.n_classes)
 
-    def peak(self, history: Sequence[EvalRecord]) -> tuple[int, float]:
-        """The index and value of the best evaluation (the first, on a tie)."""
-        values = np.array([self(r) for r in history])
-        i = int(np.argmax(values) if self.maximize else np.argmin(values))
-        return i, float(values[i])
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.maximize else a < b
 
 
 @dataclass
-class Watch:
-    """What the callbacks of one trial saw: whether its pruner stopped it."""
+class _Seed:
+    best: float | None = None
+    pred: torch.Tensor | None = None
+    nll: torch.Tensor | None = None
 
+
+@dataclass
+class TrialScore:
+    """One trial's evaluations over its seeds: reports, pruning, and the scored evaluation."""
+
+    trial: optuna.Trial
+    scorer: Scorer
+    seeds: int = 1
+    step: Literal["epoch", "step"] = "epoch"
+    report: bool = True
+    prune: bool = False
+    last: bool = False  # score a seed by its last evaluation, not its best
     pruned: bool = False
     pruned_at: int | None = None
-    values: list[float] = field(default_factory=list)
+    _seeds: list[_Seed] = field(default_factory=list)
+    _pending: dict[int, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._seeds = [_Seed() for _ in range(self.seeds)]
+
+    def callback(self, seed: int) -> Callback:
+        def see(record: EvalRecord) -> bool:
+            value = self.scorer(record)
+            s = self._seeds[seed]
+            if s.best is None or self.last or self.scorer.better(value, s.best):
+                s.best = value
+                if self.seeds == 1:
+                    s.pred, s.nll = record.val_pred, record.val_nll
+            at = record.epoch if self.step == "epoch" else record.step
+            values = self._pending.setdefault(at, [])
+            values.append(value)
+            if len(values) == self.seeds and not self.pruned:
+                del self._pending[at]
+                if self.report:
+                    self.trial.report(float(np.mean(values)), at)
+                if self.prune and self.trial.should_prune():
+                    self.pruned, self.pruned_at = True, at
+            return self.pruned
+
+        return see
+
+    @property
+    def seed_scores(self) -> list[float]:
+        return [s.best for s in self._seeds if s.best is not None]
+
+    @property
+    def value(self) -> float:
+        """The trial's score: the mean over its seeds of each seed's best (or last) evaluation."""
+        return float(np.mean(self.seed_scores))
+
+    def store(self, *, metric: str) -> None:
+        """Write the seeds' scores and (one seed) the scored evaluation's per-row results."""
+        self.trial.set_user_attr(records.SCORE, self.value)
+        if self.seeds > 1:
+            self.trial.set_user_attr(records.SEED_SCORES, self.seed_scores)
+            return
+        s = self._seeds[0]
+        if s.pred is not None:
+            self.trial.set_user_attr(records.VAL_PREDICTIONS, records.pack_labels(s.pred.numpy()))
+        if metric == "loss" and s.nll is not None:
+            self.trial.set_user_attr(records.VAL_LOSSES, records.pack_floats(s.nll.numpy()))
 
 
-def trial_callbacks(
-    trial: optuna.Trial,
-    *,
-    scorer: Scorer,
-    progress: Progress,
-    label: str,
-    epochs: int,
-    step: str = "epoch",
-    report: bool = True,
-    prune: bool = False,
-    watch: Watch | None = None,
+def callbacks_for(
+    score: TrialScore, seed: int, *, progress: Progress, label: str, epochs: int, rows: int = 0
 ) -> list[Callback]:
-    """Report the metric at every evaluation (step = the epoch, or the optimizer step), stop the
-    model when the pruner says so (``watch.pruned``), and show progress."""
-    seen = watch or Watch()
-
-    def report_value(record: EvalRecord) -> bool:
-        value = scorer(record)
-        seen.values.append(value)
-        at = record.epoch if step == "epoch" else record.step
-        if report:
-            trial.report(value, at)
-        if prune and trial.should_prune():
-            seen.pruned = True
-            seen.pruned_at = at
-            return True
-        return False
-
-    return [report_value, progress.member(label, epochs=epochs)]
+    return [score.callback(seed), progress.member(label, epochs=epochs, rows=rows)]
 
 
-def last(result: FitResult) -> EvalRecord:
-    return result.history[-1]
+def seed_values(base: int, seeds: int) -> Sequence[int]:
+    """The seeds a candidate trains: its configuration's, then the next ones."""
+    return [base + s for s in range(seeds)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -21,18 +21,19 @@ from pydantic import Field, model_validator
 
 from hpo.present import figures
 from hpo.settings import (
-    Metric,
     PositiveInt,
     RunConfig,
+    SelectingSettings,
     StageSettings,
     check_setting,
     param_value,
     setting_value,
 )
 from hpo.stages._context import StageContext
-from hpo.stages._protocol import GridStage, best_of, runner_up
-from hpo.stages._scoring import Scorer
-from hpo.training import FitResult, Member, TensorData, fit_members, resolve_device
+from hpo.stages._protocol import GridStage
+from hpo.stages._scoring import Scorer, seed_values
+from hpo.stages._selection import Candidate, choose
+from hpo.training import Callback, FitResult, Member, TensorData, fit_members, resolve_device
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -57,14 +58,13 @@ def check_choices(choices: dict[str, list[Any]], *, key: str) -> dict[str, list[
     return out
 
 
-class GridCvSettings(StageSettings):
+class GridCvSettings(SelectingSettings):
     kind: Literal["grid_cv"] = "grid_cv"
     grid: Choices
     folds: Annotated[int, Field(ge=2, le=20)] = 5
     epochs: PositiveInt = 10
     pruner: Literal["none", "median"] = "none"
     stack: PositiveInt = 5  # grid points trained together (x folds models); 1 = one model at a time
-    metric: Metric = "accuracy"
 
     @model_validator(mode="after")
     def _valid_grid(self) -> GridCvSettings:
@@ -109,106 +109,144 @@ class GridCv(GridStage):
         label = ctx.study_name(self.name)
         device = resolve_device(cfg_in.device)
 
-        def members_of(claim: runner.Claim, folds: list[TensorData], batch: int) -> list[Member]:
+        def members_of(claim: runner.Claim, folds: list[TensorData], batch: int) -> list[list[Member]]:
+            """The claim's models, by fold, one per seed."""
             cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in s.grid})
             model, optim = cfg.model(n_features=data.n_features, n_classes=data.n_classes), cfg.optim()
             out = []
             for k, fold in enumerate(folds):
                 weights = data.class_weights(fold) if cfg.class_weight == "balanced" else None
-                tcfg = cfg.train(epochs=s.epochs, device=device, class_weights=weights, eval_last_only=True)
-                out.append(Member(model, optim, tcfg, k))
+                seeds = seed_values(cfg.seed, s.seeds)
+                out.append(
+                    [
+                        Member(
+                            model,
+                            optim,
+                            cfg.train(
+                                epochs=s.epochs,
+                                device=device,
+                                class_weights=weights,
+                                eval_last_only=True,
+                                seed=seed,
+                            ),
+                            k,
+                        )
+                        for seed in seeds
+                    ]
+                )
             records.write_config(claim.trial, cfg)
             claim.trial.set_user_attr(
-                records.TRAIN, {**dataclasses.asdict(out[0].train), "folds": s.folds, "stacked": batch}
+                records.TRAIN,
+                {**dataclasses.asdict(out[0][0].train), "folds": s.folds, "stacked": batch, "seeds": s.seeds},
             )
             return out
 
+        def fold_scores(fold: TensorData, results: Sequence[FitResult]) -> tuple[float, list[float]]:
+            """A fold's score (the mean over seeds of the metric after the last epoch) and the seeds'."""
+            scorer = Scorer(s.metric, fold.y_val, data.n_classes)
+            per_seed = [scorer(r.history[-1]) for r in results]
+            return float(np.mean(per_seed)), per_seed
+
+        def progress(claim: runner.Claim, k: int, seed: int) -> list[Callback]:
+            name = f"{label} trial {claim.trial.number} fold {k + 1}" + (
+                f" seed {seed}" if s.seeds > 1 else ""
+            )
+            return [ctx.progress.member(name, epochs=s.epochs, rows=folds_rows[k])]
+
+        folds_rows: list[int] = []
+
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             folds = data.cv_folds(s.folds, cfg_in.seed)
+            folds_rows[:] = [f.x_train.shape[0] for f in folds]
             per_claim = [members_of(c, folds, len(claims)) for c in claims]
             if s.pruner == "none":
-                members = [m for ms in per_claim for m in ms]
+                members = [m for by_fold in per_claim for ms in by_fold for m in ms]
                 callbacks = [
-                    [ctx.progress.member(f"{label} trial {c.trial.number} fold {k + 1}", epochs=s.epochs)]
-                    for c in claims
-                    for k in range(s.folds)
+                    progress(c, k, m.train.seed)
+                    for c, by_fold in zip(claims, per_claim, strict=True)
+                    for k, ms in enumerate(by_fold)
+                    for m in ms
                 ]
                 results = fit_members(members, folds, callbacks=callbacks, stack=s.stack > 1)
                 out: list[runner.Outcome] = []
+                per = s.folds * s.seeds
                 for i, claim in enumerate(claims):
-                    fold_results = results[i * s.folds : (i + 1) * s.folds]
-                    scores = [
-                        _fold_score(Scorer(s.metric, f.y_val, data.n_classes), r)
-                        for f, r in zip(folds, fold_results, strict=True)
+                    mine = results[i * per : (i + 1) * per]
+                    scored = [
+                        fold_scores(f, mine[k * s.seeds : (k + 1) * s.seeds]) for k, f in enumerate(folds)
                     ]
-                    for k, value in enumerate(scores):
+                    for k, (value, _) in enumerate(scored):
                         claim.trial.report(value, k)
-                    out.append(_record(claim.trial, scores))
+                    out.append(_record(claim.trial, [v for v, _ in scored], [p for _, p in scored]))
                 return out
             # pruned between folds: the batch's points fold by fold
             scores_of: list[list[float]] = [[] for _ in claims]
+            seeds_of: list[list[list[float]]] = [[] for _ in claims]
             alive = list(range(len(claims)))
             for k, fold in enumerate(folds):
-                fold_scorer = Scorer(s.metric, fold.y_val, data.n_classes)
-                members = [per_claim[i][k] for i in alive]
-                callbacks = [
-                    [
-                        ctx.progress.member(
-                            f"{label} trial {claims[i].trial.number} fold {k + 1}", epochs=s.epochs
-                        )
-                    ]
-                    for i in alive
-                ]
+                members = [m for i in alive for m in per_claim[i][k]]
+                callbacks = [progress(claims[i], k, m.train.seed) for i in alive for m in per_claim[i][k]]
                 results = fit_members(members, folds, callbacks=callbacks, stack=s.stack > 1)
                 still = []
-                for i, result in zip(alive, results, strict=True):
-                    scores_of[i].append(_fold_score(fold_scorer, result))
+                for j, i in enumerate(alive):
+                    value, per_seed = fold_scores(fold, results[j * s.seeds : (j + 1) * s.seeds])
+                    scores_of[i].append(value)
+                    seeds_of[i].append(per_seed)
                     trial = claims[i].trial
                     trial.set_user_attr(records.FOLD_SCORES, scores_of[i])
-                    trial.report(scores_of[i][-1], k)
+                    trial.report(value, k)
                     if trial.should_prune():
                         continue
                     still.append(i)
                 alive = still
             return [
-                _record(claims[i].trial, scores_of[i]) if i in alive else runner.Pruned()
+                _record(claims[i].trial, scores_of[i], seeds_of[i]) if i in alive else runner.Pruned()
                 for i in range(len(claims))
             ]
 
         return objective
 
-    def select(self, trials: Sequence[FrozenTrial], cfg_in: RunConfig) -> Selection:
+    def select(
+        self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
+    ) -> Selection:
+        s = self.settings
         done = self.finished(trials, cfg_in)
-        maximize = self.settings.metric != "loss"
-
-        def mean(t: FrozenTrial) -> float:
-            return float(t.user_attrs[records.MEAN])
-
-        best = best_of(done, mean, maximize=maximize)
-        second = runner_up(done, best, mean, maximize=maximize)
-        metric = self.settings.metric
+        candidates = [
+            Candidate(t, {n: t.params[n] for n in s.grid}, float(t.user_attrs[records.MEAN])) for t in done
+        ]
+        chosen, evidence, note = choose(
+            candidates,
+            metric=s.metric,
+            policy=s.select,
+            incumbent={n: param_value(n, getattr(cfg_in, n)) for n in s.grid},
+            how="folds",
+            study_attrs=study_attrs,
+            folds=s.folds,
+        )
+        metric = s.metric
+        seeds = f" (each fold the mean of {s.seeds} seeds)" if s.seeds > 1 else ""
         return Selection(
             selected={
-                **{n: best.params[n] for n in self.settings.grid},
-                f"cv_mean_{metric}": best.user_attrs[records.MEAN],
-                f"cv_std_{metric}": best.user_attrs[records.STD],
+                **chosen.label,
+                f"cv_mean_{metric}": chosen.trial.user_attrs[records.MEAN],
+                f"cv_std_{metric}": chosen.trial.user_attrs[records.STD],
             },
-            reason=f"best mean {metric.replace('_', ' ')} over {self.settings.folds}-fold stratified CV",
-            config_out=records.read_config(best.user_attrs),
-            extra={"runner_up": {n: second.params[n] for n in self.settings.grid}} if second else {},
+            reason=f"{'best' if metric != 'loss' else 'lowest'} mean {metric.replace('_', ' ')} over "
+            f"{s.folds}-fold stratified CV{seeds}{note}",
+            config_out=records.read_config(chosen.trial.user_attrs),
+            evidence=evidence,
         )
 
     def figures(self, study: optuna.Study) -> list[figures.Figure]:
         return figures.grid_cv_figures(study, list(self.settings.grid), metric=self.settings.metric)
 
 
-def _fold_score(scorer: Scorer, result: FitResult) -> float:
-    """A fold's score: the metric after its last epoch."""
-    return scorer(result.history[-1])
-
-
-def _record(trial: optuna.Trial, scores: list[float]) -> float:
+def _record(trial: optuna.Trial, scores: list[float], per_seed: list[list[float]]) -> float:
     trial.set_user_attr(records.FOLD_SCORES, scores)
+    if len(per_seed[0]) > 1:
+        trial.set_user_attr(
+            records.SEED_SCORES, [float(np.mean(fold)) for fold in zip(*per_seed, strict=True)]
+        )
     trial.set_user_attr(records.MEAN, float(np.mean(scores)))
     trial.set_user_attr(records.STD, float(np.std(scores)))
     return float(np.mean(scores))

@@ -6,13 +6,17 @@ Any setting of :class:`~hpo.settings.RunConfig` can be swept (``hidden``, ``acti
 ``label_smoothing``, ``class_weight``). A batch of claimed choices trains as one stack where
 their shapes allow (``stack`` choices per batch); the write-up's four component sweeps are four
 stages of this kind.
+
+**Fair comparisons** (Google's Deep Learning Tuning Playbook: a nuisance setting must be re-tuned
+for each value of the one under study): ``retune = { lr = [...] }`` trains every choice at every
+listed value of the nuisance settings; a choice scores by its best, and carries that value on.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-from typing import ClassVar, Literal
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -20,22 +24,24 @@ from optuna.trial import FrozenTrial
 from pydantic import model_validator
 
 from hpo.present import figures
-from hpo.settings import Metric, PositiveInt, RunConfig, StageSettings, param_value, setting_value
+from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
 from hpo.stages._context import StageContext
-from hpo.stages._protocol import GridStage, best_of, runner_up, value
-from hpo.stages._scoring import Scorer, trial_callbacks
+from hpo.stages._members import trial_members
+from hpo.stages._protocol import GridStage
+from hpo.stages._scoring import Scorer, TrialScore
+from hpo.stages._selection import Candidate, choose, how_compared
 from hpo.stages.grid_cv import Choices, check_choices
 from hpo.training import Member, fit_members, resolve_device
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
 
-class SweepSettings(StageSettings):
+class SweepSettings(SelectingSettings):
     kind: Literal["sweep"] = "sweep"
     choices: Choices
+    retune: Choices | None = None  # nuisance settings re-tuned for every choice
     epochs: PositiveInt = 15
-    stack: PositiveInt = 3  # choices trained together (those of one shape); 1 = one at a time
-    metric: Metric = "accuracy"
+    stack: PositiveInt = 3  # points trained together (those of one shape); 1 = one at a time
 
     @model_validator(mode="after")
     def _one_setting(self) -> SweepSettings:
@@ -45,16 +51,25 @@ class SweepSettings(StageSettings):
                 "(declare one sweep stage per setting, or a grid_cv stage for a grid)"
             )
         object.__setattr__(self, "choices", check_choices(self.choices, key="choices"))
+        if self.retune is not None:
+            if self.setting in self.retune:
+                raise ValueError(f"retune names the swept setting {self.setting!r}; retune the others")
+            object.__setattr__(self, "retune", check_choices(self.retune, key="retune"))
         return self
 
     @property
     def setting(self) -> str:
         return next(iter(self.choices))
 
+    @property
+    def nuisance(self) -> dict[str, list[Any]]:
+        return dict(self.retune or {})
+
 
 class Sweep(GridStage):
     kind: ClassVar[str] = "sweep"
     settings_model: ClassVar[type[StageSettings]] = SweepSettings
+    scores_validation_rows: ClassVar[bool] = True
     settings: SweepSettings
 
     @property
@@ -64,19 +79,19 @@ class Sweep(GridStage):
     def batch_size(self) -> int:
         return self.settings.stack
 
-    def _params(self) -> list[str | int | float]:
-        setting = self.settings.setting
-        return [param_value(setting, v) for v in self.settings.choices[setting]]
+    def _grid(self) -> dict[str, list[str | int | float]]:
+        settings = {**self.settings.choices, **self.settings.nuisance}
+        return {n: [param_value(n, v) for v in vs] for n, vs in settings.items()}
 
     def points(self, cfg_in: RunConfig) -> list[runner.Point]:
-        return [{self.settings.setting: p} for p in self._params()]
+        grid = self._grid()
+        return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
     def distributions(self, cfg_in: RunConfig) -> dict[str, BaseDistribution]:
-        return {self.settings.setting: CategoricalDistribution(self._params())}
+        return {n: CategoricalDistribution(vs) for n, vs in self._grid().items()}
 
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
-        setting = s.setting
         data = ctx.data()
         tv = data.train_val()
         scorer = Scorer(s.metric, tv.y_val, data.n_classes)
@@ -86,49 +101,70 @@ class Sweep(GridStage):
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             members: list[Member] = []
             callbacks = []
+            scores = []
             for claim in claims:
-                cfg = cfg_in.with_point({setting: setting_value(setting, claim.point[setting])})
-                weights = data.class_weights(tv) if cfg.class_weight == "balanced" else None
-                tcfg = cfg.train(epochs=s.epochs, device=device, class_weights=weights)
-                members.append(
-                    Member(
-                        cfg.model(n_features=data.n_features, n_classes=data.n_classes), cfg.optim(), tcfg, 0
-                    )
+                cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in self._grid()})
+                scored = TrialScore(claim.trial, scorer, seeds=s.seeds)
+                scores.append(scored)
+                more, their_callbacks = trial_members(
+                    ctx,
+                    data,
+                    tv,
+                    claim,
+                    cfg,
+                    scored,
+                    label=label,
+                    epochs=s.epochs,
+                    seeds=s.seeds,
+                    device=device,
+                    batch=len(claims),
                 )
-                records.write_config(claim.trial, cfg)
-                claim.trial.set_user_attr(records.TRAIN, {**dataclasses.asdict(tcfg), "stacked": len(claims)})
-                callbacks.append(
-                    trial_callbacks(
-                        claim.trial,
-                        scorer=scorer,
-                        progress=ctx.progress,
-                        label=f"{label} trial {claim.trial.number}",
-                        epochs=s.epochs,
-                    )
-                )
+                members += more
+                callbacks += their_callbacks
             results = fit_members(members, [tv], callbacks=callbacks, stack=s.stack > 1)
             out: list[runner.Outcome] = []
-            for claim, result in zip(claims, results, strict=True):
-                claim.trial.set_user_attr(records.HISTORY, result.history_dicts())
-                out.append(scorer.peak(result.history)[1])
+            for i, (claim, scored) in enumerate(zip(claims, scores, strict=True)):
+                claim.trial.set_user_attr(records.HISTORY, results[i * s.seeds].history_dicts())
+                scored.store(metric=s.metric)
+                out.append(scored.value)
             return out
 
         return objective
 
-    def select(self, trials: Sequence[FrozenTrial], cfg_in: RunConfig) -> Selection:
+    def select(
+        self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
+    ) -> Selection:
+        s = self.settings
+        setting = s.setting
         done = self.finished(trials, cfg_in)
-        maximize = self.settings.metric != "loss"
-        best = best_of(done, value, maximize=maximize)
-        second = runner_up(done, best, value, maximize=maximize)
-        setting, metric = self.settings.setting, self.settings.metric
+        maximize = s.metric != "loss"
+        # with retune, a choice is represented by its best nuisance values
+        by_choice: dict[Any, FrozenTrial] = {}
+        for t in done:
+            c = t.params[setting]
+            best = by_choice.get(c)
+            if best is None or (
+                (t.value or 0.0) > (best.value or 0.0) if maximize else (t.value or 0.0) < (best.value or 0.0)
+            ):
+                by_choice[c] = t
+        candidates = [Candidate(t, {setting: c}, float(t.value or 0.0)) for c, t in by_choice.items()]
+        chosen, evidence, note = choose(
+            candidates,
+            metric=s.metric,
+            policy=s.select,
+            incumbent={setting: param_value(setting, getattr(cfg_in, setting))},
+            how=how_compared(cv=False, seeds=s.seeds),
+            study_attrs=study_attrs,
+        )
+        retuned = {n: chosen.trial.params[n] for n in s.nuisance}
+        at = f" at its best {', '.join(f'{n} = {v}' for n, v in retuned.items())}" if retuned else ""
+        seeds = f" (mean of {s.seeds} seeds)" if s.seeds > 1 else ""
         return Selection(
-            selected={setting: best.params[setting], f"peak_val_{metric}": best.value},
-            reason=f"{'highest' if maximize else 'lowest'} peak validation {metric.replace('_', ' ')} "
-            f"over {self.settings.epochs} epochs",
-            config_out=records.read_config(best.user_attrs),
-            extra={"runner_up": second.params[setting], f"runner_up_peak_val_{metric}": second.value}
-            if second
-            else {},
+            selected={setting: chosen.label[setting], **retuned, f"peak_val_{s.metric}": chosen.score},
+            reason=f"{'highest' if maximize else 'lowest'} peak validation "
+            f"{s.metric.replace('_', ' ')}{seeds} over {s.epochs} epochs{at}{note}",
+            config_out=records.read_config(chosen.trial.user_attrs),
+            evidence=evidence,
         )
 
     def figures(self, study: optuna.Study) -> list[figures.Figure]:

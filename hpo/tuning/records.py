@@ -34,6 +34,8 @@ FINGERPRINT = "hpo:fingerprint"
 CARRIED_IN = "hpo:carried_in"
 SELECTION = "hpo:selection"
 COMPLETE = "hpo:complete"
+VAL_LABELS = "hpo:val_labels"  # the validation rows' classes (packed), for paired comparisons
+N_CLASSES = "hpo:n_classes"
 TEST_METRICS = "hpo:test_metrics"
 MODEL_ARTIFACT = "hpo:model_artifact"
 
@@ -53,12 +55,15 @@ FOLD_SCORES = "hpo:fold_scores"
 SEED_SCORES = "hpo:seed_scores"
 MEAN = "hpo:mean"
 STD = "hpo:std"
-VAL_PREDICTIONS = "hpo:val_predictions"
+VAL_PREDICTIONS = "hpo:val_predictions"  # at the scored evaluation (packed)
+VAL_LOSSES = "hpo:val_losses"  # per-row cross-entropy at the scored evaluation (packed float16)
 VAL_ACCURACY = "hpo:val_accuracy"
 CURVE = "hpo:curve"
 SUGGESTED_LR = "hpo:suggested_lr"
 RANGE_DIVERGED = "hpo:range_diverged"
 VERIFICATION_DIVERGED = "hpo:verification_diverged"
+#: the validation rows' majority-class share: a verification that does not beat it learned nothing
+MAJORITY_SHARE = "hpo:majority_share"
 BEST_EPOCH = "hpo:best_epoch"
 PARAMETERS = "hpo:parameters"
 SEED_TEST_METRICS = "hpo:seed_test_metrics"
@@ -206,3 +211,14 @@ def pack_labels(values: npt.NDArray[np.integer[Any]]) -> str:
 def unpack_labels(text: str) -> npt.NDArray[np.int64]:
     dtype, _, payload = text.partition(":")
     return np.frombuffer(zlib.decompress(base64.b64decode(payload)), dtype=dtype).astype(np.int64)
+
+
+def pack_floats(values: npt.NDArray[np.floating[Any]]) -> str:
+    """Per-row values as float16, zlib-compressed, base64 (paired comparisons need no more)."""
+    raw = zlib.compress(np.asarray(values, dtype=np.float16).tobytes(), 6)
+    return "float16:" + base64.b64encode(raw).decode("ascii")
+
+
+def unpack_floats(text: str) -> npt.NDArray[np.float64]:
+    dtype, _, payload = text.partition(":")
+    return np.frombuffer(zlib.decompress(base64.b64decode(payload)), dtype=dtype).astype(np.float64)

@@ -1,0 +1,315 @@
+"""Kind ``search``: an Optuna sampler over a declared space, with a pruner and a trial budget.
+
+Trials are asked in batches of ``batch`` and trained as one stack (those of one shape); a trial
+the pruner stops leaves the stack at once, so its compute goes to the others. Every trial is an
+ordinary Optuna trial, its parameters suggested from the declared distributions and its metric
+reported every epoch, so optuna-dashboard's history, importance and parallel-coordinate plots
+work on it.
+
+A batch is asked before any of its trials is told, so TPE runs with ``constant_liar`` (running
+trials count as if they scored badly) to spread a batch out. Within a batch each trial reports
+its epoch before the next one (in batch order), and trials are told only when the whole batch
+ends: the pruner's decisions do not depend on whether the batch trains stacked or one trial after
+another (tested).
+
+The space, per setting of the carried configuration::
+
+    [stages.search.space]
+    lr = { low = 1e-4, high = 1e-2, log = true }
+    dropout = { low = 0.0, high = 0.5 }
+    hidden = { choices = [[256, 256], [512, 256]] }
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hpo.errors import HpoError
+from hpo.present import figures
+from hpo.settings import (
+    TUNABLE,
+    PositiveInt,
+    RunConfig,
+    SelectingSettings,
+    StageSettings,
+    check_setting,
+    param_value,
+    setting_value,
+)
+from hpo.stages._context import StageContext
+from hpo.stages._members import trial_members
+from hpo.stages._protocol import Direction
+from hpo.stages._scoring import Scorer, TrialScore
+from hpo.stages._selection import Candidate, choose, how_compared
+from hpo.training import Member, fit_members, resolve_device
+from hpo.tuning import records, runner
+from hpo.tuning.locks import claim_lock
+from hpo.tuning.records import Selection
+from hpo.tuning.workers import share
+
+SAMPLERS = ("tpe", "random", "qmc", "gp", "cmaes", "nsga2")
+PRUNERS = ("hyperband", "successive_halving", "median", "none")
+
+
+class Dimension(BaseModel):
+    """One setting's range: ``low``/``high`` (``log``, ``step``), or ``choices``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> Dimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give low/high or choices, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high, or choices")
+        if not self.low < self.high:
+            raise ValueError(f"low = {self.low} must be below high = {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SearchSettings(SelectingSettings):
+    kind: Literal["search"] = "search"
+    space: Annotated[dict[str, Dimension], Field(min_length=1)]
+    n_trials: Annotated[int, Field(ge=1, le=10_000)] = 24
+    batch: PositiveInt = 8  # trials asked together and trained as one stack
+    sampler: str = "tpe"
+    pruner: Literal["hyperband", "successive_halving", "median", "none"] = "hyperband"
+    epochs: PositiveInt = 15
+    min_epochs: PositiveInt = 1  # the pruner's first rung
+    stack: bool = True  # False: a batch's trials train one after another (same decisions, slower)
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> SearchSettings:
+        for name, dim in self.space.items():
+            if name not in TUNABLE:
+                raise ValueError(f"space.{name}: unknown setting; settings are: {', '.join(TUNABLE)}")
+            values = dim.choices if dim.choices is not None else [dim.low, dim.high]
+            for v in values:
+                try:
+                    check_setting(
+                        name, int(v) if _is_int(name) and isinstance(v, float) and v.is_integer() else v
+                    )
+                except ValueError as exc:
+                    raise ValueError(f"space.{name} = {v!r}: {exc}") from None
+            if dim.choices is None and name in (
+                "hidden",
+                "activation",
+                "norm",
+                "init",
+                "optimizer",
+                "class_weight",
+            ):
+                raise ValueError(f"space.{name}: give choices = [...] for a setting that is not a number")
+        if self.sampler not in SAMPLERS and not hasattr(optuna.samplers, self.sampler):
+            raise ValueError(
+                f"sampler {self.sampler!r} is not an Optuna sampler; use {', '.join(SAMPLERS)} "
+                "or a class name of optuna.samplers"
+            )
+        if self.min_epochs > self.epochs:
+            raise ValueError(f"min_epochs = {self.min_epochs} exceeds epochs = {self.epochs}")
+        return self
+
+
+def _is_int(setting: str) -> bool:
+    return setting == "batch_size"
+
+
+def _shape(cfg_in: RunConfig, settings: SearchSettings, claim: runner.Claim) -> tuple[object, ...]:
+    """What decides whether two trials can share a stack (their tensors' shapes and batch size)."""
+    cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in settings.space})
+    return (cfg.hidden, cfg.batch_size)
+
+
+class Search:
+    kind: ClassVar[str] = "search"
+    settings_model: ClassVar[type[StageSettings]] = SearchSettings
+    reads_test_rows: ClassVar[bool] = False
+    scores_validation_rows: ClassVar[bool] = True
+
+    def __init__(self, name: str, settings: StageSettings) -> None:
+        self.name = name
+        assert isinstance(settings, SearchSettings)
+        self.settings = settings
+
+    @property
+    def direction(self) -> Direction:
+        return "minimize" if self.settings.metric == "loss" else "maximize"
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    def folds(self) -> int:
+        return 1
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        name = self.settings.sampler
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        cls = getattr(optuna.samplers, name)
+        try:
+            return cls(seed=seed)  # type: ignore[no-any-return]
+        except TypeError:
+            return cls()  # type: ignore[no-any-return]
+
+    def pruner(self) -> optuna.pruners.BasePruner:
+        s = self.settings
+        if s.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=s.min_epochs, max_resource=s.epochs, reduction_factor=3
+            )
+        if s.pruner == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=s.min_epochs, reduction_factor=3)
+        if s.pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=s.batch, n_warmup_steps=s.min_epochs)
+        return optuna.pruners.NopPruner()
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        out: dict[str, BaseDistribution] = {}
+        for name, dim in self.settings.space.items():
+            if dim.choices is not None:
+                out[name] = CategoricalDistribution(
+                    [param_value(name, check_setting(name, c)) for c in dim.choices]
+                )
+            elif _is_int(name):
+                assert dim.low is not None and dim.high is not None
+                step = int(dim.step) if dim.step else 1
+                out[name] = IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=step)
+            else:
+                assert dim.low is not None and dim.high is not None
+                out[name] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+        return out
+
+    def study_records(self, ctx: StageContext) -> dict[str, Any]:
+        data = ctx.data()
+        return {
+            records.VAL_LABELS: records.pack_labels(data.train_val().y_val.numpy()),
+            records.N_CLASSES: data.n_classes,
+        }
+
+    def run(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:
+        if self.settings.select == "keep_unless_better":
+            self._enqueue_incumbent(ctx, study, cfg_in)
+        runner.run(
+            study,
+            ctx.storage,
+            work=runner.Budget(self.settings.n_trials),
+            distributions=self.distributions(),
+            objective=self.objective(ctx, cfg_in),
+            batch_size=share(self.settings.batch, ctx.live_workers),
+        )
+
+    def _enqueue_incumbent(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:
+        """The carried-in configuration runs as the first trial, so challengers face it."""
+        params = {n: param_value(n, getattr(cfg_in, n)) for n in self.settings.space}
+        for name, dist in self.distributions().items():
+            if not dist._contains(dist.to_internal_repr(params[name])):
+                return  # outside the space: keep_unless_better falls back to the best
+        with claim_lock(ctx.storage, study.study_name):
+            if not study.get_trials(deepcopy=False):
+                study.enqueue_trial(params, user_attrs={records.WORKER: runner.WORKER_ID})
+
+    def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
+        s = self.settings
+        data = ctx.data()
+        tv = data.train_val()
+        scorer = Scorer(s.metric, tv.y_val, data.n_classes)
+        label = ctx.study_name(self.name)
+        device = resolve_device(cfg_in.device)
+
+        def objective(batch: Sequence[runner.Claim]) -> list[runner.Outcome]:
+            # trials that cannot share a stack train in groups, one group after another; ordering
+            # the batch by group makes "one after another" the same order, so the pruner decides
+            # alike either way (each trial sees the same step of the trials before it)
+            order = sorted(range(len(batch)), key=lambda i: _shape(cfg_in, s, batch[i]))
+            claims = [batch[i] for i in order]
+            members: list[Member] = []
+            callbacks = []
+            scores = []
+            for claim in claims:
+                cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in s.space})
+                scored = TrialScore(claim.trial, scorer, seeds=s.seeds, prune=True)
+                scores.append(scored)
+                more, their_callbacks = trial_members(
+                    ctx,
+                    data,
+                    tv,
+                    claim,
+                    cfg,
+                    scored,
+                    label=label,
+                    epochs=s.epochs,
+                    seeds=s.seeds,
+                    device=device,
+                    batch=len(claims),
+                )
+                members += more
+                callbacks += their_callbacks
+            results = fit_members(members, [tv], callbacks=callbacks, stack=s.stack)
+            outcomes: dict[int, runner.Outcome] = {}
+            for i, (claim, scored) in enumerate(zip(claims, scores, strict=True)):
+                claim.trial.set_user_attr(records.HISTORY, results[i * s.seeds].history_dicts())
+                if scored.pruned:
+                    claim.trial.set_user_attr(records.SCORE, scored.value)
+                    outcomes[order[i]] = runner.Pruned()
+                    continue
+                scored.store(metric=s.metric)
+                outcomes[order[i]] = scored.value
+            return [outcomes[i] for i in range(len(batch))]
+
+        return objective
+
+    def select(
+        self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
+    ) -> Selection:
+        s = self.settings
+        done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+        if not done:
+            raise HpoError(f"stage {self.name}: every trial was pruned or failed; nothing to select")
+        candidates = [Candidate(t, dict(t.params), float(t.value or 0.0)) for t in done]
+        chosen, evidence, note = choose(
+            candidates,
+            metric=s.metric,
+            policy=s.select,
+            incumbent={n: param_value(n, getattr(cfg_in, n)) for n in s.space},
+            how=how_compared(cv=False, seeds=s.seeds),
+            study_attrs=study_attrs,
+        )
+        pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        return Selection(
+            selected={**chosen.label, f"peak_val_{s.metric}": chosen.score},
+            reason=f"{'highest' if s.metric != 'loss' else 'lowest'} peak validation "
+            f"{s.metric.replace('_', ' ')} of {len(done)} complete trials "
+            f"({pruned} pruned; sampler {s.sampler}, pruner {s.pruner}){note}",
+            config_out=records.read_config(chosen.trial.user_attrs),
+            evidence=evidence,
+        )
+
+    def figures(self, study: optuna.Study) -> list[figures.Figure]:
+        return figures.search_figures(study, list(self.settings.space), metric=self.settings.metric)

@@ -1,0 +1,75 @@
+"""The search kind: batched, pruned, stacked trials against the same trials run one at a time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.pipeline import Pipeline
+from hpo.tuning import records
+
+SEARCH = """
+[pipeline]
+name = "s"
+
+[data]
+source = "synthetic"
+rows = 4000
+seed = 42
+
+[defaults]
+hidden = [32, 32]
+batch_size = 64
+
+[stages.search]
+kind = "search"
+n_trials = 8
+batch = 4
+sampler = "tpe"
+pruner = "successive_halving"
+epochs = 4
+min_epochs = 1
+STACK
+[stages.search.space]
+lr = { low = 1e-4, high = 3e-3, log = true }
+dropout = { low = 0.0, high = 0.4 }
+hidden = { choices = [[32, 32], [64, 32]] }
+"""
+
+
+def _run(root: Path, stack: bool) -> list[optuna.trial.FrozenTrial]:
+    root.mkdir()
+    cfg = root / "s.toml"
+    cfg.write_text(SEARCH.replace("STACK", f"stack = {'true' if stack else 'false'}"))
+    pipe = Pipeline.load(
+        cfg,
+        storage=f"sqlite:///{root / 'hpo.db'}",
+        artifacts=root / "a",
+        data_dir=Path(os.environ["HPO_DATA_DIR"]),
+    )
+    pipe.run()
+    study = optuna.load_study(study_name="s.search", storage=pipe.ctx.storage)
+    return sorted(study.get_trials(), key=lambda t: t.number)
+
+
+def test_batched_stacked_trials_equal_the_same_trials_one_at_a_time(tmp_path: Path) -> None:
+    stacked, alone = _run(tmp_path / "stacked", True), _run(tmp_path / "alone", False)
+    assert len(stacked) == len(alone) == 8
+    assert [t.params for t in stacked] == [t.params for t in alone]  # same suggestions
+    assert [t.state for t in stacked] == [t.state for t in alone]  # same pruning decisions
+    assert {t.state for t in stacked} == {TrialState.COMPLETE, TrialState.PRUNED}  # the pruner did act
+    for a, b in zip(stacked, alone, strict=True):
+        assert a.intermediate_values.keys() == b.intermediate_values.keys()
+        for step, value in a.intermediate_values.items():
+            assert value == pytest.approx(
+                b.intermediate_values[step], abs=3 / 600
+            )  # a borderline row or three
+        if a.state == TrialState.COMPLETE:
+            assert a.value == pytest.approx(b.value, abs=3 / 600)
+    pruned = [t for t in stacked if t.state == TrialState.PRUNED]
+    assert all(len(t.user_attrs[records.HISTORY]) < 4 for t in pruned)  # it left the stack early
+    assert all(len(t.intermediate_values) == 4 for t in stacked if t.state == TrialState.COMPLETE)
