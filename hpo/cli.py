@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,14 +25,23 @@ logger = logging.getLogger("hpo")
 Handler = Callable[[argparse.Namespace], Any]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _as_dict(result: Any) -> Any:
@@ -103,7 +113,13 @@ def _cmd_data_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from hpo.data import calibration
 
     config = calibration.CalibrationConfig(epochs=args.epochs)
-    return calibration.calibrate(_data_settings(args), config=config, data_dir=args.data_dir)
+    settings = _data_settings(args)
+    out = calibration.calibrate(settings, config=config, data_dir=args.data_dir)
+    out["nonlinearity"] = None
+    if args.draws > 0 and settings.source == "synthetic":
+        check = calibration.NonlinearityConfig(draws=args.draws)
+        out["nonlinearity"] = calibration.nonlinearity(config=check, real_file=args.real)
+    return out
 
 
 def _render_calibrate(r: dict[str, Any]) -> str:
@@ -113,22 +129,70 @@ def _render_calibrate(r: dict[str, Any]) -> str:
         f"logistic regression {r['logreg_accuracy']:.2%}",
         f"MLP                 {r['mlp_accuracy']:.2%} (loss {r['mlp_loss']:.4f}; {r['mlp']})",
     ]
+    if r.get("nonlinearity"):
+        lines.append(_render_nonlinearity(r["nonlinearity"]))
+    return "\n".join(lines)
+
+
+def _cmd_data_nonlinearity(args: argparse.Namespace) -> dict[str, Any]:
+    from hpo.data import calibration
+
+    config = calibration.NonlinearityConfig(draws=args.draws, rows=args.rows)
+    return calibration.nonlinearity(config=config, real_file=args.real)
+
+
+def _render_nonlinearity(r: dict[str, Any]) -> str:
+    gaps = ", ".join(f"{g:+.2%}" for g in r["gaps"])
+    lines = [
+        f"gradient boosting minus logistic regression, {r['folds']}-fold CV on {r['rows']:,} rows",
+        f"synthetic ({r['draws']} draws) {r['gap_mean']:+.2%}  ({gaps})",
+    ]
+    if r["real_gap"] is not None:
+        verdict = "within 1 point" if r["within_1_point"] else "NOT within 1 point"
+        lines.append(f"real rows           {r['real_gap']:+.2%}  ({r['real_file']}; {verdict})")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- pipeline commands
 
 
-def _pipeline(args: argparse.Namespace) -> Any:
+def _pipeline(args: argparse.Namespace, progress: Any = None) -> Any:
     from hpo.pipeline import Pipeline
 
-    return Pipeline.load(args.config, storage=args.storage, artifacts=args.artifacts, data_dir=args.data_dir)
+    return Pipeline.load(
+        args.config,
+        storage=args.storage,
+        artifacts=args.artifacts,
+        data_dir=args.data_dir,
+        progress=progress,
+        overrides=args.overrides,
+    )
+
+
+def _live(args: argparse.Namespace) -> bool:
+    """The live display: on a terminal, unless -q (JSON goes to stdout, the display to stderr)."""
+    return sys.stderr.isatty() and not args.quiet and not getattr(args, "plain", False)
+
+
+def _working(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(pipeline)`` with the live display on a terminal, log lines otherwise."""
+    if not _live(args):
+        return work(_pipeline(args))
+    from rich.logging import RichHandler
+
+    from hpo.present.progress import LiveProgress
+
+    with LiveProgress() as live:
+        handler = RichHandler(console=live.console, show_path=False, log_time_format="%H:%M:%S")
+        logging.getLogger().handlers[:] = [handler]
+        logging.getLogger("hpo.progress").setLevel(logging.WARNING)  # the bar shows what they would
+        return work(_pipeline(args, progress=live))
 
 
 def _cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
     from hpo import pipeline, plan
 
-    p = plan.load(pipeline.resolve_study_file(args.config))
+    p = plan.load(pipeline.resolve_study_file(args.config), overrides=args.overrides)
     return {
         "study_file": p.path,
         "pipeline": p.name,
@@ -145,11 +209,18 @@ def _render_validate(r: dict[str, Any]) -> str:
 
 
 def _cmd_run_stage(args: argparse.Namespace) -> Any:
-    return _pipeline(args).run_stage(args.stage, force=args.force)
+    return _working(args, lambda pipe: pipe.run_stage(args.stage, force=args.force))
 
 
 def _cmd_run(args: argparse.Namespace) -> Any:
-    return _pipeline(args).run(force=args.force)
+    return _working(args, lambda pipe: pipe.run(force=args.force))
+
+
+def _render_worker(r: dict[str, Any]) -> str:
+    done = [s["stage"] for s in r["runs"] if s["status"] == "completed"]
+    metrics = r["status"].get("test_metrics") or {}
+    tail = f"; test accuracy {metrics['accuracy']:.2%}" if metrics else ""
+    return f"worker done in {r['seconds']:.0f} s: ran {', '.join(done) or 'nothing (all complete)'}{tail}"
 
 
 def _cmd_init(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,8 +264,15 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from hpo.pipeline import Pipeline
     from hpo.present import report
 
+    if args.compare:
+        others = [
+            Pipeline.load(c, storage=args.storage, artifacts=args.artifacts, data_dir=args.data_dir)
+            for c in args.compare
+        ]
+        return report.write_comparison([_pipeline(args), *others], args.out)
     return report.write(_pipeline(args), args.out)
 
 
@@ -308,11 +386,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
 
 
+def _set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one key of the study file, e.g. --set defaults.precision=fp32 (repeatable)",
+    )
+
+
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         help="study file, or a name in studies/ such as quick (default: msd_decade, the faithful protocol)",
     )
+    _set_option(p)
     p.add_argument("--storage", help="SQLAlchemy URL (default $HPO_STORAGE or sqlite:///hpo.db)")
     p.add_argument(
         "--artifacts", type=Path, help="artifact directory (default $HPO_ARTIFACTS or ./artifacts)"
@@ -359,7 +449,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_options(calibrate)
     calibrate.add_argument("--epochs", type=_positive_int, default=15)
+    calibrate.add_argument(
+        "--draws",
+        type=_non_negative_int,
+        default=5,
+        help="synthetic draws for the nonlinearity check (synthetic sources; 0 skips it)",
+    )
+    calibrate.add_argument(
+        "--real", type=Path, help="real rows in UCI's layout for the nonlinearity check to compare with"
+    )
     calibrate.set_defaults(handler=_cmd_data_calibrate, render=_render_calibrate)
+
+    nonlin = data_commands.add_parser(
+        "nonlinearity",
+        help="how much of the decade signal only a nonlinear model reaches (boosting minus logistic "
+        "regression), on synthetic draws and optionally on real rows",
+    )
+    nonlin.add_argument("--draws", type=_positive_int, default=5)
+    nonlin.add_argument(
+        "--rows", type=_positive_int, default=7000, help="rows per draw (and of the real file)"
+    )
+    nonlin.add_argument("--real", type=Path, help="a file in UCI's layout to compare with")
+    _common(nonlin)
+    nonlin.set_defaults(handler=_cmd_data_nonlinearity, render=_render_nonlinearity)
 
     synth = data_commands.add_parser("synth", help="write a synthetic file in the UCI text layout")
     synth.add_argument("--out", type=Path, required=True, help="output .txt path")
@@ -377,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a study file; writes nothing")
     validate.add_argument("--config", help="study file or name (default: msd_decade)")
+    _set_option(validate)
     _common(validate)
     validate.set_defaults(handler=_cmd_validate, render=_render_validate)
 
@@ -385,13 +498,23 @@ def build_parser() -> argparse.ArgumentParser:
     run_stage.add_argument(
         "--force", action="store_true", help="start this stage over (other stages untouched)"
     )
+    run_stage.add_argument("--plain", action="store_true", help="log lines instead of the live display")
     _pipeline_options(run_stage)
     run_stage.set_defaults(handler=_cmd_run_stage, render=_render_run_stage)
 
     run = commands.add_parser("run", help="run every stage in order, skipping completed ones")
     run.add_argument("--force", action="store_true", help="start every stage over")
+    run.add_argument("--plain", action="store_true", help="log lines instead of the live display")
     _pipeline_options(run)
     run.set_defaults(handler=_cmd_run, render=_render_run)
+
+    worker = commands.add_parser(
+        "worker",
+        help="work on the pipeline wherever it is, with any number of other workers; exit when it is done",
+    )
+    worker.add_argument("--plain", action="store_true", help="log lines instead of the live display")
+    _pipeline_options(worker)
+    worker.set_defaults(handler=_cmd_run, render=_render_worker, force=False)
 
     init = commands.add_parser("init", help="prepare the pipeline's data (before starting many workers)")
     _pipeline_options(init)
@@ -416,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="one self-contained HTML page: data, every stage, results, provenance"
     )
     report.add_argument("--out", type=Path, default=Path("report.html"), help="default report.html")
+    report.add_argument(
+        "--compare", nargs="+", metavar="STUDY_FILE", help="put these pipelines of the same storage beside it"
+    )
     _pipeline_options(report)
     report.set_defaults(handler=_cmd_report, render=_render_report)
 
@@ -468,8 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if result is not None:
         data = _as_dict(result)
-        if getattr(args, "format", "table") == "json":
-            print(json.dumps(data, indent=2))
-        else:
-            print(args.render(data))
+        text = json.dumps(data, indent=2) if getattr(args, "format", "table") == "json" else args.render(data)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # `hpo ... | head`: the reader left; not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

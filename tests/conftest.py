@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,3 +63,79 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb + pg_ctl on a spare port, as user postgres),
+    which the test may stop (``-m immediate``: a crash) and start again. Never the machine's own."""
+
+    def __init__(self, root: Path) -> None:
+        import shutil
+        import socket
+        import subprocess
+
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if not bindir or not Path(bindir, "initdb").exists() or shutil.which("runuser") is None:
+            skip_or_fail(
+                "PostgreSQL's initdb/pg_ctl (pg_config --bindir) or runuser is missing",
+                "HPO_REQUIRE_POSTGRES",
+            )
+        self.bin = Path(bindir)
+        self.dir = root / "pg"
+        self.dir.mkdir(mode=0o700)
+        shutil.chown(self.dir, "postgres")
+        shutil.chown(root, "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.log = root / "pg.log"
+        self.log.touch()
+        shutil.chown(self.log, "postgres")
+        self._as_postgres([str(self.bin / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres"])
+        self.start()
+        self._as_postgres([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "hpo"])
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/hpo"
+
+    def _as_postgres(self, command: list[str]) -> None:
+        import subprocess
+
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._as_postgres(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.dir),
+                "-l",
+                str(self.log),
+                "-o",
+                f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1",
+                "-w",
+                "start",
+            ]
+        )
+
+    def stop(self) -> None:
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "immediate", "-w", "stop"])
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    # not under pytest's tmp_path: its base directory is private to root (0700), and the server
+    # runs as the postgres user
+    import contextlib
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="hpo-private-pg-"))
+    try:
+        server = PrivatePostgres(root)
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(Exception):
+                server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -49,8 +49,10 @@ def claim_lock(storage: optuna.storages.BaseStorage, name: str) -> Iterator[None
         try:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _key(name)})
         except BaseException:
-            conn.invalidate()
-            conn.close()
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                conn.invalidate()
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                conn.close()
             raise
         return conn
 
@@ -58,11 +60,24 @@ def claim_lock(storage: optuna.storages.BaseStorage, name: str) -> Iterator[None
     try:
         yield
     finally:
-        try:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(name)})
-            conn.close()
-        except sqlalchemy.exc.SQLAlchemyError:
-            conn.invalidate()  # the server ended the session, and the lock with it
+        _release(conn, name)
+
+
+def _release(conn: sqlalchemy.engine.Connection, name: str) -> None:
+    """Unlock and close; a connection the server already ended took its lock with it.
+
+    Closing can fail after the unlock succeeded (the server shut down in between: the rollback
+    in ``close`` raises and leaves the connection closed), so each step tolerates the one before
+    it having ended the connection.
+    """
+    try:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(name)})
+    except sqlalchemy.exc.SQLAlchemyError:
+        if not conn.closed and not conn.invalidated:
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                conn.invalidate()
+    with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+        conn.close()
 
 
 def sqlite_file(storage: optuna.storages.BaseStorage) -> Path | None:

@@ -97,14 +97,15 @@ def run(
     work: Grid | Budget,
     distributions: Mapping[str, BaseDistribution],
     objective: BatchObjective,
-    batch_size: int = 1,
+    batch_size: int | Callable[[int], int] = 1,
     poll_seconds: float = POLL_SECONDS,
     on_wait: Callable[[int], None] | None = None,
 ) -> None:
-    """Work on ``study`` until ``work`` is done (by this worker or others)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    runner = _Runner(study, storage, work, dict(distributions), objective, batch_size)
+    """Work on ``study`` until ``work`` is done (by this worker or others). ``batch_size``: the
+    most trials a claim takes, or a function of how many are left unclaimed (to split a stage
+    among live workers)."""
+    size = batch_size if callable(batch_size) else _fixed(batch_size)
+    runner = _Runner(study, storage, work, dict(distributions), objective, size)
     waited = False
     with _quiet_optuna():
         while True:
@@ -117,7 +118,7 @@ def run(
                     on_wait(running)
                 elif not waited:
                     logger.info(
-                        "%s: nothing left to start; waiting for %d running trial(s)",
+                        "waiting for stage %s: %d trial(s) running elsewhere",
                         study.study_name,
                         running,
                     )
@@ -128,6 +129,12 @@ def run(
             claims = runner.keep_owned(claims)
             if claims:
                 runner.execute(claims)
+
+
+def _fixed(n: int) -> Callable[[int], int]:
+    if n < 1:
+        raise ValueError(f"batch_size must be at least 1, got {n}")
+    return lambda unclaimed: n
 
 
 @contextlib.contextmanager
@@ -153,7 +160,7 @@ class _Runner:
         work: Grid | Budget,
         distributions: dict[str, BaseDistribution],
         objective: BatchObjective,
-        batch_size: int,
+        batch_size: Callable[[int], int],
     ) -> None:
         self.study = study
         self.storage = storage
@@ -193,11 +200,13 @@ class _Runner:
             self._retire_waiting(trials)
             return None
         running = {_key(t) for t in trials if t.state == TrialState.RUNNING}
+        unclaimed = sum(k not in done and k not in running for k in keys)
+        limit = max(1, self.batch_size(unclaimed))
         claims: list[Claim] = []
         queued: set[str | None] = set()
         # Queued trials pop in number order, so they are taken (or retired) in that order.
         for t in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number):
-            if len(claims) >= self.batch_size:
+            if len(claims) >= limit:
                 break
             key = _key(t)
             if key in done or key in running or key in queued:
@@ -207,7 +216,7 @@ class _Runner:
                 queued.add(key)
         queued |= {_key(t) for t in trials if t.state == TrialState.WAITING}
         for point, key in zip(points, keys, strict=True):
-            if len(claims) >= self.batch_size:
+            if len(claims) >= limit:
                 break
             if key in done or key in running or key in queued:
                 continue
@@ -226,7 +235,7 @@ class _Runner:
         if done >= n_trials:
             self._retire_waiting(trials)
             return None
-        room = min(self.batch_size, n_trials - done - running)
+        room = min(max(1, self.batch_size(n_trials - done - running)), n_trials - done - running)
         claims: list[Claim] = []
         for t in waiting[:room]:
             claims.append(self._pop(t))

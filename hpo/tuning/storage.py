@@ -6,8 +6,9 @@ artifact directory via ``--artifacts`` or ``$HPO_ARTIFACTS``.
 
 **Outages.** :class:`ResilientRDBStorage` is Optuna's ``RDBStorage`` whose every storage call
 waits out a lost database: a call that fails because the server is unreachable (a connection
-refused or dropped, the server restarting) is retried with back-off (0.5 s doubling to 5 s), with
-one warning per outage for the whole process and a note when it ends. So every layer above it
+refused or dropped, the server restarting) is retried by tenacity with back-off (0.5 s doubling
+to 5 s), with one warning per outage for the whole process (all threads share :class:`Outages`)
+and a note when it ends. So every layer above it
 (Optuna's ``ask``/``tell``/``report``, heartbeat threads, hpo's records, the dashboard figures)
 carries on after a restart without code of its own. Past ``$HPO_STORAGE_OUTAGE_LIMIT`` seconds
 (default 180) the call fails with one :class:`~hpo.errors.StorageError` line. A retried write
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
+import tenacity
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
@@ -116,21 +118,19 @@ class Outages:
         self.count = 0
 
     def call(self, fn: Callable[[], T]) -> T:
-        delay = _BACKOFF_FIRST
-        while True:
-            try:
-                result = fn()
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                self._failed(exc)
-                time.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
-                continue
-            self._succeeded()
-            return result
+        """``fn()``, retried with tenacity (exponential back-off) while the database is away."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_outage),
+            wait=tenacity.wait_exponential(multiplier=_BACKOFF_FIRST, max=_BACKOFF_MAX),
+            before_sleep=lambda state: self._failed(state.outcome.exception() if state.outcome else None),
+            reraise=True,
+        )
+        result = retrying(fn)
+        self._succeeded()
+        return result
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException | None) -> None:
+        assert exc is not None
         now = time.monotonic()
         with self._lock:
             if self._down_since is None:

@@ -1,0 +1,168 @@
+"""Commands as a user runs them: Ctrl-C, `hpo init`, `hpo status` tables, `hpo data calibrate`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.tuning import records
+
+LONG = """
+[pipeline]
+name = "long"
+
+[data]
+source = "synthetic"
+rows = 3000
+seed = 42
+
+[defaults]
+hidden = [32, 32]
+
+[stages.lr_range]
+kind = "lr_range"
+verify_epochs = 1
+
+[stages.weight_decay]
+kind = "grid_cv"
+grid = { weight_decay = [0.0, 1e-4] }
+folds = 2
+epochs = EPOCHS
+stack = 1  # one trial at a time: Ctrl-C interrupts exactly one
+"""
+
+
+def _hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+def _trials(db: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials()
+    except KeyError:
+        return []
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_marks_the_trial_and_the_rerun_finishes(tmp_path: Path) -> None:
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(LONG.replace("EPOCHS", "400"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", "--plain", "--config", str(cfg)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not any(
+            t.state == TrialState.RUNNING for t in _trials(tmp_path / "hpo.db", "long.weight_decay")
+        ):
+            assert time.time() < deadline and proc.poll() is None, "no weight_decay trial started"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)  # measured 1-2 s alone; minutes on a loaded machine
+    finally:
+        if proc.poll() is None:  # a failed assertion: leave no training process behind
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "hpo: interrupted"
+    assert "Traceback" not in err
+    interrupted = [t for t in _trials(tmp_path / "hpo.db", "long.weight_decay") if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and interrupted[0].user_attrs[records.INTERRUPTED] is True
+
+    rerun = _hpo("-q", "run", "--config", str(cfg), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = _trials(tmp_path / "hpo.db", "long.weight_decay")
+    assert sorted(t.params["weight_decay"] for t in trials if t.state == TrialState.COMPLETE) == [0.0, 1e-4]
+    assert len(trials) == 3  # the interrupted trial, kept, and one per point
+
+
+def test_init_prepares_and_status_shows_every_stage_pending(tmp_path: Path) -> None:
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(LONG.replace("EPOCHS", "1"))
+    init = _hpo("init", "--config", str(cfg), cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    assert "3,000 rows" in init.stdout and "stages: lr_range, weight_decay" in init.stdout
+    table = _hpo("status", "--config", str(cfg), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("pipeline long (")
+    for stage in ("lr_range", "weight_decay"):
+        row = next(line for line in lines if line.startswith(f"long.{stage} "))
+        assert "not started" in row and "no trials" in row, row
+    as_json = json.loads(_hpo("status", "--config", str(cfg), "--format", "json", cwd=tmp_path).stdout)
+    assert [s["stage"] for s in as_json["stages"]] == ["lr_range", "weight_decay"]
+    assert all(s["state"] != "complete" for s in as_json["stages"])
+    assert as_json["test_metrics"] is None
+
+
+@pytest.mark.slow
+def test_data_calibrate_prints_the_three_references_and_the_nonlinearity_check(tmp_path: Path) -> None:
+    table = _hpo("data", "calibrate", "--rows", "4000", "--epochs", "2", "--draws", "1", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    for label in (
+        "majority class",
+        "logistic regression",
+        "MLP",
+        "gradient boosting minus",
+        "synthetic (1 draws)",
+    ):
+        assert any(line.startswith(label) for line in table.stdout.splitlines()), table.stdout
+    args = ("data", "calibrate", "--rows", "4000", "--epochs", "2", "--draws", "0", "--format", "json")
+    result = json.loads(_hpo(*args, cwd=tmp_path).stdout)
+    assert result["nonlinearity"] is None  # --draws 0 skips the check
+    assert result["rows"] == 4000 and result["test_rows"] == 600
+    assert result["majority_accuracy"] == pytest.approx(0.58, abs=0.01)
+    assert 0.5 < result["logreg_accuracy"] < 0.7 and 0.5 < result["mlp_accuracy"] < 0.7
+
+
+def _on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``hpo ARGS`` with stdout and stderr on a pseudo-terminal; its exit code and output."""
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal is its stdout and stderr
+        os.chdir(cwd)
+        os.execv(sys.executable, [sys.executable, "-m", "hpo", *args])
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+
+def test_a_terminal_gets_the_live_display_and_json_stays_clean(tmp_path: Path) -> None:
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(LONG.replace("EPOCHS", "3"))
+    code, shown = _on_a_terminal(["run", "--config", str(cfg)], tmp_path)
+    assert code == 0, shown
+    assert "model-epochs" in shown and "samples/s" in shown  # rich's bar: epochs done, throughput
+    assert "long.weight_decay" in shown and "\x1b[" in shown  # drawn with terminal control codes
+    assert " INFO hpo.progress" not in shown  # no per-epoch log lines under the bar
+    plain = _hpo("run", "--force", "--config", str(cfg), cwd=tmp_path)  # not a terminal: log lines
+    assert plain.returncode == 0 and "hpo.progress" in plain.stderr and "model-epochs" not in plain.stderr
+    quiet = _hpo("-q", "status", "--config", str(cfg), "--format", "json", cwd=tmp_path)
+    assert json.loads(quiet.stdout)["stages"][1]["state"] == "complete"  # JSON only on stdout
+    assert quiet.stderr == ""
