@@ -2,18 +2,19 @@
 
 Shared by the stages that train one configuration per trial on the training/validation rows
 (sweeps and searches); they differ only in how they pick the configurations and whether the
-pruner may stop a trial.
+pruner may stop a trial (:func:`train_claims` takes both as arguments).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from hpo.settings import RunConfig
 from hpo.stages._context import StageContext, StageData
 from hpo.stages._scoring import TrialScore, callbacks_for, seed_values
-from hpo.training import Callback, Member, TensorData
+from hpo.training import Callback, Member, TensorData, fit_members
 from hpo.tuning import records, runner
 
 
@@ -49,3 +50,47 @@ def trial_members(
         records.TRAIN, {**dataclasses.asdict(members[0].train), "stacked": batch, "seeds": seeds}
     )
     return members, callbacks
+
+
+def train_claims(
+    ctx: StageContext,
+    data: StageData,
+    tv: TensorData,
+    claims: Sequence[runner.Claim],
+    *,
+    configure: Callable[[runner.Claim], RunConfig],
+    score: Callable[[runner.Claim], TrialScore],
+    label: str,
+    epochs: int,
+    seeds: int,
+    device: Literal["cpu", "cuda"],
+    stack: bool,
+) -> list[TrialScore]:
+    """Train every claim's configuration (``seeds`` members each; stacked where shapes allow
+    and ``stack``), record each trial's history of its first seed, and return the scores in
+    claim order for the caller to store or prune."""
+    members: list[Member] = []
+    callbacks: list[list[Callback]] = []
+    scores: list[TrialScore] = []
+    for claim in claims:
+        scored = score(claim)
+        scores.append(scored)
+        more, their_callbacks = trial_members(
+            ctx,
+            data,
+            tv,
+            claim,
+            configure(claim),
+            scored,
+            label=label,
+            epochs=epochs,
+            seeds=seeds,
+            device=device,
+            batch=len(claims),
+        )
+        members += more
+        callbacks += their_callbacks
+    results = fit_members(members, [tv], callbacks=callbacks, stack=stack)
+    for i, claim in enumerate(claims):
+        claim.trial.set_user_attr(records.HISTORY, results[i * seeds].history_dicts())
+    return scores

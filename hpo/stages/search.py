@@ -43,11 +43,11 @@ from hpo.settings import (
     setting_value,
 )
 from hpo.stages._context import StageContext
-from hpo.stages._members import trial_members
+from hpo.stages._members import train_claims
 from hpo.stages._protocol import Direction
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.stages._selection import Candidate, choose, how_compared
-from hpo.training import Member, fit_members, resolve_device
+from hpo.training import resolve_device
 from hpo.tuning import records, runner
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.records import Selection
@@ -249,32 +249,21 @@ class Search:
             # alike either way (each trial sees the same step of the trials before it)
             order = sorted(range(len(batch)), key=lambda i: _shape(cfg_in, s, batch[i]))
             claims = [batch[i] for i in order]
-            members: list[Member] = []
-            callbacks = []
-            scores = []
-            for claim in claims:
-                cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in s.space})
-                scored = TrialScore(claim.trial, scorer, seeds=s.seeds, prune=True)
-                scores.append(scored)
-                more, their_callbacks = trial_members(
-                    ctx,
-                    data,
-                    tv,
-                    claim,
-                    cfg,
-                    scored,
-                    label=label,
-                    epochs=s.epochs,
-                    seeds=s.seeds,
-                    device=device,
-                    batch=len(claims),
-                )
-                members += more
-                callbacks += their_callbacks
-            results = fit_members(members, [tv], callbacks=callbacks, stack=s.stack)
+            scores = train_claims(
+                ctx,
+                data,
+                tv,
+                claims,
+                configure=lambda c: cfg_in.with_point({n: setting_value(n, c.point[n]) for n in s.space}),
+                score=lambda c: TrialScore(c.trial, scorer, seeds=s.seeds, prune=True),
+                label=label,
+                epochs=s.epochs,
+                seeds=s.seeds,
+                device=device,
+                stack=s.stack,
+            )
             outcomes: dict[int, runner.Outcome] = {}
             for i, (claim, scored) in enumerate(zip(claims, scores, strict=True)):
-                claim.trial.set_user_attr(records.HISTORY, results[i * s.seeds].history_dicts())
                 if scored.pruned:
                     claim.trial.set_user_attr(records.SCORE, scored.value)
                     outcomes[order[i]] = runner.Pruned()

@@ -26,12 +26,12 @@ from pydantic import model_validator
 from hpo.present import figures
 from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
 from hpo.stages._context import StageContext
-from hpo.stages._members import trial_members
+from hpo.stages._members import train_claims
 from hpo.stages._protocol import GridStage
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.stages._selection import Candidate, choose, how_compared
 from hpo.stages.grid_cv import Choices, check_choices
-from hpo.training import Member, fit_members, resolve_device
+from hpo.training import resolve_device
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -99,32 +99,23 @@ class Sweep(GridStage):
         device = resolve_device(cfg_in.device)
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
-            members: list[Member] = []
-            callbacks = []
-            scores = []
-            for claim in claims:
-                cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in self._grid()})
-                scored = TrialScore(claim.trial, scorer, seeds=s.seeds)
-                scores.append(scored)
-                more, their_callbacks = trial_members(
-                    ctx,
-                    data,
-                    tv,
-                    claim,
-                    cfg,
-                    scored,
-                    label=label,
-                    epochs=s.epochs,
-                    seeds=s.seeds,
-                    device=device,
-                    batch=len(claims),
-                )
-                members += more
-                callbacks += their_callbacks
-            results = fit_members(members, [tv], callbacks=callbacks, stack=s.stack > 1)
+            scores = train_claims(
+                ctx,
+                data,
+                tv,
+                claims,
+                configure=lambda c: cfg_in.with_point(
+                    {n: setting_value(n, c.point[n]) for n in self._grid()}
+                ),
+                score=lambda c: TrialScore(c.trial, scorer, seeds=s.seeds),
+                label=label,
+                epochs=s.epochs,
+                seeds=s.seeds,
+                device=device,
+                stack=s.stack > 1,
+            )
             out: list[runner.Outcome] = []
-            for i, (claim, scored) in enumerate(zip(claims, scores, strict=True)):
-                claim.trial.set_user_attr(records.HISTORY, results[i * s.seeds].history_dicts())
+            for scored in scores:
                 scored.store(metric=s.metric)
                 out.append(scored.value)
             return out
