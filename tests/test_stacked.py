@@ -298,3 +298,68 @@ def test_bf16_matches_fp32_on_the_real_architecture(tmp_path: Path) -> None:
     assert abs(acc16.mean() - acc32.mean()) <= 0.0032
     assert abs(loss16.mean() - loss32.mean()) <= 0.005
     assert not np.array_equal(loss32, loss16)  # bf16 really ran
+
+
+def test_compile_auto_compiles_only_where_it_measured_a_gain() -> None:
+    """``compile="auto"``: bf16 stacks with a norm or another activation; never fp32 or plain ReLU."""
+    plain = [_member("none", "relu", "default", 0.0, 0, seed=1)]
+    normed = [*plain, _member("layernorm", "relu", "default", 0.0, 0, seed=1)]
+    gelu = [_member("none", "gelu", "default", 0.0, 0, seed=1)]
+    assert stacked.wants_compile("auto", normed, "bf16") and stacked.wants_compile("auto", gelu, "bf16")
+    assert not stacked.wants_compile("auto", plain, "bf16")
+    assert not stacked.wants_compile("auto", normed, "fp32")  # fp32 stays equal to the one-model trainer
+    assert stacked.wants_compile(True, plain, "fp32") and not stacked.wants_compile(False, normed, "bf16")
+
+
+NORM_SWEEP = [
+    _member("none", "relu", "default", 0.0, 0, seed=7),
+    _member("batchnorm", "relu", "default", 0.0, 0, seed=7),
+    _member("layernorm", "gelu", "default", 1e-4, 0, seed=7, opt="rmsprop"),
+]
+
+
+def test_compiled_bf16_stack_matches_eager_within_bf16_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled step (auto, for this bf16 norm sweep) trains what the eager step trains: the
+    same histories to bf16 rounding, and the returned weights are the trained ones."""
+    calls: list[object] = []
+    real = torch.compile
+
+    def spy(fn: object, **kwargs: object) -> object:
+        calls.append(fn)
+        return real(fn, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(torch, "compile", spy)
+    compiled = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16")
+    assert len(calls) == 1  # auto compiled this stack
+    eager = stacked.fit_stacked(
+        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False)
+    )
+    names = [str(c) for c in range(8)]
+    for c, e in zip(compiled, eager, strict=True):
+        assert len(c.history) == len(e.history)
+        for a, b in zip(c.history, e.history, strict=True):
+            assert abs(a.val_accuracy - b.val_accuracy) <= 6 / 400
+            assert a.val_loss == pytest.approx(b.val_loss, rel=0.02)
+        final = c.history[c.best_index or -1]
+        got = train.evaluate(c.model, DATA[0].x_val, DATA[0].y_val, class_names=names).accuracy
+        assert got == pytest.approx(final.val_accuracy, abs=2 / 400)
+
+
+def test_a_failing_compile_trains_on_eagerly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a working compiler (inductor needs one), training goes on eagerly, with a warning."""
+
+    def broken(fn: object, **_: object) -> object:
+        def call(*args: object) -> object:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    got = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16")
+    want = stacked.fit_stacked(
+        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False)
+    )
+    assert [r.history_dicts() for r in got] == [r.history_dicts() for r in want]
+    assert "torch.compile failed (InvalidCxxCompiler" in caplog.text
