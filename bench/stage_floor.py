@@ -30,9 +30,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import platform
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from hpo import plan
+from hpo.data.splits import TEST_FRACTION, VAL_FRACTION
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.training import Member, TensorData, fit_stacked
 
@@ -145,31 +147,32 @@ def hpo_rate(m: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
 
 
 def faithful_work(train_rows: int) -> dict[str, tuple[int, float]]:
-    """Stage -> (stack width, model-samples of training) of the faithful study file."""
-    stages = tomllib.loads(STUDY.read_text())["stages"]
+    """Stage -> (stack width, model-samples of training) of the faithful study file, read
+    through hpo's own study-file loader (its typed stage settings)."""
     work: dict[str, tuple[int, float]] = {}
-    for name, s in stages.items():
-        if s["kind"] == "lr_range":
-            work[name] = (1, train_rows * (1 + s["verify_epochs"]))
-        elif s["kind"] == "grid_cv":
-            points = len(next(iter(s["grid"].values())))
-            fits = points * s["folds"]
-            work[name] = (
-                min(fits, s["stack"] * s["folds"]),
-                fits * train_rows * (1 - 1 / s["folds"]) * s["epochs"],
+    for stage in plan.load(STUDY).stages:
+        s: Any = stage.settings  # the kind says which typed settings model it is
+        if s.kind == "lr_range":  # one epoch of the range test, then the verification
+            work[stage.name] = (1, train_rows * (1 + s.verify_epochs))
+        elif s.kind == "grid_cv":
+            fits = math.prod(len(v) for v in s.grid.values()) * s.folds * s.seeds
+            work[stage.name] = (
+                min(fits, s.stack * s.folds * s.seeds),
+                fits * train_rows * (1 - 1 / s.folds) * s.epochs,
             )
-        elif s["kind"] == "sweep":
-            choices = len(next(iter(s["choices"].values())))
-            work[name] = (s["stack"], choices * train_rows * s["epochs"])
-        elif s["kind"] == "final":
-            work[name] = (1, train_rows * s["epochs"])
+        elif s.kind == "sweep":
+            models = math.prod(len(v) for v in s.choices.values()) * s.seeds
+            work[stage.name] = (min(models, s.stack * s.seeds), models * train_rows * s.epochs)
+        elif s.kind == "final":
+            work[stage.name] = (s.seeds, s.seeds * train_rows * s.epochs)
     return work
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="timed steps per measurement")
-    ap.add_argument("--rows", type=int, default=round(ROWS * 0.7), help="training rows of the split")
+    train_rows = ROWS - round(TEST_FRACTION * ROWS) - round(VAL_FRACTION * ROWS)  # as the split counts
+    ap.add_argument("--rows", type=int, default=train_rows, help="training rows of the split")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     r = np.random.default_rng(0)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when it has none), for logs
+    and one-line errors that quote a library's exception."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class HpoError(Exception):
     """Base of every error ``hpo`` reports to its user (exit status 2, no traceback)."""
 

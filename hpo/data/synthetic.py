@@ -209,7 +209,8 @@ def draw(spec: SyntheticSpec) -> SyntheticDraw:
     # Memory: one n x 90 float64 array (371 MB at full size) is worked on in place, by row
     # blocks or column by column. Whole-array expressions made the full draw's process peak at
     # 2.28 GB (the top of a fresh `hpo run`); this peaks at 1.04 GB and gives the same bytes
-    # (the same elementwise operations in the same order; tested against a pinned digest).
+    # (the same elementwise operations in the same order; a test compares it with the
+    # whole-array expressions).
     factors = rng.standard_normal((n, world.loadings.shape[1]))
     latent = factors @ world.loadings.T
     del factors

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hpo.errors import first_line
 from hpo.model import MLP, build_model, build_optimizer, dropout_generator
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast
@@ -110,14 +111,9 @@ class _CompiledOrEager:
                 out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = self.compiled(xb, yb)
                 return out
             except Exception as exc:  # e.g. no C++ compiler for inductor's CPU backend
-                logger.warning("torch.compile failed (%s); training on without it", _first_line(exc))
+                logger.warning("torch.compile failed (%s); training on without it", first_line(exc, 200))
                 self.compiled = None
         return self.fn(xb, yb)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def stack_key(member: Member) -> tuple[object, ...]:

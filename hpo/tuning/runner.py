@@ -38,7 +38,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import HpoError, StorageError
+from hpo.errors import HpoError, StorageError, first_line
 from hpo.tuning import records
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.storage import outages_of
@@ -321,7 +321,7 @@ class _Runner:
                     self._tell_fail(c.trial)
                 raise
             except Exception as exc:
-                message = _first_line(exc)
+                message = first_line(exc)
                 for c in claims:
                     c.trial.set_user_attr(records.ERROR, message)
                     self._tell_fail(c.trial)
@@ -363,7 +363,7 @@ class _Runner:
                     "%s: telling trial %d failed (%s); trying again",
                     self.name,
                     trial.number,
-                    _first_line(exc),
+                    first_line(exc),
                 )
 
 
@@ -416,8 +416,3 @@ class _Heartbeat:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

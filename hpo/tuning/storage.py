@@ -38,7 +38,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
-from hpo.errors import StorageError
+from hpo.errors import StorageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +168,11 @@ class Outages:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of the root cause (the driver's message, not SQLAlchemy's wrapper)."""
     root: BaseException = exc
     while root.__cause__ is not None:
         root = root.__cause__
-    text = str(root).strip()
-    return text.splitlines()[0][:160] if text else type(root).__name__
+    return first_line(root, 160)
 
 
 _RETRIED = (
