@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hpo.model import MLP, build_model, build_optimizer, dropout_generator
+from hpo.families.mlp.model import MLP, build_model, dropout_generator
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast
+from hpo.training.optim import build_optimizer
 
 MemberCallback = Callable[[EvalRecord], bool | None]
 _BN_EPS = 1e-5
@@ -39,7 +40,7 @@ def stack_key(member: Member) -> tuple[object, ...]:
     return (
         member.model.hidden,
         member.model.n_features,
-        member.model.n_classes,
+        member.model.n_outputs,
         t.epochs,
         t.batch_size,
         t.max_batches,
@@ -237,7 +238,7 @@ class _Stack:
         return _affine(h, self.weights[-1][members], self.biases[-1][members])
 
     def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        """Member ``m``'s weights as the ``state_dict`` of its own :class:`hpo.model.MLP`."""
+        """Member ``m``'s weights as the ``state_dict`` of its own :class:`hpo.families.mlp.model.MLP`."""
         net = MLP(self.members[m].model)
         state = net.state_dict()
         linear_i = 0
@@ -437,9 +438,9 @@ def fit_stacked(
                 epoch=epoch,
                 step=step,
                 train_loss=float(run_loss[m]) / seen,
-                train_accuracy=float(run_correct[m]) / seen,
+                train_score=float(run_correct[m]) / seen,
                 val_loss=val_loss,
-                val_accuracy=val_acc,
+                val_score=val_acc,
                 val_pred=val_pred,
             )
             stop, snapshot = trackers[m].observe(results[m], record, cbs[m])

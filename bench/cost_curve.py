@@ -32,8 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpo.families.mlp import Member, fit_stacked
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
-from hpo.training import Member, TensorData, fit_stacked
+from hpo.tasks import Classification
+from hpo.training import TensorData
 
 WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 ROWS = (100_000, 515_345, 2_000_000)
@@ -69,13 +71,20 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
+DECADES = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))
+
+
 def width_curve(rows: int) -> list[dict[str, Any]]:
     r = np.random.default_rng(0)
     x = r.normal(size=(rows, 90)).astype(np.float32)
     y = r.integers(0, 10, rows)
     data = TensorData.from_numpy(x, y, x[: rows // 5], y[: rows // 5])
     out = []
-    fit_stacked([Member(ModelConfig(), OptimConfig(), TrainConfig(epochs=1, precision="bf16"), 0)], [data])
+    fit_stacked(
+        [Member(ModelConfig(), OptimConfig(), TrainConfig(epochs=1, precision="bf16"), 0)],
+        [data],
+        task=DECADES,
+    )
     for m in WIDTHS:
         members = [
             Member(
@@ -87,7 +96,7 @@ def width_curve(rows: int) -> list[dict[str, Any]]:
             for s in range(m)
         ]
         start = time.perf_counter()
-        fit_stacked(members, [data])
+        fit_stacked(members, [data], task=DECADES)
         seconds = time.perf_counter() - start
         out.append(
             {"models": m, "seconds": round(seconds, 2), "model_samples_per_s": round(m * rows / seconds)}

@@ -12,7 +12,7 @@ the weight-decay grid x folds):
   what is left once Python and autograd's per-op overhead is gone.
 * ``floor_compiled``: ``floor_autograd`` with its forward and loss through ``torch.compile``
   (inductor's CPU backend), timed after compiling: the best case, compile time not counted.
-* ``hpo``: :func:`hpo.training.fit_stacked`, one epoch, a 2,000-row validation set.
+* ``hpo``: :func:`hpo.families.mlp.fit_stacked`, one epoch, a 2,000-row validation set.
 
 Then projects the faithful study file's training work (model-samples per stage, from its epochs,
 folds and stack widths and the stratified 70/15/15 split of 515,345 rows) onto each path's
@@ -42,8 +42,10 @@ from torch.nn import functional as F
 
 from hpo import plan
 from hpo.data.splits import TEST_FRACTION, VAL_FRACTION
+from hpo.families.mlp import Member, fit_stacked
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
-from hpo.training import Member, TensorData, fit_stacked
+from hpo.tasks import Classification
+from hpo.training import TensorData
 
 BATCH, FEATURES, HIDDEN, CLASSES = 128, 90, 256, 10
 WIDTHS = (1, 3, 25)
@@ -109,6 +111,9 @@ class _MinimalStack:
         self.opt.step()
 
 
+DECADES = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))
+
+
 def floor(m: int, x: torch.Tensor, y: torch.Tensor, steps: int, how: str) -> float:
     stack = _MinimalStack(m)
     if how == "manual":
@@ -140,9 +145,9 @@ def hpo_rate(m: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
         Member(ModelConfig(), OptimConfig(weight_decay=1e-5 * i), TrainConfig(epochs=1, precision="bf16"), 0)
         for i in range(m)
     ]
-    fit_stacked(members[:1], [TensorData(x[:6400], y[:6400], x[-2000:], y[-2000:])])  # warm-up
+    fit_stacked(members[:1], [TensorData(x[:6400], y[:6400], x[-2000:], y[-2000:])], task=DECADES)  # warm-up
     start = time.perf_counter()
-    fit_stacked(members, [data])
+    fit_stacked(members, [data], task=DECADES)
     return m * rows / (time.perf_counter() - start)
 
 

@@ -20,9 +20,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from hpo import data
-from hpo import model as models
 from hpo import training as train
+from hpo.families.mlp import model as models
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.tasks import Classification
 
 
 def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
@@ -47,7 +48,8 @@ def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: in
 def hpo_epoch(tensors: train.TensorData, batch_size: int, seed: int) -> float:
     config = TrainConfig(epochs=1, batch_size=batch_size, seed=seed)
     start = time.perf_counter()
-    train.fit(ModelConfig(hidden=(256, 256)), OptimConfig(), config, tensors)
+    model = models.build_model(ModelConfig(hidden=(256, 256)), seed=seed)
+    train.fit(model, OptimConfig(), config, tensors, task=Classification(tuple(str(c) for c in range(10))))
     return time.perf_counter() - start
 
 

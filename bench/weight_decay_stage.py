@@ -4,7 +4,7 @@ Adam lr 1e-3) on the full-size synthetic training split, four ways, like for lik
 * ``plain_fp32``: for each fit, ``TensorDataset`` + shuffling ``DataLoader`` + ``nn.Module`` MLP +
   ``torch.optim.Adam(weight_decay=wd)``, one fit after another (the straightforward code);
 * ``plain_bf16``: the same loop with its forward pass under CPU autocast to bfloat16;
-* ``stacked_fp32``: :func:`hpo.training.stacked.fit_stacked`, the 25 fits as one stack, fp32;
+* ``stacked_fp32``: :func:`hpo.families.mlp.stacked.fit_stacked`, the 25 fits as one stack, fp32;
 * ``stacked_bf16``: the same stack under bf16 autocast (the faithful study file's setting).
 
 So the ratios separate the two levers: stacking alone (plain_fp32 / stacked_fp32), bf16 alone
@@ -36,10 +36,14 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from hpo import data
-from hpo import model as models
 from hpo import training as train
+from hpo.families.mlp import model as models
+from hpo.families.mlp import stacked
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, Precision, TrainConfig
-from hpo.training import stacked
+from hpo.tasks import Classification
+from hpo.training.optim import build_optimizer
+
+DECADES = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))
 
 GRID = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
 FOLDS = 5
@@ -88,7 +92,7 @@ def stacked_fits(folds: list[train.TensorData], epochs: int, precision: Precisio
         for wd in GRID
         for k in range(FOLDS)
     ]
-    return [r.history[-1].val_accuracy for r in stacked.fit_stacked(members, folds)]
+    return [r.history[-1].val_score for r in stacked.fit_stacked(members, folds, task=DECADES)]
 
 
 def _by_wd(accs: list[float]) -> dict[str, float]:
@@ -135,7 +139,7 @@ def main() -> None:
     }
     # Process start-up, paid once per worker process, not per fit: the first fused optimizer
     # constructed in a process imports PyTorch's compile machinery (~0.8 s measured here).
-    models.build_optimizer([torch.zeros(1, requires_grad=True)], OptimConfig())
+    build_optimizer([torch.zeros(1, requires_grad=True)], OptimConfig())
     timings: dict[str, list[float]] = {name: [] for name in paths}
     accs: dict[str, dict[str, float]] = {}
     order = list(paths)

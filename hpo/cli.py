@@ -63,7 +63,10 @@ def _data_settings(args: argparse.Namespace) -> Any:
         from hpo import pipeline, plan
 
         base = plan.load(pipeline.resolve_study_file(args.config)).data.model_dump()
-    flags = {k: getattr(args, k, None) for k in ("source", "file", "path", "target", "rows", "seed", "split")}
+    flags = {
+        k: getattr(args, k, None)
+        for k in ("source", "task", "file", "path", "target", "rows", "seed", "split")
+    }
     update = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
     try:
         return DataSettings.model_validate({**base, **update})
@@ -88,13 +91,21 @@ def _render_prepare(summary: dict[str, Any]) -> str:
     lines = [
         f"prepared {summary['rows']:,} rows from {summary['source']} -> {summary['path']}",
         f"source {summary['source_file']} (sha256 {summary['source_sha256']})",
-        f"{summary['features']} features, target {summary['target']}",
+        f"{summary['features']} features, target {summary['target']} "
+        f"({summary.get('task', 'classification')})",
         "",
-        f"{'class':<16}{'count':>10}{'share':>9}",
     ]
-    for row in summary["classes"]:
-        lines.append(f"{row['class']:<16}{row['count']:>10,}{row['share']:>9.2%}")
-    lines.append(f"majority class share: {summary['majority_share']:.2%}")
+    target = summary.get("target_summary")
+    if target:
+        lines.append(
+            f"target: mean {target['mean']:.4g}, sd {target['std']:.4g}, median {target['median']:.4g}, "
+            f"range {target['min']:.4g}..{target['max']:.4g}"
+        )
+    else:
+        lines.append(f"{'class':<16}{'count':>10}{'share':>9}")
+        for row in summary["classes"]:
+            lines.append(f"{row['class']:<16}{row['count']:>10,}{row['share']:>9.2%}")
+        lines.append(f"majority class share: {summary['majority_share']:.2%}")
     lines.append(
         f"split {split['name']}: {sizes['train']:,} train, {sizes['val']:,} val, {sizes['test']:,} test"
     )
@@ -219,7 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> Any:
 def _render_worker(r: dict[str, Any]) -> str:
     done = [s["stage"] for s in r["runs"] if s["status"] == "completed"]
     metrics = r["status"].get("test_metrics") or {}
-    tail = f"; test accuracy {metrics['accuracy']:.2%}" if metrics else ""
+    tail = f"; test {_headline(metrics)}" if metrics else ""
     return f"worker done in {r['seconds']:.0f} s: ran {', '.join(done) or 'nothing (all complete)'}{tail}"
 
 
@@ -241,7 +252,8 @@ def _cmd_status(args: argparse.Namespace) -> Any:
 def _cmd_predict(args: argparse.Namespace) -> Any:
     from hpo import predict
 
-    return predict.predict(_pipeline(args).final_model(), args.input, args.output)
+    pipe = _pipeline(args)
+    return predict.predict(pipe.final_model(), args.input, args.output, trusted=pipe.trusted())
 
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,7 +262,7 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
     from optuna.artifacts import download_artifact
 
-    from hpo.model import load_model_file
+    from hpo.model_file import load_model_file
 
     pipe = _pipeline(args)
     artifact_id = pipe.final_model_artifact()
@@ -338,12 +350,26 @@ def _render_status(r: dict[str, Any]) -> str:
         lines.extend(_render_state(st))
     m = r.get("test_metrics")
     if m:
-        lines += [
-            "",
-            f"final test: accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, balanced accuracy "
-            f"{m['balanced_accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}",
-        ]
+        lines += ["", f"final test: {_test_line(m)}"]
     return "\n".join(lines)
+
+
+def _headline(m: dict[str, Any]) -> str:
+    if m.get("task") == "regression":
+        return f"RMSE {m['rmse']:.4g}"
+    return f"accuracy {m['accuracy']:.2%}"
+
+
+def _test_line(m: dict[str, Any]) -> str:
+    if m.get("task") == "regression":
+        return (
+            f"RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}, loss {m['loss']:.4f} "
+            f"(predicting the training mean: RMSE {m['constant_rmse']:.4g})"
+        )
+    return (
+        f"accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, balanced accuracy "
+        f"{m['balanced_accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}"
+    )
 
 
 def _render_run_stage(r: dict[str, Any]) -> str:
@@ -376,6 +402,9 @@ def _render_predict(r: dict[str, Any]) -> str:
         lines.append(f"ignored columns the model does not use: {', '.join(r['extra_columns'])}")
     if r.get("accuracy") is not None:
         lines.append(f"accuracy against the target column: {r['accuracy']:.2%}")
+    if r.get("metrics"):
+        m = r["metrics"]
+        lines.append(f"against the target column: RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}")
     return "\n".join(lines)
 
 
@@ -414,6 +443,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="take [data] from this study file (the flags below override it)")
     p.add_argument("--source", choices=("synthetic", "msd", "csv", "parquet"))
+    p.add_argument("--task", choices=("classification", "regression"))
     p.add_argument("--file", type=Path, help="msd: a local YearPredictionMSD .zip or .txt")
     p.add_argument("--path", type=Path, help="csv / parquet: the table")
     p.add_argument("--target", help="csv / parquet: the label column")
@@ -529,7 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(status)
     status.set_defaults(handler=_cmd_status, render=_render_status)
 
-    predict = commands.add_parser("predict", help="classes and class probabilities with the final model")
+    predict = commands.add_parser(
+        "predict", help="classes and class probabilities, or values, with the final model"
+    )
     predict.add_argument("--input", type=Path, required=True, help="CSV of the model's feature columns")
     predict.add_argument("--output", type=Path, help="CSV to write (default: print)")
     _pipeline_options(predict)

@@ -7,7 +7,7 @@
     pipe = hpo.Pipeline.load("studies/quick.toml", storage="sqlite:///hpo.db")
     pipe.run()                          # every stage in order, skipping completed ones
     pipe.status().stages[-1].selection  # what the last stage selected
-    model = pipe.final_model()          # hpo.model.ModelFile: .model(), .scale(x), class names
+    model = pipe.final_model()          # hpo.model_file.ModelFile: .model(), .outputs(x), class names
 
 Every stage runs the same sequence: its prerequisites must be complete; the data are prepared
 (a bad data file fails here, before anything is stored); its study is created with its settings
@@ -36,7 +36,8 @@ from optuna.trial import TrialState
 from hpo import data
 from hpo import plan as plan_mod
 from hpo.errors import ConfigError, PrerequisiteError
-from hpo.model import ModelFile, load_model_file
+from hpo.families import family_of
+from hpo.model_file import ModelFile, load_model_file
 from hpo.plan import Plan
 from hpo.present import dashboard, figures
 from hpo.present.progress import LogProgress, Progress
@@ -174,7 +175,7 @@ class Pipeline:
             yield
             return
         exclusive_sqlite_worker(self.ctx.storage, self.ctx.storage_url)
-        self.ctx.data()  # prepare (and check) the data before anything is stored
+        self.check_ready()
         with Registry(self.ctx.storage, self.plan.name) as registry:
             self._registry = registry
             self.ctx.live_workers = registry.live
@@ -189,7 +190,7 @@ class Pipeline:
         exclusive_sqlite_worker(self.ctx.storage, self.ctx.storage_url)
         self.check_prerequisites(stage)
         cfg_in = self.input_config(stage)
-        self.ctx.data()  # prepare (and check) the data before anything is stored
+        self.check_ready()
         with self.registered():
             return self._run_stage(stage, cfg_in, force=force)
 
@@ -220,6 +221,17 @@ class Pipeline:
         self.finish(stage, study, cfg_in)
         seconds = round(time.perf_counter() - start, 1)
         return StageRun(stage.name, "completed", seconds, self.study_state(stage))
+
+    def check_ready(self) -> None:
+        """Prepare (and check) the data, and build the family's model for it once (a factory
+        must return a module of the right output width), before anything is stored."""
+        data = self.ctx.data()
+        cfg = self.plan.defaults
+        try:
+            family_of(cfg).check_model(cfg, n_features=data.n_features, n_outputs=data.n_outputs)
+        except ValueError as exc:
+            key = "module" if cfg.family == "torch" else "family"
+            raise ConfigError(f"{self.plan.path}: defaults.{key} = {getattr(cfg, key)!r}: {exc}") from None
 
     def check_prerequisites(self, stage: Stage) -> None:
         for required in self.plan.requires[stage.name]:
@@ -346,8 +358,13 @@ class Pipeline:
     def final_model_artifact(self) -> str:
         return str(self.final_study().user_attrs[records.MODEL_ARTIFACT])
 
+    def trusted(self) -> list[str]:
+        """Import paths the study file vouches for, which a saved estimator's types may come from."""
+        return [e for e in (self.plan.defaults.estimator,) if e]
+
     def final_model(self) -> ModelFile:
-        """The final stage's model, read back from the artifact store."""
+        """The final stage's model, read back from the artifact store (load it with
+        ``.model(trusted=pipe.trusted())``)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.pt"
             download_artifact(

@@ -26,7 +26,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hpo.errors import ConfigError
+from hpo.families import FAMILIES, ModelFamily, tunable
 from hpo.settings import (
+    DEFAULT_METRIC,
+    SETTINGS,
+    TRAINING_SETTINGS,
     DataSettings,
     PipelineSection,
     ReportSettings,
@@ -35,6 +39,8 @@ from hpo.settings import (
     describe_error,
     error_path,
     format_input,
+    metrics_of,
+    setting_kind,
 )
 from hpo.stages import KINDS, Stage
 
@@ -130,9 +136,16 @@ def _expand(path: str, name: str, table: Mapping[str, Any]) -> list[tuple[str, d
             if key not in defaults:
                 known = ", ".join(["epochs", "stack", "requires", *LEGACY_COMPONENTS])
                 raise _fail(path, f"stages.components.{key}", f"unknown key; known keys here: {known}")
-        from hpo.settings import ACTIVATIONS, INITS, NORMS, OPTIMIZERS
+        from hpo.settings import ACTIVATIONS, INITS, NORMS
 
-        choices = {"init": INITS, "activation": ACTIVATIONS, "norm": NORMS, "optimizer": OPTIMIZERS}
+        # what a components table meant when it was written: the write-up's three optimizers
+        # (adamw came later and is not one of them)
+        choices = {
+            "init": INITS,
+            "activation": ACTIVATIONS,
+            "norm": NORMS,
+            "optimizer": ("adam", "sgd", "rmsprop"),
+        }
         out = []
         for i, sweep in enumerate(LEGACY_COMPONENTS):
             values = table.get(sweep, list(choices[sweep]))
@@ -153,6 +166,114 @@ def _expand(path: str, name: str, table: Mapping[str, Any]) -> list[tuple[str, d
     if name == "weight_decay" and kind == "grid_cv" and isinstance(table.get("grid"), list):
         table["grid"] = {"weight_decay": table["grid"]}
     return [(name, table)]
+
+
+def _family_key(cfg: RunConfig) -> str:
+    """The ``[defaults]`` key naming what the family trains."""
+    return {"torch": "module", "sklearn": "estimator"}.get(cfg.family, "family")
+
+
+def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> ModelFamily:
+    """The pipeline's family, checked before anything runs: its settings in ``[defaults]``,
+    its module or estimator (importable, callable, the right kind for the task), its params."""
+    family = FAMILIES[cfg.family]
+    what = family.describe(cfg)
+    given = set(raw) if isinstance(raw, Mapping) else set()
+    for key in SETTINGS:
+        if key in given and key not in cfg.own:
+            names = ", ".join(k for k in cfg.own) + (", params" if cfg.family != "mlp" else "")
+            raise _fail(
+                shown,
+                f"defaults.{key}",
+                f"is not a setting of {what}; its settings are: {names} (a parameter of your module "
+                "or estimator goes in params = { ... })",
+            )
+    key = _family_key(cfg)
+    where = f"defaults.{key}"
+    shown_value = f"= {format_input(getattr(cfg, key))}: "
+    try:
+        family.own_params(cfg)
+    except ValueError as exc:
+        raise _fail(shown, where, shown_value + str(exc)) from None
+    for name, value in cfg.params.items():
+        try:
+            family.check_value(cfg, name, value)
+        except ValueError as exc:
+            raise _fail(shown, f"defaults.params.{name}", f"= {format_input(value)}: {exc}") from None
+    try:
+        family.check(cfg, data.task)
+    except ValueError as exc:
+        raise _fail(shown, where, shown_value + str(exc)) from None
+    if data.task == "regression":
+        for name, plain in (("label_smoothing", 0.0), ("class_weight", "none")):
+            if name in cfg.own and getattr(cfg, name) != plain:
+                raise _fail(
+                    shown,
+                    f"defaults.{name}",
+                    f'= {format_input(getattr(cfg, name))}: applies to task = "classification"; remove it',
+                )
+    return family
+
+
+def _for_family(shown: str, stage: Stage, cfg: RunConfig, family: ModelFamily, data: DataSettings) -> Stage:
+    """``stage`` checked against the pipeline's family and task: the kind serves the family,
+    every setting it tunes is one of the family's (each value checked and typed by it), its
+    metric fits the task (a stage that names none selects by the task's default metric)."""
+    where = f"stages.{stage.name}"
+    what = family.describe(cfg)
+    if family.name not in stage.families:
+        serving = [k for k, c in KINDS.items() if family.name in c.families]
+        raise _fail(
+            shown,
+            f"{where}.kind",
+            f'= "{stage.kind}": does not serve {what} (it trains torch modules); '
+            f"kinds for this family: {', '.join(serving)}",
+        )
+    names, open_ended = tunable(cfg)
+    values: dict[str, dict[str, list[Any]]] = {}
+    ranges = set(stage.ranges())
+    for key, settings in stage.tuned().items():
+        values[key] = {}
+        for name, given in settings.items():
+            at = f"{where}.{key}.{name}"
+            if name not in names and not (open_ended and name not in TRAINING_SETTINGS):
+                raise _fail(
+                    shown, at, f"is not a setting of {what}; its settings are: {', '.join(names) or '(none)'}"
+                )
+            if data.task == "regression" and name in ("label_smoothing", "class_weight") and name in cfg.own:
+                raise _fail(shown, at, 'applies to task = "classification"; remove it')
+            typed = []
+            for i, value in enumerate(given):
+                try:
+                    typed.append(_typed(family, cfg, name, value, is_range=name in ranges))
+                except ValueError as exc:
+                    raise _fail(shown, f"{at}[{i}]", f"= {format_input(value)}: {exc}") from None
+            values[key][name] = typed
+    settings_out = stage.with_values(values)
+    metric = getattr(settings_out, "metric", None)
+    if metric is not None and metric not in metrics_of(data.task):
+        if "metric" in settings_out.model_fields_set:
+            raise _fail(
+                shown,
+                f"{where}.metric",
+                f'= "{metric}": not a metric of task = "{data.task}"; '
+                f"its metrics are: {', '.join(metrics_of(data.task))}",
+            )
+        settings_out = settings_out.model_copy(update={"metric": DEFAULT_METRIC[data.task]})
+    return KINDS[stage.kind](stage.name, settings_out, task=data.task)
+
+
+def _typed(family: ModelFamily, cfg: RunConfig, name: str, value: Any, *, is_range: bool) -> Any:
+    """One tuned value checked by the family; one of hpo's settings typed by its field (a
+    range's bound of an integer setting as an integer, of a float setting as a float)."""
+    if name in cfg.own:
+        kind = setting_kind(name)
+        if is_range:
+            if kind == "choice":
+                raise ValueError(f"{name} is not a number; give choices = [...]")
+            if kind == "int" and isinstance(value, float) and value.is_integer():
+                value = int(value)
+    return family.check_value(cfg, name, value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -234,11 +355,12 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
                 shown, f"stages.{name}", f"the name {name!r} is reserved (the worker registry); rename it"
             )
         declared.extend(_expand(shown, name, table))
+    family = _check_family(shown, defaults, data, raw.get("defaults", {}))
     built: list[Stage] = []
     for name, table in declared:
         cls = KINDS[table["kind"]]
         settings: StageSettings = _validate(shown, f"stages.{name}", cls.settings_model, table)
-        built.append(cls(name, settings))
+        built.append(_for_family(shown, cls(name, settings), defaults, family, data))
     finals = [s for s in built if s.reads_test_rows]
     if len(finals) > 1:
         raise _fail(

@@ -1,14 +1,17 @@
-"""Predicting with a final model: classes and probabilities for the rows of a CSV file.
+"""Predicting with a final model: for the rows of a CSV file, classes and class probabilities (a
+classifier), or a numeric ``prediction`` column in the target's units (a regressor), whatever
+the model's family.
 
 The model file names its features, so a CSV with a header is matched by column name: a missing
-feature is an error naming it, extra columns are ignored and reported, and when the target
-column is present its classes are compared with the predictions. A CSV without a header must
-hold the features in the model's order (for the MSD preset, UCI's layout: optionally the year
-first, then the 90 features).
+feature is an error naming it, extra columns are ignored and reported, and when the target column
+is present the predictions are scored against it (accuracy; RMSE, MAE and R²). A CSV without a
+header must hold the features in the model's order (for the MSD preset, UCI's layout: optionally
+the year first, then the 90 features).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import torch
 
 from hpo.data.labels import Labeling
 from hpo.errors import DataFileError
-from hpo.model import ModelFile
+from hpo.model_file import ModelFile
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class Prediction:
     rows: int
     output: str | None
     class_names: list[str]
-    accuracy: float | None = None  # when the input has the target column
+    task: str = "classification"
+    accuracy: float | None = None  # a classifier, when the input has the target column
+    metrics: dict[str, float] | None = None  # a regressor, when the input has the target column
     extra_columns: list[str] = field(default_factory=list)
     predictions: list[dict[str, Any]] | None = None  # when no output file was given
 
@@ -109,21 +113,34 @@ def _read(path: Path, model: ModelFile) -> tuple[npt.NDArray[np.float64], npt.ND
     return values, target, extra
 
 
-def predict(model: ModelFile, input_path: Path, output_path: Path | None) -> Prediction:
+def predict(
+    model: ModelFile, input_path: Path, output_path: Path | None, *, trusted: Sequence[str] = ()
+) -> Prediction:
+    """Predict the rows of ``input_path`` (``trusted``: import paths the study file vouches for,
+    which a saved estimator's types may come from)."""
     features, target, extra = _read(input_path, model)
-    net = model.model()
-    with torch.no_grad():
-        probs = torch.softmax(net(torch.as_tensor(model.scale(features))), dim=1).numpy()
+    task = model.task_of()
+    predicted = task.predictions(model.outputs(features, trusted=trusted))
     names = model.class_names
-    pred = probs.argmax(axis=1)
-    frame = pd.DataFrame({"class": [names[i] for i in pred]})
-    for j, n in enumerate(names):
-        frame[f"p_{n}"] = probs[:, j]
     accuracy = None
-    if target is not None:
-        labeling = Labeling.from_dict(model.labeling)
-        truth = labeling.apply(target, file=str(input_path), column=model.target, first_line=2)
-        accuracy = float(np.mean(pred == truth))
+    scores = None
+    if task.kind == "classification":
+        pred = predicted.argmax(axis=1)
+        frame = pd.DataFrame({"class": [names[i] for i in pred]})
+        for j, n in enumerate(names):
+            frame[f"p_{n}"] = predicted[:, j]
+        if target is not None:
+            if model.labeling is None:
+                raise DataFileError(
+                    str(input_path), "the model file has no class labeling", fix="export it again"
+                )
+            labeling = Labeling.from_dict(model.labeling)
+            truth = labeling.apply(target, file=str(input_path), column=model.target, first_line=2)
+            accuracy = float(np.mean(pred == truth))
+    else:
+        frame = pd.DataFrame({"prediction": predicted})
+        if target is not None:
+            scores = _regression_scores(predicted, target, file=str(input_path), column=model.target)
     if output_path is not None:
         output_path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(output_path, index=False, float_format="%.6f")
@@ -131,9 +148,35 @@ def predict(model: ModelFile, input_path: Path, output_path: Path | None) -> Pre
         rows=len(frame),
         output=str(output_path) if output_path else None,
         class_names=list(names),
+        task=task.kind,
         accuracy=accuracy,
+        metrics=scores,
         extra_columns=extra,
         predictions=[{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]
         if output_path is None
         else None,
     )
+
+
+def _regression_scores(
+    predicted: npt.NDArray[np.float64], target: npt.NDArray[Any], *, file: str, column: str
+) -> dict[str, float]:
+    """RMSE, MAE and R² of the predictions against a numeric target column."""
+    try:
+        truth = np.asarray(target, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataFileError(
+            file, f"target column {column!r} is not numeric", fix="drop it, or fix its values"
+        ) from None
+    bad = ~np.isfinite(truth)
+    if bad.any():
+        raise DataFileError(
+            file, f"{column} is empty or not finite", line=int(np.argmax(bad)) + 2, fix="fix or drop that row"
+        )
+    error = predicted - truth
+    total = float(np.sum((truth - truth.mean()) ** 2))
+    return {
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": float(np.mean(np.abs(error))),
+        "r2": 1.0 - float(np.sum(error**2)) / total if total > 0 else 0.0,
+    }

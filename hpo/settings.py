@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -34,20 +35,93 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 Activation = Literal["relu", "leaky_relu", "gelu"]
 Norm = Literal["none", "batchnorm", "layernorm"]
 Init = Literal["default", "xavier_uniform", "kaiming_normal"]
-OptimizerName = Literal["adam", "sgd", "rmsprop"]
+OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop"]
 Precision = Literal["fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
 ClassWeight = Literal["none", "balanced"]
-Metric = Literal["accuracy", "balanced_accuracy", "macro_f1", "loss"]
+Metric = Literal["accuracy", "balanced_accuracy", "macro_f1", "loss", "rmse", "mae", "r2"]
+TaskName = Literal["classification", "regression"]
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 NORMS: tuple[str, ...] = get_args(Norm)
 INITS: tuple[str, ...] = get_args(Init)
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 METRICS: tuple[str, ...] = get_args(Metric)
+TASKS: tuple[str, ...] = get_args(TaskName)
 
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric is: the tasks it fits and its direction (constraints as data)."""
+
+    tasks: tuple[str, ...]
+    greater_is_better: bool
+    what: str
+
+
+#: Every metric a stage may select by. ``loss`` is the task's own training loss on the
+#: validation rows (cross-entropy; the mean squared error of the standardised target).
+METRIC_SPECS: dict[str, MetricSpec] = {
+    "accuracy": MetricSpec(("classification",), True, "share of rows whose class is predicted"),
+    "balanced_accuracy": MetricSpec(("classification",), True, "mean recall over the classes"),
+    "macro_f1": MetricSpec(("classification",), True, "unweighted mean F1 over the classes"),
+    "loss": MetricSpec(TASKS, False, "the task's loss on the validation rows"),
+    "rmse": MetricSpec(("regression",), False, "root mean squared error, in the target's units"),
+    "mae": MetricSpec(("regression",), False, "mean absolute error, in the target's units"),
+    "r2": MetricSpec(("regression",), True, "coefficient of determination"),
+}
+#: The metric a stage selects by when its table names none.
+DEFAULT_METRIC: dict[str, str] = {"classification": "accuracy", "regression": "rmse"}
+
+
+def greater_is_better(metric: str) -> bool:
+    """Whether larger values of ``metric`` are better (KeyError naming the metrics if unknown)."""
+    try:
+        return METRIC_SPECS[metric].greater_is_better
+    except KeyError:
+        raise KeyError(f"unknown metric {metric!r}; metrics are: {', '.join(METRIC_SPECS)}") from None
+
+
+def metrics_of(task: str) -> tuple[str, ...]:
+    return tuple(m for m, spec in METRIC_SPECS.items() if task in spec.tasks)
+
+
+T = TypeVar("T")
+
+FamilyName = Literal["mlp", "torch", "sklearn"]
+FAMILY_NAMES: tuple[str, ...] = get_args(FamilyName)
+FAMILY_KEYS = ("family", "module", "estimator", "params")
+#: hpo's settings of the MLP (its architecture) and of every model trained by hpo's torch trainers
+MLP_SETTINGS = ("hidden", "activation", "norm", "init", "dropout")
+TRAINING_SETTINGS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "label_smoothing",
+    "class_weight",
+    "seed",
+    "precision",
+    "device",
+)
+#: Which of hpo's settings apply to each family; every other setting of a family is one of its
+#: own parameters (a torch factory's keyword arguments, an estimator's constructor arguments).
+#: An estimator gets ``seed`` as its ``random_state``.
+FAMILY_SETTINGS: dict[str, tuple[str, ...]] = {
+    "mlp": MLP_SETTINGS + TRAINING_SETTINGS,
+    "torch": TRAINING_SETTINGS,
+    "sklearn": ("seed",),
+}
 MAX_WIDTH = 16_384
 MAX_LAYERS = 16
+
+
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """``table[name]``; an unknown name raises, naming the known ones (no silent fallback)."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; {what}s are: {', '.join(table)}") from None
 
 
 def _as_tuple(value: Any) -> Any:
@@ -75,7 +149,8 @@ _STRICT_DATACLASS = ConfigDict(strict=True, extra="forbid")
 
 @pydantic_dataclass(frozen=True, kw_only=True, config=_STRICT_DATACLASS)
 class ModelConfig:
-    """The network: ``[Linear -> norm -> activation -> dropout] * len(hidden) -> Linear``."""
+    """The MLP: ``[Linear -> norm -> activation -> dropout] * len(hidden) -> Linear``; ``n_outputs``
+    is the number of classes (logits), or 1 for a regressor."""
 
     hidden: Hidden = (256, 256)
     activation: Activation = "relu"
@@ -83,7 +158,7 @@ class ModelConfig:
     init: Init = "default"
     dropout: Probability = 0.0
     n_features: PositiveInt = 90
-    n_classes: Annotated[int, Field(ge=2)] = 10
+    n_outputs: PositiveInt = 10
 
     @property
     def arch(self) -> str:
@@ -129,6 +204,14 @@ class RunConfig(BaseModel):
 
     model_config = _STRICT
 
+    family: FamilyName = "mlp"  # hpo.families.FAMILIES: mlp, torch (your module), sklearn (an estimator)
+    module: str | None = None  # torch: your factory, "my_net.py:make" or "package.module:make"
+    estimator: str | None = (
+        None  # sklearn: the estimator class, "sklearn.ensemble.HistGradientBoostingClassifier"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict
+    )  # the family's own parameters (factory / constructor)
     hidden: Hidden = (256, 256)
     activation: Activation = "relu"
     norm: Norm = "none"
@@ -144,11 +227,53 @@ class RunConfig(BaseModel):
     precision: Precision = "fp32"  # "bf16": CPU autocast (AMX); tested to stay within fp32's noise
     device: Device = "auto"  # "auto": a CUDA GPU when present, else the CPU
 
-    def with_point(self, point: Mapping[str, Any]) -> RunConfig:
-        """A copy with ``point``'s settings changed (validated)."""
-        return RunConfig.model_validate({**self.model_dump(), **point})
+    @model_validator(mode="after")
+    def _fits_family(self) -> RunConfig:
+        spec = {"torch": "module", "sklearn": "estimator"}
+        for family, key in spec.items():
+            value = getattr(self, key)
+            if self.family == family and not value:
+                example = (
+                    "my_net.py:make" if key == "module" else "sklearn.ensemble.HistGradientBoostingClassifier"
+                )
+                raise ValueError(f'{key} is required for family = "{family}" (e.g. {key} = "{example}")')
+            if self.family != family and value is not None:
+                raise ValueError(
+                    f'{key} is for family = "{family}"; this configuration\'s family is "{self.family}"'
+                )
+        if self.family == "mlp" and self.params:
+            raise ValueError(
+                f'params are the parameters of a torch factory or an estimator; family = "mlp" has named '
+                f"settings ({', '.join(FAMILY_SETTINGS['mlp'])})"
+            )
+        for name, value in self.params.items():
+            if not _json_value(value):
+                raise ValueError(
+                    f"params.{name} = {value!r}: must be a number, string, boolean or a list of them"
+                )
+        return self
 
-    def model(self, *, n_features: int, n_classes: int) -> ModelConfig:
+    @property
+    def own(self) -> tuple[str, ...]:
+        """hpo's settings that apply to this configuration's family (the rest are ``params``)."""
+        return FAMILY_SETTINGS[self.family]
+
+    def with_point(self, point: Mapping[str, Any]) -> RunConfig:
+        """A copy with ``point``'s settings changed (validated): hpo's settings of the family by
+        field, any other name as one of the family's own ``params``."""
+        fields = {k: v for k, v in point.items() if k in self.own}
+        params = {k: v for k, v in point.items() if k not in self.own}
+        merged = {**self.model_dump(), **fields}
+        if params:
+            merged["params"] = {**self.params, **params}
+        return RunConfig.model_validate(merged)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting of this configuration by its plain name: hpo's settings of the family
+        and the family's own parameters."""
+        return {**{k: getattr(self, k) for k in self.own}, **self.params}
+
+    def model(self, *, n_features: int, n_outputs: int) -> ModelConfig:
         return ModelConfig(
             hidden=self.hidden,
             activation=self.activation,
@@ -156,7 +281,7 @@ class RunConfig(BaseModel):
             init=self.init,
             dropout=self.dropout,
             n_features=n_features,
-            n_classes=n_classes,
+            n_outputs=n_outputs,
         )
 
     def optim(self) -> OptimConfig:
@@ -193,16 +318,40 @@ class RunConfig(BaseModel):
         )
 
     def to_record(self) -> dict[str, Any]:
-        """JSON-ready form, for the storage."""
-        return self.model_dump(mode="json")
+        """JSON-ready form, for the storage: the settings of this family only (an MLP's record is
+        the one hpo wrote before families existed, so stored fingerprints still match)."""
+        full = self.model_dump(mode="json")
+        keys = [k for k in full if k in self.own]
+        if self.family != "mlp":
+            keys = ["family", "module" if self.family == "torch" else "estimator", "params", *keys]
+        return {k: full[k] for k in keys}
 
 
-SETTINGS: tuple[str, ...] = tuple(RunConfig.model_fields)
-#: Settings a stage may tune (the rest describe how to train, not what).
-TUNABLE: tuple[str, ...] = tuple(s for s in SETTINGS if s not in ("seed", "precision", "device"))
+def _json_value(value: Any) -> bool:
+    if value is None or isinstance(value, str | int | float | bool):
+        return not isinstance(value, float) or math.isfinite(value)
+    return isinstance(value, list | tuple) and all(_json_value(v) for v in value)
+
+
+SETTINGS: tuple[str, ...] = tuple(k for k in RunConfig.model_fields if k not in FAMILY_KEYS)
+#: Settings that describe how to train, not what: set in [defaults], never tuned by a stage.
+UNTUNED: tuple[str, ...] = ("seed", "precision", "device")
+#: The MLP's settings a stage may tune (other families: :func:`hpo.families.tunable`).
+TUNABLE: tuple[str, ...] = tuple(s for s in SETTINGS if s not in UNTUNED)
 _SETTING_TYPES: dict[str, TypeAdapter[Any]] = {
     name: TypeAdapter(field.rebuild_annotation()) for name, field in RunConfig.model_fields.items()
 }
+
+
+def setting_kind(name: str) -> Literal["int", "float", "choice"]:
+    """Whether one of hpo's settings is an integer, a float, or one of some values (a search
+    range needs a number; the rest take ``choices``): read from the field's type."""
+    annotation = RunConfig.model_fields[name].annotation
+    if annotation is int:
+        return "int"
+    if annotation is float:
+        return "float"
+    return "choice"
 
 
 def check_setting(name: str, value: Any) -> Any:
@@ -215,18 +364,19 @@ def check_setting(name: str, value: Any) -> Any:
         raise ValueError(describe_error(exc.errors()[0])) from None
 
 
-def param_value(name: str, value: Any) -> str | int | float:
-    """How a setting's value is stored as an Optuna parameter (a categorical choice)."""
-    if name == "hidden":
+def param_value(name: str, value: Any) -> str | int | float | bool | None:
+    """How a setting's value is stored as an Optuna parameter (a categorical choice); layer
+    sizes as ``"256x256"``."""
+    if name == "hidden" and isinstance(value, list | tuple):
         return "x".join(str(int(h)) for h in value)
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"setting {name!r} cannot be a trial parameter")
-    return value
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise ValueError(f"{value!r} cannot be a tuned value of {name!r}; give numbers, strings or booleans")
 
 
 def setting_value(name: str, param: Any) -> Any:
     """The inverse of :func:`param_value`."""
-    if name == "hidden":
+    if name == "hidden" and isinstance(param, str):
         return tuple(int(h) for h in str(param).split("x"))
     return param
 
@@ -254,6 +404,7 @@ class DataSettings(Section):
     """Where the rows come from and how they are labelled and split."""
 
     source: SourceName = "synthetic"
+    task: TaskName = "classification"  # "regression": the numeric target itself (MSD: the year)
     rows: Annotated[int, Field(ge=MIN_ROWS)] | None = None  # synthetic: draw size; msd: random subset
     seed: NonNegativeInt = 42  # split seed (and the synthetic draw's)
     split: SplitName = "stratified"
@@ -277,6 +428,13 @@ class DataSettings(Section):
 
     def problem(self) -> str | None:
         """What these settings lack for their source (naming the key); None when complete."""
+        if self.task == "regression":
+            for key in ("bins", "bin_width", "origin", "class_names"):
+                if getattr(self, key) is not None:
+                    return (
+                        f'data.{key} makes classes; task = "regression" predicts the target as a number '
+                        f'(remove {key}, or use task = "classification")'
+                    )
         table = self.source in ("csv", "parquet")
         if table:
             if self.path is None:

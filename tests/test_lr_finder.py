@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import optuna
 import pytest
+from helpers import classes
 from optuna.trial import TrialState
 
 from hpo import data
 from hpo import training as train
-from hpo.settings import ModelConfig, OptimConfig, RunConfig
+from hpo.families.mlp import build_model
+from hpo.settings import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from hpo.stages.lr_range import LrRange, LrRangeSettings
-from hpo.training.lr_finder import range_test, suggest
+from hpo.training.lr_finder import RangeTestResult, range_test, suggest
 from hpo.tuning import records
 
 
@@ -54,10 +57,37 @@ def test_suggest_refuses_a_curve_too_short_to_trim() -> None:
     assert suggest([1.0, 2.0, 3.0], [3.0, 1.0, 0.5], skip_start=0, skip_end=0)[1] == 0
 
 
-def test_range_test_sweeps_exponentially_over_one_epoch(tensors: train.TensorData) -> None:
-    result = range_test(
-        ModelConfig(hidden=(32, 32)), OptimConfig(lr=1e-4), tensors, batch_size=128, seed=3, end_lr=1e-1
+def _range(data: train.TensorData, optim: OptimConfig, cfg: TrainConfig, **kwargs: Any) -> RangeTestResult:
+    model = build_model(ModelConfig(hidden=(32, 32)), seed=cfg.seed)
+    return range_test(model, optim, cfg, data, task=classes(10), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"label_smoothing": 0.3}, {"class_weights": (3.0,) * 5 + (0.2,) * 5}, {"precision": "bf16"}],
+    ids=["label smoothing", "class weights", "bf16"],
+)
+def test_range_test_trains_through_the_training_settings(
+    tensors: train.TensorData, changed: dict[str, object]
+) -> None:
+    """Label smoothing, class weights and precision reach the range test (before, it used a plain
+    float32 cross-entropy whatever the configuration said): its curve changes with each."""
+    plain = _range(
+        tensors, OptimConfig(lr=1e-4), TrainConfig(batch_size=128, seed=3), end_lr=1e-1, num_iter=30
     )
+    other = _range(
+        tensors,
+        OptimConfig(lr=1e-4),
+        TrainConfig(batch_size=128, seed=3, **changed),  # type: ignore[arg-type]
+        end_lr=1e-1,
+        num_iter=30,
+    )
+    assert other.lrs == plain.lrs
+    assert not np.allclose(other.losses, plain.losses, rtol=1e-6, atol=0)
+
+
+def test_range_test_sweeps_exponentially_over_one_epoch(tensors: train.TensorData) -> None:
+    result = _range(tensors, OptimConfig(lr=1e-4), TrainConfig(batch_size=128, seed=3), end_lr=1e-1)
     iters = math.ceil(tensors.x_train.shape[0] / 128)
     if result.diverged:
         pytest.fail("a sweep to 0.1 should not diverge on this data")
@@ -67,19 +97,15 @@ def test_range_test_sweeps_exponentially_over_one_epoch(tensors: train.TensorDat
     assert np.allclose(ratios, ratios[0])  # a constant factor per batch
     assert result.suggested_lr == result.lrs[result.suggested_index]
     assert 10 <= result.suggested_index < iters - 5
-    again = range_test(
-        ModelConfig(hidden=(32, 32)), OptimConfig(lr=1e-4), tensors, batch_size=128, seed=3, end_lr=1e-1
-    )
+    again = _range(tensors, OptimConfig(lr=1e-4), TrainConfig(batch_size=128, seed=3), end_lr=1e-1)
     assert again.losses == result.losses  # seeded: the same curve
 
 
 def test_range_test_stops_when_the_loss_diverges(tensors: train.TensorData) -> None:
-    result = range_test(
-        ModelConfig(hidden=(32, 32)),
-        OptimConfig(name="sgd", lr=1e-3),
+    result = _range(
         tensors,
-        batch_size=32,
-        seed=3,
+        OptimConfig(name="sgd", lr=1e-3),
+        TrainConfig(batch_size=32, seed=3),
         end_lr=1e4,
         skip_start=2,
         skip_end=1,

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from pydantic import ValidationError
 from torch import nn
 
-from hpo import model as models
-from hpo.settings import INITS, ModelConfig, Norm, OptimConfig
+from hpo.families.mlp import components
+from hpo.families.mlp import model as models
+from hpo.settings import ACTIVATIONS, INITS, NORMS, OPTIMIZERS, ModelConfig, Norm, OptimConfig
+from hpo.training import optim
 
 
 @pytest.mark.parametrize(
@@ -61,12 +65,49 @@ def test_build_model_leaves_global_rng_alone() -> None:
 
 def test_optimizers() -> None:
     params = list(nn.Linear(3, 2).parameters())
-    adam = models.build_optimizer(params, OptimConfig(name="adam", lr=0.01, weight_decay=1e-4))
-    sgd = models.build_optimizer(params, OptimConfig(name="sgd", lr=0.1))
-    rms = models.build_optimizer(params, OptimConfig(name="rmsprop", lr=0.001))
-    assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 1e-4
+    adam = optim.build_optimizer(params, OptimConfig(name="adam", lr=0.01, weight_decay=1e-4))
+    adamw = optim.build_optimizer(params, OptimConfig(name="adamw", lr=0.01, weight_decay=1e-2))
+    sgd = optim.build_optimizer(params, OptimConfig(name="sgd", lr=0.1))
+    rms = optim.build_optimizer(params, OptimConfig(name="rmsprop", lr=0.001))
+    assert type(adam) is torch.optim.Adam and adam.defaults["weight_decay"] == 1e-4
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 1e-2
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
     assert isinstance(rms, torch.optim.RMSprop)
+    assert [n for n, spec in optim.OPTIMIZERS.items() if spec.decoupled] == ["adamw"]
+
+
+@pytest.mark.parametrize(
+    ("table", "literal", "lookup"),
+    [
+        (components.ACTIVATIONS, ACTIVATIONS, components.activation),
+        (components.NORMS, NORMS, components.norm),
+        (components.INITS, INITS, components.init),
+        (optim.OPTIMIZERS, OPTIMIZERS, optim.optimizer_spec),
+    ],
+    ids=["activation", "norm", "init", "optimizer"],
+)
+def test_every_component_value_has_its_table_entry_and_an_unknown_name_raises(
+    table: dict[str, object], literal: tuple[str, ...], lookup: Callable[[str], object]
+) -> None:
+    """One table per component, keyed by the setting's literal values: no value without an
+    entry, no entry without a value, and no silent fallback for a name outside them."""
+    assert tuple(table) == literal
+    for name in literal:
+        assert lookup(name) is table[name]
+    with pytest.raises(ValueError, match=r"unknown \w+ 'swish'; \w+s are: "):
+        lookup("swish")
+
+
+def test_the_mlp_and_the_stack_take_their_components_from_the_same_tables() -> None:
+    """Each activation and norm the MLP builds is the table's; the stacked trainer applies the
+    table's functions (a stack of one member equals the MLP: tests/test_stacked.py)."""
+    for act, spec in components.ACTIVATIONS.items():
+        for norm, norm_spec in components.NORMS.items():
+            model = models.build_model(ModelConfig(hidden=(8,), activation=act, norm=norm), seed=0)  # type: ignore[arg-type]
+            kinds = [type(m) for m in model]
+            assert type(spec.module()) in kinds
+            built_norm = [k for k in kinds if k in (nn.BatchNorm1d, nn.LayerNorm)]
+            assert built_norm == ([] if norm_spec.module is None else [type(norm_spec.module(8))])
 
 
 @pytest.mark.parametrize(
@@ -87,7 +128,7 @@ def test_bad_model_config(kwargs: dict[str, object], needle: str) -> None:
 
 def test_bad_optim_config() -> None:
     with pytest.raises(ValidationError, match="name"):
-        OptimConfig(name="adamw")  # type: ignore[arg-type]
+        OptimConfig(name="lamb")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="lr"):
         OptimConfig(lr=0)
     with pytest.raises(ValidationError, match="lr"):

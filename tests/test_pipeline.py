@@ -15,8 +15,9 @@ import torch
 
 from hpo import cli, training
 from hpo.errors import PrerequisiteError
+from hpo.families import mlp as batch
 from hpo.pipeline import Pipeline
-from hpo.training import batch, lr_finder
+from hpo.training import lr_finder
 from hpo.tuning import records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,12 +291,10 @@ def watched_trainers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str
         return real_stacked(members, datasets, **kwargs)
 
     def range_test(*args: Any, **kwargs: Any) -> Any:
-        seen.append(("range_test", peak(args[2])))
+        seen.append(("range_test", peak(args[3])))
         return real_range(*args, **kwargs)
 
-    for module in ("hpo.stages.baseline", "hpo.stages.lr_range"):  # the rest train through batch
-        monkeypatch.setattr(f"{module}.fit", fit)
-    monkeypatch.setattr(batch, "fit", fit)
+    monkeypatch.setattr(batch, "fit", fit)  # every stage trains through the family
     monkeypatch.setattr(batch, "fit_stacked", fit_stacked)
     monkeypatch.setattr("hpo.stages.lr_range.range_test", range_test)
     yield seen

@@ -171,7 +171,8 @@ BAD = [
     # sweeps over settings
     (
         QUICK + '\n[stages.width]\nkind = "sweep"\nchoices = { width = [64, 128] }\n',
-        "choices.width[0] = 64: unknown setting 'width'; settings are:",
+        'stages.width.choices.width: is not a setting of family "mlp"; its settings are: hidden, activation, '
+        "norm, init, dropout, optimizer, lr, weight_decay, batch_size, label_smoothing, class_weight",
     ),
     (
         QUICK + '\n[stages.drop]\nkind = "sweep"\nchoices = { dropout = [0.1, 1.5] }\n',

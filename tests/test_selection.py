@@ -9,13 +9,17 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+import torch
+from helpers import classes
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 from sklearn import metrics as skm
 
 from hpo.settings import RunConfig
-from hpo.stages import KINDS, _evidence
+from hpo.stages import KINDS
+from hpo.tasks import Regression
+from hpo.tasks.classification import _fast_metric
 from hpo.tuning import records
 
 CFG = RunConfig()
@@ -224,9 +228,54 @@ def test_bootstrap_metrics_match_scikit_learn(metric: str) -> None:
         if metric == "balanced_accuracy"
         else lambda y, p: skm.f1_score(y, p, average="macro")
     )
-    assert _evidence._fast_metric(metric, Y, a, 4) == pytest.approx(fn(Y, a))
-    diff, low, high = _evidence.paired_bootstrap(Y, a, b, metric=metric, n_classes=4)
+    assert _fast_metric(metric, Y, a, 4) == pytest.approx(fn(Y, a))
+    diff, low, high = classes(4).paired_bootstrap(metric, Y, a, b)
     assert diff == pytest.approx(fn(Y, a) - fn(Y, b)) and low < diff < high
+
+
+@pytest.mark.parametrize("metric", ["rmse", "mae", "r2"])
+def test_regression_bootstrap_is_in_the_targets_units_and_oriented_by_direction(metric: str) -> None:
+    """A regressor's candidates compared by a paired bootstrap over the validation rows (the
+    metrics in the target's units: standardised values times the target's sd), the difference
+    oriented so that larger favours the selected one (lower RMSE and MAE, higher R²)."""
+    r = np.random.default_rng(3)
+    y = r.normal(size=3000)
+    good, bad = y + r.normal(scale=0.5, size=y.size), y + r.normal(scale=0.7, size=y.size)
+    task = Regression(mean=2000.0, std=10.0)
+    truth, pg = y * 10 + 2000, good * 10 + 2000
+    expected = {
+        "rmse": np.sqrt(skm.mean_squared_error(truth, pg)),
+        "mae": skm.mean_absolute_error(truth, pg),
+        "r2": skm.r2_score(truth, pg),
+    }[metric]
+    assert task.metric(metric, y, good) == pytest.approx(expected)
+    attrs = {
+        records.VAL_LABELS: task.pack_predictions(torch.as_tensor(y, dtype=torch.float32)),
+        records.TASK: task.to_record(),
+    }
+    stage = _stage("sweep", choices={"width": [1, 2]}, metric=metric)
+    trials = [
+        _trial(
+            0,
+            {"width": 1},
+            task.metric(metric, y, bad),
+            attrs={records.VAL_PREDICTIONS: task.pack_predictions(torch.as_tensor(bad, dtype=torch.float32))},
+        ),
+        _trial(
+            1,
+            {"width": 2},
+            task.metric(metric, y, good),
+            attrs={
+                records.VAL_PREDICTIONS: task.pack_predictions(torch.as_tensor(good, dtype=torch.float32))
+            },
+        ),
+    ]
+    selection = stage.select(trials, CFG, attrs)
+    ev = selection.evidence
+    assert selection.selected["width"] == 2 and ev is not None
+    gap = task.metric(metric, y, good) - task.metric(metric, y, bad)
+    assert ev.difference == pytest.approx(gap if metric == "r2" else -gap, rel=1e-3)
+    assert 0 < ev.low < ev.difference < ev.high and not ev.within_noise
 
 
 def test_a_search_stage_ignores_pruned_trials() -> None:

@@ -7,10 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import classes, fit_mlp
 
 from hpo import training as train
+from hpo.families.mlp import stacked
+from hpo.families.mlp.model import build_model
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
-from hpo.training import stacked
+from hpo.tasks import Regression, Task
+from hpo.training import predict_outputs
+
+TASK = classes(10)
 
 
 def _data(n: int, seed: int) -> train.TensorData:
@@ -46,16 +52,23 @@ def _member(
     )
 
 
-def _compare(members: list[stacked.Member], *, rtol: float) -> list[train.FitResult]:
-    results = stacked.fit_stacked(members, DATA)
+def _compare(
+    members: list[stacked.Member],
+    *,
+    rtol: float,
+    data: list[train.TensorData] = DATA,
+    task: Task = TASK,
+    score_tol: float = 2 / 400,  # accuracy: at most a borderline row or two
+) -> list[train.FitResult]:
+    results = stacked.fit_stacked(members, data, task=task)
     for mb, got in zip(members, results, strict=True):
-        ref = train.fit(mb.model, mb.optim, mb.train, DATA[mb.data])
+        ref = fit_mlp(mb.model, mb.optim, mb.train, data[mb.data], task=task)
         assert len(got.history) == len(ref.history)
         for a, b in zip(got.history, ref.history, strict=True):
-            assert a.epoch == b.epoch and a.step == b.step
+            assert a.epoch == b.epoch and a.step == b.step and a.metric == b.metric == task.headline
             assert a.val_loss == pytest.approx(b.val_loss, rel=rtol)
             assert a.train_loss == pytest.approx(b.train_loss, rel=rtol)
-            assert abs(a.val_accuracy - b.val_accuracy) <= 2 / 400  # at most a borderline row or two
+            assert abs(a.val_score - b.val_score) <= score_tol
         assert got.best_index == ref.best_index and got.stopped_early == ref.stopped_early
         ref_state = ref.model.state_dict()
         for key, value in got.model.state_dict().items():
@@ -116,7 +129,7 @@ def test_callback_stops_one_member_only() -> None:
         _member("none", "relu", "default", 0.0, 0, seed=1),
         _member("none", "relu", "default", 0.0, 1, seed=2),
     ]
-    results = stacked.fit_stacked(members, DATA, callbacks=[[lambda r: r.epoch >= 2], []])
+    results = stacked.fit_stacked(members, DATA, callbacks=[[lambda r: r.epoch >= 2], []], task=TASK)
     assert [len(r.history) for r in results] == [2, 4]
 
 
@@ -130,10 +143,10 @@ def test_the_last_normalised_member_leaving_the_stack(opt: str) -> None:
         _member("none", "relu", "default", 1e-4, 0, seed=2),
         _member("none", "gelu", "default", 1e-3, 1, seed=3, opt=opt),
     ]
-    results = stacked.fit_stacked(members, DATA, callbacks=[[lambda r: r.epoch >= 1], [], []])
+    results = stacked.fit_stacked(members, DATA, callbacks=[[lambda r: r.epoch >= 1], [], []], task=TASK)
     assert [len(r.history) for r in results] == [1, 4, 4]
     for mb, got in zip(members[1:], results[1:], strict=True):
-        ref = train.fit(mb.model, mb.optim, mb.train, DATA[mb.data])
+        ref = fit_mlp(mb.model, mb.optim, mb.train, DATA[mb.data], task=TASK)
         for a, b in zip(got.history, ref.history, strict=True):
             assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
 
@@ -142,24 +155,66 @@ def test_members_that_cannot_share_a_stack() -> None:
     a = _member("none", "relu", "default", 0.0, 0, seed=1)
     b = stacked.Member(ModelConfig(hidden=(16, 16)), a.optim, a.train, 0)
     with pytest.raises(ValueError, match="share hidden sizes"):
-        stacked.fit_stacked([a, b], DATA)
+        stacked.fit_stacked([a, b], DATA, task=TASK)
     with pytest.raises(ValueError, match="data index"):
-        stacked.fit_stacked([stacked.Member(a.model, a.optim, a.train, 5)], DATA)
+        stacked.fit_stacked([stacked.Member(a.model, a.optim, a.train, 5)], DATA, task=TASK)
 
 
 def test_bf16_stays_within_noise_of_fp32() -> None:
     """bf16 autocast vs fp32 on the same stack: the gap in validation accuracy is no larger than
     the spread fp32 itself shows across seeds."""
     members = [_member("none", "relu", "default", 1e-4, 0, seed=s) for s in range(6)]
-    fp32 = stacked.fit_stacked(members, DATA)
-    bf16 = stacked.fit_stacked(members, DATA, precision="bf16")
-    acc32 = np.array([r.history[-1].val_accuracy for r in fp32])
-    acc16 = np.array([r.history[-1].val_accuracy for r in bf16])
+    fp32 = stacked.fit_stacked(members, DATA, task=TASK)
+    bf16 = stacked.fit_stacked(members, DATA, precision="bf16", task=TASK)
+    acc32 = np.array([r.history[-1].val_score for r in fp32])
+    acc16 = np.array([r.history[-1].val_score for r in bf16])
     loss32 = np.array([r.history[-1].val_loss for r in fp32])
     loss16 = np.array([r.history[-1].val_loss for r in bf16])
     assert abs(acc16.mean() - acc32.mean()) <= max(acc32.std(), 0.005)
     assert abs(loss16.mean() - loss32.mean()) <= max(loss32.std(), 0.005)
     assert not np.array_equal(acc32, acc16) or not np.array_equal(loss32, loss16)  # bf16 really ran
+
+
+@pytest.mark.parametrize("lrs", [(1e-3, 1e-3, 1e-3), (1e-3, 3e-3, 1e-3)], ids=["one group", "lr groups"])
+def test_adamw_decay_is_decoupled_in_the_stack_as_alone(lrs: tuple[float, float, float]) -> None:
+    """AdamW members (decoupled decay: parameters shrink by lr * wd before the step) beside an
+    Adam member with L2 of the same strength: each matches its own one-model run, which uses
+    torch.optim.AdamW / Adam themselves; and the two decays give different models."""
+    members = [
+        stacked.Member(
+            ModelConfig(hidden=(32, 32)),
+            OptimConfig(name=name, lr=lr, weight_decay=wd),  # type: ignore[arg-type]
+            TrainConfig(epochs=3, batch_size=128, seed=5),
+            0,
+        )
+        for name, lr, wd in [("adamw", lrs[0], 0.1), ("adam", lrs[1], 0.1), ("adamw", lrs[2], 0.0)]
+    ]
+    results = _compare(members, rtol=1e-4)
+    decoupled, coupled = results[0].model.state_dict(), results[1].model.state_dict()
+    if lrs[0] == lrs[1]:
+        assert not torch.allclose(decoupled["0.weight"], coupled["0.weight"], atol=1e-4)
+
+
+def test_adamw_one_model_run_shrinks_by_lr_times_decay() -> None:
+    """The one-model trainer's AdamW is decoupled: one step from the same start on the same batch
+    gives Adam's step (the gradient does not see the decay) plus the shrink, p0 (1 - lr wd); Adam
+    with L2 of the same strength does not."""
+    data = DATA[0]
+    mb = _member("none", "relu", "default", 0.0, 0, seed=2)
+    one_step = TrainConfig(epochs=1, batch_size=128, seed=2, max_batches=1)
+    lr, wd = 1e-2, 0.5
+
+    def after(name: str, decay: float) -> dict[str, torch.Tensor]:
+        optim = OptimConfig(name=name, lr=lr, weight_decay=decay)  # type: ignore[arg-type]
+        model: torch.nn.Module = fit_mlp(mb.model, optim, one_step, data, task=TASK).model
+        return model.state_dict()
+
+    plain, decoupled, coupled = after("adam", 0.0), after("adamw", wd), after("adam", wd)
+    start = build_model(mb.model, seed=2).state_dict()
+    for key, p0 in start.items():
+        adam_step = plain[key] - p0
+        torch.testing.assert_close(decoupled[key], p0 * (1 - lr * wd) + adam_step, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(coupled["0.weight"], decoupled["0.weight"], atol=1e-4)
 
 
 def test_members_with_different_optimizers_share_one_stack() -> None:
@@ -178,7 +233,7 @@ def test_stacked_training_is_deterministic(precision: str) -> None:
         _member("none", "relu", "default", 1e-4, 0, seed=1),
         _member("batchnorm", "gelu", "default", 0.0, 1, seed=2, opt="sgd"),
     ]
-    first, second = (stacked.fit_stacked(members, DATA, precision=precision) for _ in range(2))
+    first, second = (stacked.fit_stacked(members, DATA, precision=precision, task=TASK) for _ in range(2))
     for a, b in zip(first, second, strict=True):
         assert a.history_dicts() == b.history_dicts()
         for key, value in a.model.state_dict().items():
@@ -195,7 +250,9 @@ def _plain(opts: stacked.StackOptions | None = None, **member: object) -> list[t
         )
         for s, (wd, d) in enumerate([(0.0, 0), (1e-4, 1), (1e-3, 0), (0.0, 1)])
     ]
-    return stacked.fit_stacked(members, DATA, callbacks=[[lambda r: r.epoch >= 2], [], [], []], options=opts)
+    return stacked.fit_stacked(
+        members, DATA, callbacks=[[lambda r: r.epoch >= 2], [], [], []], options=opts, task=TASK
+    )
 
 
 def test_levers_do_not_change_what_members_learn() -> None:
@@ -209,7 +266,7 @@ def test_levers_do_not_change_what_members_learn() -> None:
             assert (ra.epoch, ra.step) == (rb.epoch, rb.step)
             assert ra.val_loss == pytest.approx(rb.val_loss, rel=1e-5)
             assert ra.train_loss == pytest.approx(rb.train_loss, rel=1e-5)
-            assert abs(ra.val_accuracy - rb.val_accuracy) <= 2 / 400
+            assert abs(ra.val_score - rb.val_score) <= 2 / 400
         for key, value in a.model.state_dict().items():
             torch.testing.assert_close(value, b.model.state_dict()[key], rtol=1e-4, atol=1e-5)
     assert [len(r.history) for r in fast] == [2, 3, 3, 3]
@@ -227,7 +284,7 @@ def test_dropout_smoothing_and_class_weights_match_separate_runs(extra: dict[str
     dropout = float(extra.get("dropout", 0.0))  # type: ignore[arg-type]
     members = [
         stacked.Member(
-            ModelConfig(hidden=(32, 32), dropout=dropout, n_classes=8),
+            ModelConfig(hidden=(32, 32), dropout=dropout, n_outputs=8),
             OptimConfig(weight_decay=wd),
             TrainConfig(
                 epochs=3,
@@ -242,15 +299,47 @@ def test_dropout_smoothing_and_class_weights_match_separate_runs(extra: dict[str
     _compare(members, rtol=1e-4)
 
 
+def _regression_data(n: int, seed: int) -> train.TensorData:
+    r = np.random.default_rng(seed)
+    x, xv = r.normal(size=(n, 90)).astype(np.float32), r.normal(size=(400, 90)).astype(np.float32)
+
+    def target(a: np.ndarray) -> np.ndarray:
+        out: np.ndarray = (a[:, 0] + np.sin(2 * a[:, 1]) + 0.5 * a[:, 2] * a[:, 3]).astype(np.float32)
+        return out
+
+    return train.TensorData.from_numpy(x, target(x), xv, target(xv))
+
+
+def test_regression_members_match_separate_runs() -> None:
+    """A regressor's members (one output, the mean squared error of the standardised target; RMSE
+    in the target's units) match one-model runs, with ragged datasets and mixed norms."""
+    data = [_regression_data(1000, 3), _regression_data(1001, 4)]
+    assert data[0].y_train.dtype == torch.float32
+    task = Regression(mean=1990.0, std=10.0)
+    members = [
+        stacked.Member(
+            ModelConfig(hidden=(32, 32), n_outputs=1, norm=norm),  # type: ignore[arg-type]
+            OptimConfig(weight_decay=wd),
+            TrainConfig(epochs=3, batch_size=128, seed=s),
+            d,
+        )
+        for s, (norm, wd, d) in enumerate([("none", 0.0, 0), ("layernorm", 1e-4, 1), ("none", 1e-3, 0)])
+    ]
+    results = _compare(members, rtol=1e-4, data=data, task=task, score_tol=1e-3)
+    for r in results:  # RMSE in units: sqrt(the standardised MSE) times the target's sd
+        last = r.history[-1]
+        assert last.val_score == pytest.approx(np.sqrt(last.val_loss) * 10.0, rel=1e-9)
+
+
 def test_eval_last_only() -> None:
     mb = _member("none", "relu", "default", 0.0, 0, seed=1)
     last = stacked.Member(
         mb.model, mb.optim, TrainConfig(epochs=4, batch_size=128, seed=1, eval_last_only=True), 0
     )
-    (stacked_result,) = stacked.fit_stacked([last, last], DATA)[:1]
-    single = train.fit(last.model, last.optim, last.train, DATA[0])
+    (stacked_result,) = stacked.fit_stacked([last, last], DATA, task=TASK)[:1]
+    single = fit_mlp(last.model, last.optim, last.train, DATA[0], task=TASK)
     assert [r.epoch for r in stacked_result.history] == [r.epoch for r in single.history] == [4]
-    full = train.fit(mb.model, mb.optim, mb.train, DATA[0])
+    full = fit_mlp(mb.model, mb.optim, mb.train, DATA[0], task=TASK)
     assert single.history[0].val_loss == full.history[-1].val_loss  # evaluation does not change training
 
 
@@ -282,14 +371,12 @@ def test_bf16_matches_fp32_on_the_real_architecture(tmp_path: Path) -> None:
             )
             for k in range(6)
         ]
-        results = stacked.fit_stacked(members, [tv])
-        acc = np.array([r.history[-1].val_accuracy for r in results])
+        results = stacked.fit_stacked(members, [tv], task=TASK)
+        acc = np.array([r.history[-1].val_score for r in results])
         loss = np.array([r.history[-1].val_loss for r in results])
-        names = [str(c) for c in range(10)]
         for r, a in zip(results, acc, strict=True):  # the returned weights are the trained ones
-            assert train.evaluate(r.model, tv.x_val, tv.y_val, class_names=names).accuracy == pytest.approx(
-                a, abs=0.003
-            )
+            got = TASK.test_metrics(predict_outputs(r.model, tv.x_val), tv.y_val)["accuracy"]
+            assert got == pytest.approx(a, abs=0.003)
         return acc, loss
 
     acc32, loss32 = run("fp32")
@@ -329,20 +416,19 @@ def test_compiled_bf16_stack_matches_eager_within_bf16_noise(monkeypatch: pytest
         return real(fn, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(torch, "compile", spy)
-    compiled = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16")
+    compiled = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16", task=TASK)
     assert len(calls) == 1  # auto compiled this stack
     eager = stacked.fit_stacked(
-        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False)
+        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False), task=TASK
     )
-    names = [str(c) for c in range(8)]
     for c, e in zip(compiled, eager, strict=True):
         assert len(c.history) == len(e.history)
         for a, b in zip(c.history, e.history, strict=True):
-            assert abs(a.val_accuracy - b.val_accuracy) <= 6 / 400
+            assert abs(a.val_score - b.val_score) <= 6 / 400
             assert a.val_loss == pytest.approx(b.val_loss, rel=0.02)
         final = c.history[c.best_index or -1]
-        got = train.evaluate(c.model, DATA[0].x_val, DATA[0].y_val, class_names=names).accuracy
-        assert got == pytest.approx(final.val_accuracy, abs=2 / 400)
+        got = TASK.test_metrics(predict_outputs(c.model, DATA[0].x_val), DATA[0].y_val)["accuracy"]
+        assert got == pytest.approx(final.val_score, abs=2 / 400)
 
 
 def test_a_failing_compile_trains_on_eagerly(
@@ -357,9 +443,9 @@ def test_a_failing_compile_trains_on_eagerly(
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    got = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16")
+    got = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16", task=TASK)
     want = stacked.fit_stacked(
-        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False)
+        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False), task=TASK
     )
     assert [r.history_dicts() for r in got] == [r.history_dicts() for r in want]
     assert "torch.compile failed (InvalidCxxCompiler" in caplog.text

@@ -2,7 +2,10 @@
 
 ``prepare`` turns ``[data]`` into a directory of ``.npy`` arrays plus ``meta.json``: features
 (float32), class labels, group codes, the row indices of the split, and the StandardScaler fit
-on its training rows. Every stage and worker opens the same directory: its name is derived from
+on its training rows. For ``task = "regression"`` the target's values are kept (``targets.npy``)
+with their mean and standard deviation over the training rows (the target's standardisation),
+and ``labels.npy`` holds the target's deciles (``pandas.qcut``), which stratify the split and the
+CV folds as classes do. Every stage and worker opens the same directory: its name is derived from
 the source's content (its SHA-256, or the synthetic generator's version, seed and size) and the
 settings that shape the result, so it is found again without reading the source. The directory
 is built under a temporary name and renamed into place, so a failed prepare leaves nothing.
@@ -18,10 +21,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import pooch
 
 from hpo.data import labels as labels_mod
@@ -30,6 +34,9 @@ from hpo.data.labels import Labeling
 from hpo.data.splits import Scaler, Split, head_split, stratified_split
 from hpo.errors import DataError, DataFileError
 from hpo.settings import DataSettings
+
+if TYPE_CHECKING:
+    from hpo.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +70,22 @@ class Prepared:
     path: Path
     meta: dict[str, Any]
     features: npt.NDArray[np.float32]
-    labels: npt.NDArray[np.int64]
+    labels: npt.NDArray[np.int64]  # classes; for regression, the target's deciles (strata)
     groups: npt.NDArray[np.int64] | None
     split: Split
+    targets: npt.NDArray[np.float64] | None = None  # regression: the target's values
+
+    @property
+    def task_name(self) -> str:
+        return str(self.meta.get("task", "classification"))
+
+    @property
+    def task(self) -> Task:
+        from hpo.tasks import Classification, Regression  # torch: only once a model is trained
+
+        if self.task_name == "regression":
+            return Regression(mean=float(self.meta["target_mean"]), std=float(self.meta["target_std"]))
+        return Classification(tuple(self.class_names))
 
     @property
     def rows(self) -> int:
@@ -77,19 +97,24 @@ class Prepared:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
+        return list(self.meta.get("class_names", []))
 
     @property
     def n_classes(self) -> int:
-        return len(self.meta["class_names"])
+        return len(self.class_names)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.task.n_outputs
 
     @property
     def feature_names(self) -> list[str]:
         return list(self.meta["feature_names"])
 
     @property
-    def labeling(self) -> Labeling:
-        return Labeling.from_dict(self.meta["labeling"])
+    def labeling(self) -> Labeling | None:
+        raw = self.meta.get("labeling")
+        return Labeling.from_dict(raw) if raw else None
 
     @property
     def scaler(self) -> Scaler:
@@ -98,8 +123,9 @@ class Prepared:
     def check_class_rows(self, folds: int) -> None:
         """Every class with training rows has at least ``folds`` of them (k-fold CV needs one per
         fold). Checked for a user's classes; a preset's fixed classes (MSD's decades, whose
-        1920s hold 224 of 515,345 songs) may be tiny in a small draw, as scikit-learn allows."""
-        if self.meta["source"] in PRESETS:
+        1920s hold 224 of 515,345 songs) may be tiny in a small draw, as scikit-learn allows.
+        A regressor's strata need no such care (a stratum too small to stratify is not used)."""
+        if self.meta["source"] in PRESETS or self.task_name == "regression":
             return
         check_class_rows(
             self.meta["train_class_counts"], self.class_names, folds, file=self.meta["source_file"]
@@ -119,6 +145,8 @@ def check_class_rows(counts: list[int], class_names: list[str], folds: int, *, f
 
 def _settings_hash(settings: DataSettings) -> str:
     shaping = {k: getattr(settings, k) for k in _SHAPING_KEYS}
+    if settings.task != "classification":  # classification's caches keep the names they had
+        shaping["task"] = settings.task
     return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -214,6 +242,9 @@ def _split(settings: DataSettings, table: sources.Table, y: npt.NDArray[np.int64
 def _write_prepared(
     work: Path, settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
 ) -> None:
+    if settings.task == "regression":
+        _write_regression(work, settings, table, sha=sha)
+        return
     labeling, y = _labels(settings, table)
     split = _split(settings, table, y)
     train_counts = np.bincount(y[split.train], minlength=labeling.n_classes).tolist()
@@ -254,6 +285,101 @@ def _write_prepared(
     (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
+#: deciles of a regression target stratify its split and CV folds
+STRATA = 10
+
+
+def regression_target(table: sources.Table) -> npt.NDArray[np.float64]:
+    """The target's values as numbers; a target that is not numeric, or a missing or infinite
+    value, is one line naming the column (and the line)."""
+    raw = np.asarray(table.target)
+    if raw.dtype == np.bool_ or not np.issubdtype(raw.dtype, np.number):
+        shown = next((v for v in raw if not _is_number(v)), raw[0] if raw.size else "")
+        raise DataFileError(
+            table.file,
+            f'target column {table.target_name!r} is not numeric (e.g. {shown!r}); task = "regression" '
+            "predicts a number",
+            fix='use a numeric target column, or task = "classification"',
+        )
+    values = raw.astype(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataFileError(
+            table.file,
+            f"{table.target_name} is empty or not finite",
+            line=row + table.first_line,
+            fix="give every row a numeric target, or drop the row",
+        )
+    if np.ptp(values) == 0:
+        raise DataFileError(
+            table.file,
+            f"target column {table.target_name!r} has one value ({values[0]:g}); there is nothing to predict",
+            fix="choose another target column",
+        )
+    return values
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool | np.bool_)
+
+
+def regression_strata(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """The target's deciles (fewer where values tie), as classes to stratify by."""
+    codes = pd.qcut(values, q=STRATA, labels=False, duplicates="drop")
+    return np.asarray(codes, dtype=np.int64)
+
+
+def _write_regression(work: Path, settings: DataSettings, table: sources.Table, *, sha: str | None) -> None:
+    values = regression_target(table)
+    strata = regression_strata(values)
+    split = _split(settings, table, strata)
+    train = values[split.train]
+    np.save(work / "features.npy", table.features)
+    np.save(work / "labels.npy", strata)
+    np.save(work / "targets.npy", values)
+    if table.groups is not None:
+        np.save(work / "groups.npy", table.groups)
+    for part in ("train", "val", "test"):
+        np.save(work / f"split-{part}.npy", getattr(split, part))
+    std = float(np.std(train))
+    meta = {
+        "version": CACHE_VERSION,
+        "task": "regression",
+        "source": settings.source,
+        "source_file": table.file,
+        "source_sha256": sha or table.generated_sha256,
+        "settings": settings.model_dump(mode="json"),
+        "seed": settings.seed,
+        "rows": int(values.size),
+        "n_features": int(table.features.shape[1]),
+        "feature_names": table.feature_names,
+        "target": table.target_name,
+        "group": settings.group,
+        "target_mean": float(np.mean(train)),
+        "target_std": std if std > 0 else 1.0,
+        "target_summary": {
+            "min": float(values.min()),
+            "max": float(values.max()),
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "median": float(np.median(values)),
+        },
+        "split": {
+            "name": split.name,
+            "sizes": {p: int(getattr(split, p).size) for p in ("train", "val", "test")},
+        },
+        "scaler": Scaler.fit(table.features[split.train]).to_dict(),
+    }
+    if settings.source == "synthetic":
+        meta["synthetic"] = synthetic.provenance(settings.rows or synthetic.FULL_ROWS, settings.seed)
+    (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def load(path: Path) -> Prepared:
     """Open a prepared dataset (arrays memory-mapped, near-instant)."""
     meta_file = path / "meta.json"
@@ -263,6 +389,7 @@ def load(path: Path) -> Prepared:
     if meta.get("version") != CACHE_VERSION:
         raise DataError(f"{path}: prepared by another hpo version; run `hpo data prepare --force`")
     groups = path / "groups.npy"
+    targets = path / "targets.npy"
     parts = {p: np.load(path / f"split-{p}.npy") for p in ("train", "val", "test")}
     return Prepared(
         path=path,
@@ -271,6 +398,7 @@ def load(path: Path) -> Prepared:
         labels=np.load(path / "labels.npy", mmap_mode="r"),
         groups=np.load(groups, mmap_mode="r") if groups.exists() else None,
         split=Split(meta["split"]["name"], parts["train"], parts["val"], parts["test"]),
+        targets=np.load(targets, mmap_mode="r") if targets.exists() else None,
     )
 
 
@@ -286,10 +414,12 @@ def summary(prepared: Prepared) -> dict[str, Any]:
         "rows": total,
         "features": meta["n_features"],
         "target": meta["target"],
+        "task": prepared.task_name,
         "classes": [
             {"class": name, "count": c, "share": c / total}
-            for name, c in zip(meta["class_names"], meta["class_counts"], strict=True)
+            for name, c in zip(meta.get("class_names", []), meta.get("class_counts", []), strict=True)
         ],
-        "majority_share": meta["majority_share"],
+        "majority_share": meta.get("majority_share"),
+        "target_summary": meta.get("target_summary"),
         "split": meta["split"],
     }

@@ -21,8 +21,10 @@ from sklearn.metrics import accuracy_score
 
 from hpo.data import labels as labels_mod
 from hpo.data.cache import prepare
+from hpo.families.mlp import build_model
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
-from hpo.training import TensorData, evaluate, fit
+from hpo.tasks import Classification
+from hpo.training import TensorData, fit, predict_outputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,15 +56,19 @@ def calibrate(
     logreg = LogisticRegression(max_iter=cfg.logreg_max_iter).fit(x_train, y_train)
     logreg_acc = float(accuracy_score(y_test, logreg.predict(x_test)))
     t1 = time.perf_counter()
+    task = Classification(tuple(prepared.class_names))
+    model = build_model(
+        ModelConfig(hidden=(256, 256), n_features=prepared.n_features, n_outputs=prepared.n_classes),
+        seed=cfg.seed,
+    )
     fitted = fit(
-        ModelConfig(hidden=(256, 256), n_features=prepared.n_features, n_classes=prepared.n_classes),
+        model,
         OptimConfig(name="adam", lr=1e-3, weight_decay=cfg.weight_decay),
         TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience, seed=cfg.seed),
         TensorData.from_numpy(x_train, y_train, x_val, y_val),
+        task=task,
     )
-    test = evaluate(
-        fitted.model, torch.as_tensor(x_test), torch.as_tensor(y_test), class_names=prepared.class_names
-    )
+    test = task.test_metrics(predict_outputs(fitted.model, torch.as_tensor(x_test)), torch.as_tensor(y_test))
     t2 = time.perf_counter()
     return {
         "source": prepared.meta["source"],
@@ -71,10 +77,10 @@ def calibrate(
         "test_rows": int(split.test.size),
         "majority_accuracy": float(np.mean(y_test == majority)),
         "logreg_accuracy": logreg_acc,
-        "mlp_accuracy": test.accuracy,
-        "mlp_loss": test.loss,
-        "mlp_balanced_accuracy": test.balanced_accuracy,
-        "mlp_macro_f1": test.macro_f1,
+        "mlp_accuracy": test["accuracy"],
+        "mlp_loss": test["loss"],
+        "mlp_balanced_accuracy": test["balanced_accuracy"],
+        "mlp_macro_f1": test["macro_f1"],
         "mlp_epochs_run": fitted.history[-1].epoch,
         "logreg_seconds": round(t1 - t0, 1),
         "mlp_seconds": round(t2 - t1, 1),

@@ -40,6 +40,28 @@ def _slug(text: str) -> str:
 # --------------------------------------------------------------------------- data
 
 
+def target_figure(
+    targets: npt.NDArray[np.floating[Any]],
+    *,
+    name: str,
+    splits: Mapping[str, npt.NDArray[np.integer[Any]]] | None = None,
+    bins: int = 60,
+) -> go.Figure:
+    """A regression target's distribution, overall and per split (shares of each part's rows)."""
+    values = np.asarray(targets, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    fig = _fig(
+        f"Target {name}: distribution", xaxis_title=name, yaxis_title="share of rows", barmode="overlay"
+    )
+    for part, idx in {"all rows": np.arange(values.size), **(splits or {})}.items():
+        h, edges = np.histogram(values[idx], bins=bins, range=(lo, hi))
+        centers = (edges[:-1] + edges[1:]) / 2
+        fig.add_scatter(x=centers, y=h / max(int(h.sum()), 1), mode="lines", name=part, line={"shape": "hvh"})
+    return fig
+
+
 def data_figures(
     features: npt.NDArray[np.float32],
     labels: npt.NDArray[np.integer[Any]],
@@ -49,9 +71,15 @@ def data_figures(
     shown: Sequence[str],
     splits: Mapping[str, npt.NDArray[np.integer[Any]]] | None = None,
     bins: int = 60,
+    targets: npt.NDArray[np.floating[Any]] | None = None,
+    target_name: str = "target",
 ) -> list[Figure]:
-    """Class counts (overall and per split), histograms and box plots of the ``shown`` features,
-    and the correlation heatmap of all features."""
+    """Class counts (overall and per split), or a regression target's distribution (``targets``),
+    histograms and box plots of the ``shown`` features, and the correlation heatmap of all
+    features."""
+    rest = _feature_figures(features, feature_names=feature_names, shown=shown, bins=bins)
+    if targets is not None:
+        return [("data-target", target_figure(targets, name=target_name, splits=splits, bins=bins)), *rest]
     out: list[Figure] = []
     names = list(class_names)
     counts = np.bincount(labels, minlength=len(names))
@@ -70,7 +98,14 @@ def data_figures(
         c = np.bincount(labels[idx], minlength=len(names))
         fig.add_bar(x=names, y=c, name=part)
     out.append(("data-classes", fig))
+    return out + rest
 
+
+def _feature_figures(
+    features: npt.NDArray[np.float32], *, feature_names: Sequence[str], shown: Sequence[str], bins: int
+) -> list[Figure]:
+    """Histograms and box plots of the ``shown`` features, and the correlation heatmap."""
+    out: list[Figure] = []
     columns = [list(feature_names).index(f) for f in shown]
     n = len(columns)
     cols = 4 if n > 4 else n
@@ -143,6 +178,14 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
 
 def _history(t: FrozenTrial) -> list[dict[str, float]]:
     return list(t.user_attrs.get(records.HISTORY, []))
+
+
+def _score_name(history: Sequence[Mapping[str, float]]) -> str:
+    """The metric a history's records carry besides the loss (accuracy, rmse)."""
+    for key in history[0] if history else ():
+        if key.startswith("val_") and key != "val_loss":
+            return key[len("val_") :]
+    return "accuracy"
 
 
 def _selected(study: optuna.Study) -> dict[str, Any]:
@@ -260,11 +303,12 @@ def sweep_figures(study: optuna.Study, setting: str, *, metric: str) -> list[Fig
         spread = max(values) - min(values)
         bar.update_yaxes(range=[min(values) - max(spread, 0.005) * 2, max(values) + max(spread, 0.005)])
     bar.update_xaxes(type="category")
-    curves = _fig(f"Sweep '{setting}': validation accuracy per epoch", xaxis_title="epoch")
+    score = _score_name(_history(trials[0])) if trials else "accuracy"
+    curves = _fig(f"Sweep '{setting}': validation {score} per epoch", xaxis_title="epoch")
     for c, t in zip(choices, trials, strict=True):
         h = _history(t)
         curves.add_scatter(
-            x=[r["epoch"] for r in h], y=[r["val_accuracy"] for r in h], mode="lines+markers", name=c
+            x=[r["epoch"] for r in h], y=[r.get(f"val_{score}") for r in h], mode="lines+markers", name=c
         )
     p = _prefix(study)
     return [(f"{p}-bar", bar), (f"{p}-curves", curves)]
@@ -297,14 +341,15 @@ def search_figures(study: optuna.Study, space: Sequence[str], *, metric: str) ->
 
 def learning_curves(trial: FrozenTrial, title: str) -> go.Figure:
     h = _history(trial)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    score = _score_name(h)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", score))
     x = [r["epoch"] for r in h]
-    for col, metric in ((1, "loss"), (2, "accuracy")):
+    for col, metric in ((1, "loss"), (2, score)):
         for part, dash in (("train", "dot"), ("val", "solid")):
             fig.add_trace(
                 go.Scatter(
                     x=x,
-                    y=[r[f"{part}_{metric}"] for r in h],
+                    y=[r.get(f"{part}_{metric}") for r in h],
                     name=f"{part} {metric}",
                     line={"dash": dash},
                     mode="lines+markers",
@@ -321,9 +366,57 @@ def learning_curves(trial: FrozenTrial, title: str) -> go.Figure:
     return fig
 
 
+def regression_figures(m: Mapping[str, Any], prefix: str) -> list[Figure]:
+    """Predicted against true values on the test rows (a 2-D histogram: counts per cell) and the
+    residuals' distribution, from the binned summaries the final stage stores."""
+    scatter = m["scatter"]
+    edges = np.asarray(scatter["edges"], dtype=np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    counts = np.asarray(scatter["counts"], dtype=np.float64)  # [true bin, predicted bin]
+    truth = _fig("Test rows: predicted against true (rows per cell)", height=600, width=680)
+    truth.add_heatmap(
+        x=centers,
+        y=centers,
+        z=np.where(counts > 0, counts, np.nan).T,
+        colorscale="Blues",
+        colorbar={"title": "rows"},
+    )
+    truth.add_scatter(
+        x=[edges[0], edges[-1]],
+        y=[edges[0], edges[-1]],
+        mode="lines",
+        name="predicted = true",
+        line={"dash": "dash", "color": SELECTED},
+    )
+    truth.update_xaxes(title="true value")
+    truth.update_yaxes(title="predicted value")
+    res = m["residuals"]
+    r_edges = np.asarray(res["edges"], dtype=np.float64)
+    residuals = _fig(
+        f"Test residuals (predicted - true): RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}",
+        xaxis_title="residual",
+        yaxis_title="rows",
+    )
+    residuals.add_bar(
+        x=(r_edges[:-1] + r_edges[1:]) / 2,
+        y=res["counts"],
+        width=float(r_edges[1] - r_edges[0]),
+        marker_color=OTHER,
+    )
+    residuals.add_vline(x=0, line_dash="dash", line_color=SELECTED)
+    return [(f"{prefix}-predicted-vs-true", truth), (f"{prefix}-residuals", residuals)]
+
+
 def final_figures(study: optuna.Study) -> list[Figure]:
     (trial,) = _complete(study)[-1:]
     m = trial.user_attrs[records.TEST_METRICS]
+    p = _prefix(study)
+    curves = (
+        f"{p}-learning-curves",
+        learning_curves(trial, "Final run: learning curves (dashed: best epoch)"),
+    )
+    if m.get("task") == "regression":
+        return [curves, *regression_figures(m, p)]
     names = list(m["per_class"])
     cm = np.asarray(m["confusion"], dtype=np.float64)
     row_share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -353,12 +446,7 @@ def final_figures(study: optuna.Study) -> list[Figure]:
     )
     scores.update_xaxes(type="category")
     scores.update_layout(yaxis2={"overlaying": "y", "side": "right", "type": "log", "title": "support"})
-    p = _prefix(study)
-    return [
-        (f"{p}-learning-curves", learning_curves(trial, "Final run: learning curves (dashed: best epoch)")),
-        (f"{p}-confusion", conf),
-        (f"{p}-per-class", scores),
-    ]
+    return [curves, (f"{p}-confusion", conf), (f"{p}-per-class", scores)]
 
 
 def recall_comparison(recalls: Mapping[str, Mapping[str, float]]) -> go.Figure:

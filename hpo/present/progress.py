@@ -19,9 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, TaskID, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from hpo.settings import greater_is_better
 from hpo.training import Callback, EvalRecord
 
 logger = logging.getLogger("hpo.progress")
+SHORT = {"accuracy": "acc"}  # the bar's metric names, kept short for an 80-column terminal
 _TRIAL = re.compile(r"^(?P<study>\S+) trial (?P<trial>\d+)")
 
 
@@ -35,14 +37,15 @@ class LogProgress:
     def member(self, label: str, *, epochs: int, rows: int = 0) -> Callback:
         def log(record: EvalRecord) -> None:
             logger.info(
-                "%s epoch %d/%d step %d: train loss %.4f, val loss %.4f, val acc %.4f",
+                "%s epoch %d/%d step %d: train loss %.4f, val loss %.4f, val %s %.4f",
                 label,
                 record.epoch,
                 epochs,
                 record.step,
                 record.train_loss,
                 record.val_loss,
-                record.val_accuracy,
+                record.metric,
+                record.val_score,
             )
 
         return log
@@ -58,7 +61,7 @@ class LiveProgress:
             BarColumn(),
             TextColumn("{task.completed:.0f}/{task.total:.0f} model-epochs"),
             TextColumn("{task.fields[rate]}"),
-            TextColumn("best val acc {task.fields[best]}"),
+            TextColumn("best val {task.fields[metric]} {task.fields[best]}"),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
@@ -69,7 +72,7 @@ class LiveProgress:
         self._trials: set[str] = set()
         self._started = 0.0
         self._samples = 0
-        self._best = 0.0
+        self._best: float | None = None
 
     def __enter__(self) -> LiveProgress:
         self._bar.start()
@@ -87,8 +90,10 @@ class LiveProgress:
             if self._task is not None:
                 self._bar.update(self._task, completed=self._bar.tasks[self._task].total)
             self._study, self._members, self._trials = study, {}, set()
-            self._started, self._samples, self._best = time.perf_counter(), 0, 0.0
-            self._task = self._bar.add_task("", total=0, study=study, trials="", rate="", best="-")
+            self._started, self._samples, self._best = time.perf_counter(), 0, None
+            self._task = self._bar.add_task(
+                "", total=0, study=study, trials="", rate="", best="-", metric="acc"
+            )
         self._members[label] = (epochs, rows)
         if match:
             self._trials.add(match.group("trial"))
@@ -105,9 +110,11 @@ class LiveProgress:
             done = record.epoch - seen[0]  # an evaluation may follow several epochs (k-fold CV)
             seen[0] = record.epoch
             self._samples += rows * done
-            self._best = max(self._best, record.val_accuracy)
+            better = max if greater_is_better(record.metric) else min
+            self._best = record.val_score if self._best is None else better(self._best, record.val_score)
             seconds = max(time.perf_counter() - self._started, 1e-9)
             rate = f"{self._samples / seconds / 1000:,.0f}k samples/s" if rows else ""
-            self._bar.update(task, advance=done, rate=rate, best=f"{self._best:.4f}")
+            shown = SHORT.get(record.metric, record.metric)
+            self._bar.update(task, advance=done, rate=rate, best=f"{self._best:.4f}", metric=shown)
 
         return advance

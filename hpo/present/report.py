@@ -21,6 +21,7 @@ import plotly.io as pio
 
 from hpo.pipeline import Pipeline
 from hpo.present import figures
+from hpo.settings import metrics_of
 from hpo.tuning import records
 
 #: The write-up's result on the real data (the report compares MSD-shaped runs with it).
@@ -85,15 +86,24 @@ def data_section(pipe: Pipeline) -> Section:
     split = prepared.split
     shown = pipe.plan.report.features or prepared.feature_names[: min(12, prepared.n_features)]
     section = Section("data", "Data")
-    counts = meta["class_counts"]
-    assert isinstance(counts, list)
+    if prepared.task_name == "regression":
+        t = meta["target_summary"]
+        about = [
+            ["target", f"{meta['target']} (regression)"],
+            ["target mean ± sd", f"{t['mean']:.4g} ± {t['std']:.4g} (median {t['median']:.4g})"],
+            ["target range", f"{t['min']:.4g} .. {t['max']:.4g}"],
+        ]
+    else:
+        about = [
+            ["target", f"{meta['target']} ({prepared.n_classes} classes)"],
+            ["majority class share", f"{meta['majority_share']:.2%}"],
+        ]
     section.table(
         [
             ["source", str(meta["source_file"])],
             ["rows", f"{meta['rows']:,}"],
             ["features", str(meta["n_features"])],
-            ["target", f"{meta['target']} ({prepared.n_classes} classes)"],
-            ["majority class share", f"{meta['majority_share']:.2%}"],
+            *about,
             [
                 f"split ({split.name})",
                 f"{split.train.size:,} train / {split.val.size:,} val / {split.test.size:,} test",
@@ -107,6 +117,8 @@ def data_section(pipe: Pipeline) -> Section:
         feature_names=prepared.feature_names,
         shown=shown,
         splits={"train": split.train, "val": split.val, "test": split.test},
+        targets=prepared.targets,
+        target_name=str(meta["target"]),
     ):
         section.figure(fid, fig)
     return section
@@ -117,6 +129,18 @@ def result_section(pipe: Pipeline) -> Section:
     m = pipe.status().test_metrics
     if not m:
         section.p("the final stage has not run.", "missing")
+        return section
+    if m.get("task") == "regression":
+        section.table(
+            [
+                ["test RMSE", f"{m['rmse']:.4g}"],
+                ["test MAE", f"{m['mae']:.4g}"],
+                ["test R²", f"{m['r2']:.4f}"],
+                ["test loss (MSE of the standardised target)", f"{m['loss']:.4f}"],
+                ["RMSE of the training mean as a constant prediction", f"{m['constant_rmse']:.4g}"],
+            ],
+            ["metric", "this run"],
+        )
         return section
     msd_like = pipe.plan.data.source in ("msd", "synthetic")
     head = ["metric", "this run", *(["write-up (real data)"] if msd_like else [])]
@@ -234,22 +258,35 @@ def build(pipe: Pipeline, *, stages: bool = True) -> tuple[str, dict[str, Any]]:
 
 
 def comparison_section(pipes: list[Pipeline]) -> Section:
-    """Pipelines of one storage side by side: selections, test metrics, compute, per-class recall."""
+    """Pipelines of one storage side by side: their task and family, selections, test metrics (of
+    every task among them), compute, and per-class recall of the classifiers. Pipelines of other
+    families or tasks compare as well (e.g. an MLP and a gradient-boosting pipeline of one
+    dataset)."""
     section = Section("comparison", "Pipelines side by side")
     names = [p.plan.name for p in pipes]
     statuses = [p.status() for p in pipes]
-    rows: list[list[str]] = []
-    for key, label in (
-        ("accuracy", "test accuracy"),
-        ("balanced_accuracy", "balanced accuracy"),
-        ("macro_f1", "macro-F1"),
-        ("loss", "test loss"),
-    ):
+    rows: list[list[str]] = [
+        [
+            "task",
+            *[
+                (st.test_metrics or {}).get("task", p.plan.data.task)
+                for p, st in zip(pipes, statuses, strict=True)
+            ],
+        ],
+        ["family", *[p.plan.defaults.family + _what(p) for p in pipes]],
+    ]
+    tasks = {p.plan.data.task for p in pipes}
+    shown = [k for k, _ in COMPARED if any(k in metrics_of(t) for t in tasks)]
+    for key, label in COMPARED:
+        if key not in shown:
+            continue
         cells = []
         for st in statuses:
             m = st.test_metrics
             if not m:
                 cells.append("not run")
+            elif key not in m:
+                cells.append("—")
             elif f"{key}_sd" in m:
                 cells.append(f"{m[key]:.4f} ± {m[f'{key}_sd']:.4f} ({m['seeds']} seeds)")
             else:
@@ -276,11 +313,28 @@ def comparison_section(pipes: list[Pipeline]) -> Section:
     recalls = {
         p.plan.name: {c: v["recall"] for c, v in st.test_metrics["per_class"].items()}
         for p, st in zip(pipes, statuses, strict=True)
-        if st.test_metrics
+        if st.test_metrics and "per_class" in st.test_metrics
     }
     if recalls:
         section.figure("comparison-recall", figures.recall_comparison(recalls))
     return section
+
+
+#: test metrics a comparison lists (those of the pipelines' tasks)
+COMPARED = (
+    ("accuracy", "test accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("rmse", "test RMSE"),
+    ("mae", "test MAE"),
+    ("r2", "test R²"),
+    ("loss", "test loss"),
+)
+
+
+def _what(pipe: Pipeline) -> str:
+    d = pipe.plan.defaults
+    return f" ({d.module or d.estimator})" if d.module or d.estimator else ""
 
 
 def write_comparison(pipes: list[Pipeline], out: Path) -> dict[str, Any]:

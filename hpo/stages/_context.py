@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,13 +23,17 @@ from optuna.artifacts import FileSystemArtifactStore
 from hpo import data
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings
-from hpo.training import TensorData, balanced_class_weights
+from hpo.tasks import Task, balanced_class_weights
+from hpo.training import TensorData
 
 logger = logging.getLogger(__name__)
 
 
 class StageData:
-    """The rows stages train and validate on, scaled by scalers fit on training rows only."""
+    """The rows stages train and validate on, scaled by scalers fit on training rows only.
+
+    Targets are what the task trains on: class indices, or the target standardised with the
+    training rows' mean and standard deviation (:class:`hpo.tasks.Regression`)."""
 
     def __init__(self, prepared: data.Prepared) -> None:
         self._prepared = prepared
@@ -43,6 +48,14 @@ class StageData:
     def n_classes(self) -> int:
         return self._prepared.n_classes
 
+    @cached_property
+    def task(self) -> Task:
+        return self._prepared.task
+
+    @property
+    def n_outputs(self) -> int:
+        return self.task.n_outputs
+
     @property
     def class_names(self) -> list[str]:
         return self._prepared.class_names
@@ -56,18 +69,30 @@ class StageData:
         return self._prepared.meta
 
     @property
-    def labeling(self) -> data.Labeling:
+    def labeling(self) -> data.Labeling | None:
         return self._prepared.labeling
 
     @property
     def scaler(self) -> data.Scaler:
         return self._prepared.scaler
 
-    @cached_property
-    def _train(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    def _y(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | npt.NDArray[np.float32]:
+        """The targets the task trains on, of ``rows``."""
         p = self._prepared
-        return np.asarray(p.features[p.split.train], dtype=np.float32), np.asarray(
-            p.labels[p.split.train], dtype=np.int64
+        if p.targets is None:
+            return np.asarray(p.labels[rows], dtype=np.int64)
+        mean, std = float(p.meta["target_mean"]), float(p.meta["target_std"])
+        return ((np.asarray(p.targets[rows], dtype=np.float64) - mean) / std).astype(np.float32)
+
+    @cached_property
+    def _train(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[Any]]:
+        """Features, strata (classes, or the target's deciles) and targets of the training rows."""
+        p = self._prepared
+        rows = p.split.train
+        return (
+            np.asarray(p.features[rows], dtype=np.float32),
+            np.asarray(p.labels[rows], dtype=np.int64),
+            self._y(rows),
         )
 
     @cached_property
@@ -76,9 +101,9 @@ class StageData:
         s, scaler = p.split, p.scaler
         return TensorData.from_numpy(
             scaler.transform(p.features[s.train]),
-            p.labels[s.train],
+            self._y(s.train),
             scaler.transform(p.features[s.val]),
-            p.labels[s.val],
+            self._y(s.val),
         )
 
     def train_val(self) -> TensorData:
@@ -90,11 +115,11 @@ class StageData:
         scaled by a scaler fit on its own training part."""
         key = (folds, seed)
         if key not in self._folds:
-            x, y = self._train
+            x, strata, y = self._train
             p = self._prepared
             groups = np.asarray(p.groups[p.split.train]) if p.groups is not None else None
             out = []
-            for fit_idx, held_idx in data.cv_folds(y, n_splits=folds, seed=seed, groups=groups):
+            for fit_idx, held_idx in data.cv_folds(strata, n_splits=folds, seed=seed, groups=groups):
                 scaler = data.Scaler.fit(x[fit_idx])
                 out.append(
                     TensorData.from_numpy(
@@ -105,7 +130,7 @@ class StageData:
         return self._folds[key]
 
     def class_weights(self, tensors: TensorData) -> list[float]:
-        """Balanced class weights of the rows ``tensors`` trains on."""
+        """Balanced class weights of the rows ``tensors`` trains on (classification)."""
         return balanced_class_weights(tensors.y_train.numpy(), self.n_classes)
 
     def read_test_rows(self, *, reader: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +140,7 @@ class StageData:
         logger.info("%s reads the %d test rows", reader, p.split.test.size)
         return (
             torch.as_tensor(p.scaler.transform(p.features[p.split.test])),
-            torch.as_tensor(np.asarray(p.labels[p.split.test], dtype=np.int64)),
+            torch.as_tensor(self._y(p.split.test)),
         )
 
 

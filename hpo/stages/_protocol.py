@@ -1,10 +1,12 @@
 """What a stage is: the :class:`Stage` protocol, and the base class the grid-shaped kinds share.
 
-A stage is one Optuna study. It knows its points (or, for ``search``, its budget), how to train
-a batch of claimed trials (its objective), how to select from its finished trials, and which
-figures show it. The pipeline (:mod:`hpo.pipeline`) does the rest in the same order for every
-kind: prerequisites, the study with its settings fingerprint, the runner, the selection, the
-figures, the completion flag.
+A stage is one Optuna study. It knows its points (or, for ``search``, its budget), how to train a
+batch of claimed trials (its objective, through :mod:`hpo.stages._jobs`), how to select from its
+finished trials, and which figures show it. It declares the model families it serves and the
+settings it tunes (by key of its table), which the study file's loader checks against the
+pipeline's family before anything runs. The pipeline (:mod:`hpo.pipeline`) does the rest in the
+same order for every kind: prerequisites, the study with its settings fingerprint, the runner, the
+selection, the figures, the completion flag.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
 from hpo.present.figures import Figure
-from hpo.settings import RunConfig, StageSettings
+from hpo.settings import DEFAULT_METRIC, FAMILY_NAMES, RunConfig, StageSettings, greater_is_better
 from hpo.stages._context import StageContext
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection, point_key
@@ -27,10 +29,18 @@ from hpo.tuning.workers import share
 Direction = Literal["minimize", "maximize"]
 
 
+#: every family (the kinds that train through the family's fit_many and score evaluation records)
+ALL_FAMILIES = frozenset(FAMILY_NAMES)
+#: families whose models are torch modules trained by hpo's trainers
+TORCH_FAMILIES = frozenset({"mlp", "torch"})
+
+
 class Stage(Protocol):
     kind: ClassVar[str]
     settings_model: ClassVar[type[StageSettings]]
     reads_test_rows: ClassVar[bool]
+    families: ClassVar[frozenset[str]]
+    task: str
 
     @property
     def name(self) -> str: ...
@@ -60,6 +70,36 @@ class Stage(Protocol):
 
     def figures(self, study: optuna.Study) -> list[Figure]: ...
 
+    def tuned(self) -> dict[str, dict[str, list[Any]]]:
+        """The settings this stage tunes, by the key of its table that lists them:
+        ``{"choices": {"init": [...]}}`` (a search's range as ``[low, high]``)."""
+        ...
+
+    def ranges(self) -> list[str]:
+        """The tuned settings given as a ``[low, high]`` range rather than as choices."""
+        ...
+
+    def with_values(self, values: dict[str, dict[str, list[Any]]]) -> StageSettings:
+        """Its settings with the tuned values replaced by ``values`` (as :meth:`tuned` gives
+        them, checked and typed by the pipeline's family)."""
+        ...
+
+
+def metric_direction(metric: str) -> Direction:
+    return "maximize" if greater_is_better(metric) else "minimize"
+
+
+def validation_records(ctx: StageContext) -> dict[str, Any]:
+    """Study attributes of a stage that scores candidates on the validation rows: their targets
+    and the task, for the paired comparison of its selection."""
+    data = ctx.data()
+    task = data.task
+    return {
+        records.VAL_LABELS: task.pack_predictions(data.train_val().y_val),
+        records.N_CLASSES: data.n_classes,
+        records.TASK: task.to_record(),
+    }
+
 
 class GridStage:
     """A stage over a fixed list of points, each run once (COMPLETE or PRUNED)."""
@@ -68,14 +108,26 @@ class GridStage:
     settings_model: ClassVar[type[StageSettings]]
     reads_test_rows: ClassVar[bool] = False
     scores_validation_rows: ClassVar[bool] = False
+    families: ClassVar[frozenset[str]] = ALL_FAMILIES
 
-    def __init__(self, name: str, settings: StageSettings) -> None:
+    def __init__(self, name: str, settings: StageSettings, *, task: str = "classification") -> None:
         self.name = name
         self.settings = settings
+        self.task = task
 
     @property
     def direction(self) -> Direction:
-        return "maximize"
+        metric = getattr(self.settings, "metric", None)
+        return metric_direction(metric or DEFAULT_METRIC[self.task])
+
+    def tuned(self) -> dict[str, dict[str, list[Any]]]:
+        return {}
+
+    def ranges(self) -> list[str]:
+        return []
+
+    def with_values(self, values: dict[str, dict[str, list[Any]]]) -> StageSettings:
+        return self.settings.model_copy(update=values) if values else self.settings
 
     @property
     def title(self) -> str:
@@ -122,13 +174,7 @@ class GridStage:
     def study_records(self, ctx: StageContext) -> dict[str, Any]:
         """Attributes stored with the study when it is created: a stage that scores candidates on
         the validation rows keeps their classes, for the paired comparison of its selection."""
-        if not self.scores_validation_rows:
-            return {}
-        data = ctx.data()
-        return {
-            records.VAL_LABELS: records.pack_labels(data.train_val().y_val.numpy()),
-            records.N_CLASSES: data.n_classes,
-        }
+        return validation_records(ctx) if self.scores_validation_rows else {}
 
     def finished(self, trials: Sequence[FrozenTrial], cfg_in: RunConfig) -> list[FrozenTrial]:
         """The COMPLETE trial of each point, in point order (a point that ran twice: the latest);

@@ -1,11 +1,11 @@
 """How a trial's evaluations become its score, and the trainer callbacks that report them to Optuna.
 
-A :class:`Scorer` turns one evaluation record into the stage's metric (accuracy, balanced
-accuracy, macro-F1 or the validation loss). A trial may train several seeds (models); its
-:class:`TrialScore` collects every seed's evaluations, reports the mean over the seeds as the
-trial's intermediate value once all of them have reached a step, asks the pruner then, and keeps
-each seed's best evaluation (and, for one seed, that evaluation's per-row predictions and
-losses, which paired comparisons between trials need).
+A :class:`Scorer` turns one evaluation record into the stage's metric (any metric of the task: the
+record's own score or loss, or a metric recomputed from its per-row predictions). A trial may
+train several seeds (models); its :class:`TrialScore` collects every seed's evaluations, reports
+the mean over the seeds as the trial's intermediate value once all of them have reached a step,
+asks the pruner then, and keeps each seed's best evaluation (and, for one seed, that evaluation's
+per-row predictions and losses, which paired comparisons between trials need).
 """
 
 from __future__ import annotations
@@ -18,27 +18,28 @@ import numpy as np
 import optuna
 import torch
 
-from hpo.present.progress import Progress
-from hpo.training import Callback, EvalRecord, score
+from hpo.settings import greater_is_better
+from hpo.tasks import Task
+from hpo.training import Callback, EvalRecord
 from hpo.tuning import records
 
 
 class Scorer:
-    """The stage's metric of an evaluation; larger is better except for ``loss``."""
+    """The stage's metric of an evaluation, in the metric's direction (:data:`METRIC_SPECS`)."""
 
-    def __init__(self, metric: str, y_val: torch.Tensor, n_classes: int) -> None:
+    def __init__(self, metric: str, task: Task, y_val: torch.Tensor) -> None:
         self.metric = metric
+        self.task = task
         self.y_val = y_val.numpy()
-        self.n_classes = n_classes
-        self.maximize = metric != "loss"
+        self.maximize = greater_is_better(metric)
 
     def __call__(self, record: EvalRecord) -> float:
-        if self.metric == "accuracy":
-            return record.val_accuracy
         if self.metric == "loss":
             return record.val_loss
-        assert record.val_pred is not None
-        return score(self.metric, self.y_val, record.val_pred.numpy(), n_classes=self.n_classes)
+        if self.metric == record.metric:
+            return record.val_score
+        assert record.val_pred is not None, "a metric recomputed from predictions needs the full record"
+        return self.task.metric(self.metric, self.y_val, record.val_pred.numpy())
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.maximize else a < b
@@ -108,15 +109,9 @@ class TrialScore:
             return
         s = self._seeds[0]
         if s.pred is not None:
-            self.trial.set_user_attr(records.VAL_PREDICTIONS, records.pack_labels(s.pred.numpy()))
+            self.trial.set_user_attr(records.VAL_PREDICTIONS, self.scorer.task.pack_predictions(s.pred))
         if metric == "loss" and s.nll is not None:
             self.trial.set_user_attr(records.VAL_LOSSES, records.pack_floats(s.nll.numpy()))
-
-
-def callbacks_for(
-    score: TrialScore, seed: int, *, progress: Progress, label: str, epochs: int, rows: int = 0
-) -> list[Callback]:
-    return [score.callback(seed), progress.member(label, epochs=epochs, rows=rows)]
 
 
 def seed_values(base: int, seeds: int) -> Sequence[int]:

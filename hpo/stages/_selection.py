@@ -5,7 +5,7 @@
 beyond noise (the 95 % interval of challenger-minus-incumbent lies above 0), so a pipeline's
 result stops depending on rounding. Either way the stored evidence compares the selected
 candidate with the best of the rest: the difference (larger is better, also for the loss), its
-interval and the method (:mod:`hpo.stages._evidence`).
+interval and the method (:mod:`hpo.evidence`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any, Literal
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from hpo.stages import _evidence
+from hpo import evidence
+from hpo.settings import greater_is_better
+from hpo.tasks import Classification, Task, from_record
 from hpo.tuning import records
 from hpo.tuning.records import Evidence
 
@@ -33,6 +35,19 @@ class Candidate:
     score: float
 
 
+def best_word(metric: str) -> str:
+    return "highest" if greater_is_better(metric) else "lowest"
+
+
+def study_task(study_attrs: Mapping[str, Any]) -> Task:
+    """The task a study's candidates were scored for (a study made before tasks existed:
+    classification with ``hpo:n_classes`` classes)."""
+    record = study_attrs.get(records.TASK)
+    if record is not None:
+        return from_record(record)
+    return Classification(tuple(str(i) for i in range(int(study_attrs.get(records.N_CLASSES, 2)))))
+
+
 def how_compared(*, cv: bool, seeds: int) -> How:
     if cv:
         return "folds"
@@ -43,32 +58,34 @@ def compare(
     a: Candidate, b: Candidate, *, metric: str, how: How, study_attrs: Mapping[str, Any], folds: int = 0
 ) -> Evidence:
     """``a`` against ``b`` (difference oriented so that larger favours ``a``)."""
-    sign = -1.0 if metric == "loss" else 1.0
+    sign = 1.0 if greater_is_better(metric) else -1.0
     if how == "folds":
         fa, fb = a.trial.user_attrs[records.FOLD_SCORES], b.trial.user_attrs[records.FOLD_SCORES]
         diffs = [sign * (x - y) for x, y in zip(fa, fb, strict=True)]
-        mean, low, high = _evidence.corrected_t(diffs, test_over_train=1 / max(folds - 1, 1))
+        mean, low, high = evidence.corrected_t(diffs, test_over_train=1 / max(folds - 1, 1))
         method = f"corrected resampled t-test over {len(diffs)} CV folds (Nadeau & Bengio)"
         n = len(diffs)
     elif how == "seeds":
         sa, sb = a.trial.user_attrs[records.SEED_SCORES], b.trial.user_attrs[records.SEED_SCORES]
         diffs = [sign * (x - y) for x, y in zip(sa, sb, strict=True)]
-        mean, low, high = _evidence.paired_t(diffs)
+        mean, low, high = evidence.paired_t(diffs)
         method = f"paired t-interval over {len(diffs)} seeds"
         n = len(diffs)
     else:
-        y = records.unpack_labels(study_attrs[records.VAL_LABELS])
+        task = study_task(study_attrs)
+        y = task.unpack_predictions(study_attrs[records.VAL_LABELS])
         if metric == "loss":
             la = records.unpack_floats(a.trial.user_attrs[records.VAL_LOSSES])
             lb = records.unpack_floats(b.trial.user_attrs[records.VAL_LOSSES])
-            mean, low, high = _evidence.paired_mean_bootstrap(lb - la)
+            mean, low, high = evidence.paired_mean_bootstrap(lb - la)
         else:
-            pa = records.unpack_labels(a.trial.user_attrs[records.VAL_PREDICTIONS])
-            pb = records.unpack_labels(b.trial.user_attrs[records.VAL_PREDICTIONS])
-            n_classes = int(study_attrs[records.N_CLASSES])
-            mean, low, high = _evidence.paired_bootstrap(y, pa, pb, metric=metric, n_classes=n_classes)
+            pa = task.unpack_predictions(a.trial.user_attrs[records.VAL_PREDICTIONS])
+            pb = task.unpack_predictions(b.trial.user_attrs[records.VAL_PREDICTIONS])
+            mean, low, high = task.paired_bootstrap(metric, y, pa, pb)
+            if sign < 0:  # smaller is better: orient so that larger favours a
+                mean, low, high = -mean, -high, -low
         method = (
-            f"paired bootstrap over {y.size:,} validation rows ({_evidence.BOOTSTRAP_RESAMPLES:,} resamples)"
+            f"paired bootstrap over {y.size:,} validation rows ({evidence.BOOTSTRAP_RESAMPLES:,} resamples)"
         )
         n = int(y.size)
     return Evidence(runner_up=b.label, metric=metric, difference=mean, low=low, high=high, method=method, n=n)
@@ -85,7 +102,7 @@ def choose(
     folds: int = 0,
 ) -> tuple[Candidate, Evidence | None, str]:
     """The chosen candidate, the evidence for it, and a note on the policy's decision."""
-    maximize = metric != "loss"
+    maximize = greater_is_better(metric)
     order = sorted(
         range(len(candidates)), key=lambda i: (-candidates[i].score if maximize else candidates[i].score, i)
     )

@@ -1,8 +1,10 @@
-"""Kind ``baseline``: candidate architectures, briefly trained; the lowest validation loss wins."""
+"""Kind ``baseline``: candidate architectures, briefly trained; the lowest validation loss wins.
+
+Serves the torch families whose models have a ``hidden`` setting: the MLP, and a factory of
+your own with a ``hidden`` keyword argument (``architectures`` are its values)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -23,10 +25,10 @@ from hpo.settings import (
     setting_value,
 )
 from hpo.stages._context import StageContext
-from hpo.stages._protocol import Direction, GridStage
-from hpo.stages._scoring import Scorer, TrialScore, callbacks_for, seed_values
-from hpo.stages._selection import Candidate, choose, how_compared
-from hpo.training import fit, resolve_device
+from hpo.stages._jobs import Batch, Budget
+from hpo.stages._protocol import TORCH_FAMILIES, GridStage
+from hpo.stages._scoring import Scorer, TrialScore
+from hpo.stages._selection import Candidate, best_word, choose, how_compared
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -47,10 +49,13 @@ class Baseline(GridStage):
     settings_model: ClassVar[type[StageSettings]] = BaselineSettings
     settings: BaselineSettings
     scores_validation_rows: ClassVar[bool] = True
+    families: ClassVar[frozenset[str]] = TORCH_FAMILIES
 
-    @property
-    def direction(self) -> Direction:
-        return "minimize" if self.settings.metric == "loss" else "maximize"
+    def tuned(self) -> dict[str, dict[str, list[Any]]]:
+        return {"architectures": {"hidden": [list(a) for a in self.settings.architectures]}}
+
+    def with_values(self, values: dict[str, dict[str, list[Any]]]) -> StageSettings:
+        return self.settings  # the architectures are validated as layer sizes already
 
     def _archs(self) -> list[str]:
         return [str(param_value("hidden", a)) for a in self.settings.architectures]
@@ -65,43 +70,18 @@ class Baseline(GridStage):
         s = self.settings
         data = ctx.data()
         tv = data.train_val()
-        scorer = Scorer(s.metric, tv.y_val, data.n_classes)
+        scorer = Scorer(s.metric, data.task, tv.y_val)
+        budget = Budget(epochs=s.epochs, max_batches=s.max_batches, eval_every=s.eval_every)
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             out: list[runner.Outcome] = []
-            for claim in claims:
-                trial = claim.trial
+            for claim in claims:  # one after another: runs of max_batches steps do not stack
                 cfg = cfg_in.with_point({"hidden": setting_value("hidden", claim.point["architecture"])})
-                weights = data.class_weights(tv) if cfg.class_weight == "balanced" else None
-                scored = TrialScore(trial, scorer, seeds=s.seeds, step="step", last=True)
-                history = []
-                for k, seed in enumerate(seed_values(cfg.seed, s.seeds)):
-                    tcfg = cfg.train(
-                        epochs=s.epochs,
-                        max_batches=s.max_batches,
-                        eval_every=s.eval_every,
-                        device=resolve_device(cfg.device),
-                        class_weights=weights,
-                        seed=seed,
-                    )
-                    if k == 0:
-                        records.write_config(trial, cfg)
-                        trial.set_user_attr(records.TRAIN, {**dataclasses.asdict(tcfg), "seeds": s.seeds})
-                    label = f"{ctx.study_name(self.name)} trial {trial.number}" + (
-                        f" seed {seed}" if s.seeds > 1 else ""
-                    )
-                    model = cfg.model(n_features=data.n_features, n_classes=data.n_classes)
-                    callbacks = callbacks_for(
-                        scored,
-                        k,
-                        progress=ctx.progress,
-                        label=label,
-                        epochs=s.epochs,
-                        rows=tv.x_train.shape[0],
-                    )
-                    result = fit(model, cfg.optim(), tcfg, tv, callbacks=callbacks)
-                    history.append(result.history_dicts())
-                trial.set_user_attr(records.HISTORY, history[0])
+                scored = TrialScore(claim.trial, scorer, seeds=s.seeds, step="step", last=True)
+                batch = Batch(ctx, [tv], ctx.study_name(self.name))
+                batch.add(claim.trial, cfg, budget, seeds=s.seeds, score=scored, attrs={"seeds": s.seeds})
+                results = batch.train(stack=False)
+                claim.trial.set_user_attr(records.HISTORY, results[0].history_dicts())
                 scored.store(metric=s.metric)
                 out.append(scored.value)
             return out
@@ -120,7 +100,7 @@ class Baseline(GridStage):
             candidates,
             metric=s.metric,
             policy=s.select,
-            incumbent={"architecture": param_value("hidden", cfg_in.hidden)},
+            incumbent={"architecture": param_value("hidden", cfg_in.settings()["hidden"])},
             how=how_compared(cv=False, seeds=s.seeds),
             study_attrs=study_attrs,
         )
@@ -128,10 +108,10 @@ class Baseline(GridStage):
         return Selection(
             selected={
                 "architecture": chosen.label["architecture"],
-                "hidden": list(cfg.hidden),
+                "hidden": list(cfg.settings()["hidden"]),
                 f"val_{s.metric}": chosen.score,
             },
-            reason=f"{'lowest' if s.metric == 'loss' else 'highest'} validation {s.metric.replace('_', ' ')} "
+            reason=f"{best_word(s.metric)} validation {s.metric.replace('_', ' ')} "
             f"after the baseline run{note}",
             config_out=cfg,
             evidence=evidence,

@@ -1,7 +1,7 @@
 """Kind ``final``: retrain the carried configuration with early stopping, evaluate the test rows
-once per model, and save the model (weights, configuration, scaler, feature and class names) as an
-Optuna artifact. It always runs last, whatever its place in the study file: it is the one stage
-that reads the test rows.
+once per model, and save the model (the family's payload, configuration, task, scaler, feature and
+class names) as an Optuna artifact. It always runs last, whatever its place in the study file: it
+is the one stage that reads the test rows.
 
 With ``seeds = N`` it trains N models (stacked, from seeds ``seed, seed+1, ...``) and reports the
 test metrics as their mean and standard deviation; the first seed's model is the saved one.
@@ -9,7 +9,6 @@ test metrics as their mean and standard deviation; the first seed's model is the
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,24 +19,25 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial
 from pydantic import Field
+from torch import nn
 
 from hpo import __version__
-from hpo.model import ModelFile, count_parameters, save_model_file
+from hpo.families import family_of
+from hpo.families.mlp import count_parameters
+from hpo.model_file import ModelFile, save_model_file
 from hpo.present import figures
-from hpo.settings import PositiveInt, RunConfig, StageSettings
+from hpo.settings import DEFAULT_METRIC, PositiveInt, RunConfig, StageSettings, metrics_of
 from hpo.stages._context import StageContext
+from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import GridStage
-from hpo.stages._scoring import Scorer, TrialScore, callbacks_for, seed_values
-from hpo.training import Member, evaluate, fit_members, resolve_device
+from hpo.stages._scoring import Scorer, TrialScore
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
-
-SUMMARISED = ("loss", "accuracy", "balanced_accuracy", "macro_f1")
 
 
 class FinalSettings(StageSettings):
     kind: Literal["final"] = "final"
-    epochs: PositiveInt = 15
+    epochs: PositiveInt = 15  # torch families; an estimator is fitted once
     patience: PositiveInt | None = 5
     seeds: Annotated[int, Field(ge=1, le=64)] = 1  # models trained (stacked); test metrics as mean ± sd
 
@@ -51,70 +51,56 @@ class Final(GridStage):
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
         data = ctx.data()
+        task = data.task
         tv = data.train_val()
-        label = ctx.study_name(self.name)
+        family = family_of(cfg_in)
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             (claim,) = claims
             trial = claim.trial
-            weights = data.class_weights(tv) if cfg_in.class_weight == "balanced" else None
-            device = resolve_device(cfg_in.device)
-            model_config = cfg_in.model(n_features=data.n_features, n_classes=data.n_classes)
-            seeds = seed_values(cfg_in.seed, s.seeds)
-            members = [
-                Member(
-                    model_config,
-                    cfg_in.optim(),
-                    cfg_in.train(
-                        epochs=s.epochs, patience=s.patience, device=device, class_weights=weights, seed=seed
-                    ),
-                    0,
-                )
-                for seed in seeds
-            ]
-            records.write_config(trial, cfg_in)
-            trial.set_user_attr(records.TRAIN, {**dataclasses.asdict(members[0].train), "seeds": s.seeds})
-            scored = TrialScore(trial, Scorer("accuracy", tv.y_val, data.n_classes), seeds=s.seeds)
-            callbacks = [
-                callbacks_for(
-                    scored,
-                    k,
-                    progress=ctx.progress,
-                    label=f"{label} trial {trial.number}" + (f" seed {seed}" if s.seeds > 1 else ""),
-                    epochs=s.epochs,
-                )
-                for k, seed in enumerate(seeds)
-            ]
-            results = fit_members(members, [tv], callbacks=callbacks)
+            scored = TrialScore(trial, Scorer(task.headline, task, tv.y_val), seeds=s.seeds)
+            batch = Batch(ctx, [tv], ctx.study_name(self.name))
+            batch.add(
+                trial,
+                cfg_in,
+                Budget(epochs=s.epochs, patience=s.patience),
+                seeds=s.seeds,
+                score=scored,
+                attrs={"seeds": s.seeds},
+            )
+            results = batch.train(stack=True)
             trial.set_user_attr(records.HISTORY, results[0].history_dicts())
             trial.set_user_attr(records.BEST_EPOCH, results[0].best.epoch)
             per_seed = []
-            for seed, result in zip(seeds, results, strict=True):
+            for job, result in zip(batch.jobs, results, strict=True):
+                seed = job.train.seed
                 x_test, y_test = data.read_test_rows(
                     reader=f"stage {self.name}" + (f" seed {seed}" if s.seeds > 1 else "")
                 )
                 per_seed.append(
-                    evaluate(result.model, x_test, y_test, class_names=data.class_names).to_dict()
+                    task.test_metrics(family.outputs(result.model, x_test, task.n_outputs), y_test)
                 )
             metrics = dict(per_seed[0])
             if s.seeds > 1:
                 trial.set_user_attr(records.SEED_TEST_METRICS, per_seed)
-                for key in SUMMARISED:
+                for key in metrics_of(task.kind):
                     values = [m[key] for m in per_seed]
                     metrics[f"{key}_mean"] = float(np.mean(values))
                     metrics[f"{key}_sd"] = float(np.std(values, ddof=1))
                     metrics[key] = float(np.mean(values))
                 metrics["seeds"] = s.seeds
+            metrics["task"] = task.kind
             trial.set_user_attr(records.TEST_METRICS, metrics)
             model_file = ModelFile(
-                state_dict=results[0].model.state_dict(),
-                model_config=model_config,
+                family=family.name,
+                payload=family.payload(results[0].model),
                 run_config=cfg_in.to_record(),
+                task=task.to_record(),
                 scaler_mean=data.scaler.mean,
                 scaler_scale=data.scaler.scale,
                 feature_names=data.feature_names,
                 class_names=data.class_names,
-                labeling=data.labeling.to_dict(),
+                labeling=data.labeling.to_dict() if data.labeling is not None else None,
                 target=str(data.meta["target"]),
                 hpo_version=__version__,
             )
@@ -125,8 +111,9 @@ class Final(GridStage):
                     artifact_store=ctx.artifacts, file_path=str(path), study_or_trial=trial
                 )
             trial.set_user_attr(records.MODEL_ARTIFACT, artifact_id)
-            trial.set_user_attr(records.PARAMETERS, count_parameters(results[0].model))
-            return [float(metrics["accuracy"])]
+            if isinstance(results[0].model, nn.Module):
+                trial.set_user_attr(records.PARAMETERS, count_parameters(results[0].model))
+            return [float(metrics[task.headline])]
 
         return objective
 
@@ -135,15 +122,21 @@ class Final(GridStage):
     ) -> Selection:
         (trial,) = self.finished(trials, cfg_in)
         m = trial.user_attrs[records.TEST_METRICS]
-        seeds = f"; {self.settings.seeds} seeds, test metrics their mean" if self.settings.seeds > 1 else ""
+        headline = DEFAULT_METRIC[self.task]
+        s = self.settings
+        seeds = f"; {s.seeds} seeds, test metrics their mean" if s.seeds > 1 else ""
+        how = (
+            f"retrained {s.epochs} epochs, early stopping with patience {s.patience}"
+            if cfg_in.family != "sklearn"
+            else f"refitted {cfg_in.estimator} on the training rows"
+        )
         return Selection(
             selected={
-                "test_accuracy": m["accuracy"],
+                f"test_{headline}": m[headline],
                 "test_loss": m["loss"],
                 "best_epoch": trial.user_attrs[records.BEST_EPOCH],
             },
-            reason=f"retrained {self.settings.epochs} epochs, early stopping with patience "
-            f"{self.settings.patience}; test rows evaluated once per model{seeds}",
+            reason=f"{how}; test rows evaluated once per model{seeds}",
             config_out=cfg_in,
             extra={"test_metrics": m, "model_artifact": trial.user_attrs[records.MODEL_ARTIFACT]},
         )

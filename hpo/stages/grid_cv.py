@@ -8,7 +8,6 @@ folds in sequence, and Optuna's MedianPruner may stop it between folds.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
@@ -20,20 +19,13 @@ from optuna.trial import FrozenTrial
 from pydantic import Field, model_validator
 
 from hpo.present import figures
-from hpo.settings import (
-    PositiveInt,
-    RunConfig,
-    SelectingSettings,
-    StageSettings,
-    check_setting,
-    param_value,
-    setting_value,
-)
+from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
 from hpo.stages._context import StageContext
+from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import GridStage
-from hpo.stages._scoring import Scorer, seed_values
-from hpo.stages._selection import Candidate, choose
-from hpo.training import Callback, FitResult, Member, TensorData, fit_members, resolve_device
+from hpo.stages._scoring import Scorer
+from hpo.stages._selection import Candidate, best_word, choose
+from hpo.training import Callback, EvalRecord
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -41,21 +33,18 @@ Choices = Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(
 
 
 def check_choices(choices: dict[str, list[Any]], *, key: str) -> dict[str, list[Any]]:
-    """Each value validated as its setting (ValueError naming ``key.setting[i]``)."""
-    out: dict[str, list[Any]] = {}
+    """Each value usable as a trial parameter, none listed twice (ValueError naming
+    ``key.setting[i]``). Whether a name is a setting, and each value's type, depend on the
+    pipeline's family: the study file's loader checks them (``hpo.plan``)."""
     for setting, values in choices.items():
-        checked = []
         for i, v in enumerate(values):
             try:
-                good = check_setting(setting, v)
-                param_value(setting, good)
+                param_value(setting, v)
             except ValueError as exc:
                 raise ValueError(f"{key}.{setting}[{i}] = {v!r}: {exc}") from None
-            checked.append(good)
-        if len({str(param_value(setting, v)) for v in checked}) != len(checked):
+        if len({repr(param_value(setting, v)) for v in values}) != len(values):
             raise ValueError(f"{key}.{setting} lists a value twice")
-        out[setting] = checked
-    return out
+    return choices
 
 
 class GridCvSettings(SelectingSettings):
@@ -77,9 +66,8 @@ class GridCv(GridStage):
     settings_model: ClassVar[type[StageSettings]] = GridCvSettings
     settings: GridCvSettings
 
-    @property
-    def direction(self) -> Literal["minimize", "maximize"]:
-        return "minimize" if self.settings.metric == "loss" else "maximize"
+    def tuned(self) -> dict[str, dict[str, list[Any]]]:
+        return {"grid": dict(self.settings.grid)}
 
     def folds(self) -> int:
         return self.settings.folds
@@ -106,75 +94,47 @@ class GridCv(GridStage):
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
         data = ctx.data()
-        label = ctx.study_name(self.name)
-        device = resolve_device(cfg_in.device)
-
-        def members_of(claim: runner.Claim, folds: list[TensorData], batch: int) -> list[list[Member]]:
-            """The claim's models, by fold, one per seed."""
-            cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in s.grid})
-            model, optim = cfg.model(n_features=data.n_features, n_classes=data.n_classes), cfg.optim()
-            out = []
-            for k, fold in enumerate(folds):
-                weights = data.class_weights(fold) if cfg.class_weight == "balanced" else None
-                seeds = seed_values(cfg.seed, s.seeds)
-                out.append(
-                    [
-                        Member(
-                            model,
-                            optim,
-                            cfg.train(
-                                epochs=s.epochs,
-                                device=device,
-                                class_weights=weights,
-                                eval_last_only=True,
-                                seed=seed,
-                            ),
-                            k,
-                        )
-                        for seed in seeds
-                    ]
-                )
-            records.write_config(claim.trial, cfg)
-            claim.trial.set_user_attr(
-                records.TRAIN,
-                {**dataclasses.asdict(out[0][0].train), "folds": s.folds, "stacked": batch, "seeds": s.seeds},
-            )
-            return out
-
-        def fold_scores(fold: TensorData, results: Sequence[FitResult]) -> tuple[float, list[float]]:
-            """A fold's score (the mean over seeds of the metric after the last epoch) and the seeds'."""
-            scorer = Scorer(s.metric, fold.y_val, data.n_classes)
-            per_seed = [scorer(r.history[-1]) for r in results]
-            return float(np.mean(per_seed)), per_seed
-
-        def progress(claim: runner.Claim, k: int, seed: int) -> list[Callback]:
-            name = f"{label} trial {claim.trial.number} fold {k + 1}" + (
-                f" seed {seed}" if s.seeds > 1 else ""
-            )
-            return [ctx.progress.member(name, epochs=s.epochs, rows=folds_rows[k])]
-
-        folds_rows: list[int] = []
+        budget = Budget(epochs=s.epochs, eval_last_only=True)
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             folds = data.cv_folds(s.folds, cfg_in.seed)
-            folds_rows[:] = [f.x_train.shape[0] for f in folds]
-            per_claim = [members_of(c, folds, len(claims)) for c in claims]
+            scorers = [Scorer(s.metric, data.task, f.y_val) for f in folds]
+            batch = Batch(ctx, folds, ctx.study_name(self.name))
+            last: dict[int, float] = {}  # each job's metric after its last epoch
+
+            def keep_last(position: int) -> list[Callback]:
+                scorer = scorers[batch.jobs[position].data]
+
+                def see(record: EvalRecord) -> None:
+                    last[position] = scorer(record)
+
+                return [see]
+
+            positions = [
+                batch.add(
+                    c.trial,
+                    cfg_in.with_point({n: setting_value(n, c.point[n]) for n in s.grid}),
+                    budget,
+                    seeds=s.seeds,
+                    data=range(s.folds),
+                    folds=True,
+                    attrs={"folds": s.folds, "stacked": len(claims), "seeds": s.seeds},
+                    extra=keep_last,
+                )
+                for c in claims
+            ]
+
+            def fold_score(claim: int, k: int) -> tuple[float, list[float]]:
+                """Fold k's score of a claim: the mean over seeds, and the seeds' scores."""
+                mine = positions[claim][k * s.seeds : (k + 1) * s.seeds]
+                per_seed = [last[p] for p in mine]
+                return float(np.mean(per_seed)), per_seed
+
             if s.pruner == "none":
-                members = [m for by_fold in per_claim for ms in by_fold for m in ms]
-                callbacks = [
-                    progress(c, k, m.train.seed)
-                    for c, by_fold in zip(claims, per_claim, strict=True)
-                    for k, ms in enumerate(by_fold)
-                    for m in ms
-                ]
-                results = fit_members(members, folds, callbacks=callbacks, stack=s.stack > 1)
+                batch.train(stack=s.stack > 1)
                 out: list[runner.Outcome] = []
-                per = s.folds * s.seeds
                 for i, claim in enumerate(claims):
-                    mine = results[i * per : (i + 1) * per]
-                    scored = [
-                        fold_scores(f, mine[k * s.seeds : (k + 1) * s.seeds]) for k, f in enumerate(folds)
-                    ]
+                    scored = [fold_score(i, k) for k in range(s.folds)]
                     for k, (value, _) in enumerate(scored):
                         claim.trial.report(value, k)
                     out.append(_record(claim.trial, [v for v, _ in scored], [p for _, p in scored]))
@@ -183,13 +143,12 @@ class GridCv(GridStage):
             scores_of: list[list[float]] = [[] for _ in claims]
             seeds_of: list[list[list[float]]] = [[] for _ in claims]
             alive = list(range(len(claims)))
-            for k, fold in enumerate(folds):
-                members = [m for i in alive for m in per_claim[i][k]]
-                callbacks = [progress(claims[i], k, m.train.seed) for i in alive for m in per_claim[i][k]]
-                results = fit_members(members, folds, callbacks=callbacks, stack=s.stack > 1)
+            for k in range(s.folds):
+                mine = [p for i in alive for p in positions[i][k * s.seeds : (k + 1) * s.seeds]]
+                batch.train(stack=s.stack > 1, only=mine)
                 still = []
-                for j, i in enumerate(alive):
-                    value, per_seed = fold_scores(fold, results[j * s.seeds : (j + 1) * s.seeds])
+                for i in alive:
+                    value, per_seed = fold_score(i, k)
                     scores_of[i].append(value)
                     seeds_of[i].append(per_seed)
                     trial = claims[i].trial
@@ -214,11 +173,12 @@ class GridCv(GridStage):
         candidates = [
             Candidate(t, {n: t.params[n] for n in s.grid}, float(t.user_attrs[records.MEAN])) for t in done
         ]
+        current = cfg_in.settings()
         chosen, evidence, note = choose(
             candidates,
             metric=s.metric,
             policy=s.select,
-            incumbent={n: param_value(n, getattr(cfg_in, n)) for n in s.grid},
+            incumbent={n: param_value(n, current[n]) for n in s.grid if n in current},
             how="folds",
             study_attrs=study_attrs,
             folds=s.folds,
@@ -231,7 +191,7 @@ class GridCv(GridStage):
                 f"cv_mean_{metric}": chosen.trial.user_attrs[records.MEAN],
                 f"cv_std_{metric}": chosen.trial.user_attrs[records.STD],
             },
-            reason=f"{'best' if metric != 'loss' else 'lowest'} mean {metric.replace('_', ' ')} over "
+            reason=f"{best_word(metric)} mean {metric.replace('_', ' ')} over "
             f"{s.folds}-fold stratified CV{seeds}{note}",
             config_out=records.read_config(chosen.trial.user_attrs),
             evidence=evidence,

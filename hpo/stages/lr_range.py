@@ -1,30 +1,42 @@
 """Kind ``lr_range``: the LR range test (torch-lr-finder's method), then a verification run.
 
 The stage keeps the carried LR when the pick diverges in verification or learns nothing there
-(validation accuracy no better than the majority class's share: measured with weight decay 1e-4
-on the MSD stand-in, the steepest descent lay at 0.10 and five epochs there predicted only the
-2000s, without diverging).
+(its validation score no better than a model that learned nothing: the majority class's share
+for a classifier, the training mean for a regressor; measured with weight decay 1e-4 on the MSD
+stand-in, the steepest descent lay at 0.10 and five epochs there predicted only the 2000s,
+without diverging).
+
+The test trains through the configuration's training settings and the task's loss (precision,
+label smoothing and class weights apply), on a model the family builds: the MLP, or your module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 from pydantic import Field
 
 from hpo.errors import ConfigError
+from hpo.families import family_of
 from hpo.present import figures
-from hpo.settings import LearningRate, NonNegativeInt, PositiveInt, RunConfig, StageSettings
+from hpo.settings import (
+    DEFAULT_METRIC,
+    LearningRate,
+    NonNegativeInt,
+    PositiveInt,
+    RunConfig,
+    StageSettings,
+    greater_is_better,
+)
 from hpo.stages._context import StageContext
-from hpo.stages._protocol import GridStage
-from hpo.stages._scoring import Scorer, TrialScore, callbacks_for
-from hpo.training import fit, range_test, resolve_device
+from hpo.stages._jobs import Batch, Budget
+from hpo.stages._protocol import TORCH_FAMILIES, GridStage
+from hpo.stages._scoring import Scorer, TrialScore
+from hpo.training import range_test, resolve_device
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -44,32 +56,38 @@ class LrRange(GridStage):
     kind: ClassVar[str] = "lr_range"
     settings_model: ClassVar[type[StageSettings]] = LrRangeSettings
     settings: LrRangeSettings
+    families: ClassVar[frozenset[str]] = TORCH_FAMILIES
 
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
         data = ctx.data()
+        task = data.task
         tv = data.train_val()
         label = ctx.study_name(self.name)
-        device = resolve_device(cfg_in.device)
-        model = cfg_in.model(n_features=data.n_features, n_classes=data.n_classes)
+        family = family_of(cfg_in)
+        worst = 0.0 if greater_is_better(task.headline) else math.inf
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             (claim,) = claims
             trial = claim.trial
+            weights = data.class_weights(tv) if cfg_in.class_weight == "balanced" else None
+            train = cfg_in.train(epochs=1, device=resolve_device(cfg_in.device), class_weights=weights)
+            model = family.build(
+                cfg_in, n_features=data.n_features, n_outputs=task.n_outputs, seed=cfg_in.seed
+            )
             try:
                 curve = range_test(
                     model,
                     cfg_in.optim(),
+                    train,
                     tv,
-                    batch_size=cfg_in.batch_size,
-                    seed=cfg_in.seed,
+                    task=task,
                     end_lr=s.end_lr,
                     num_iter=s.num_iter,
                     smooth_f=s.smooth_f,
                     diverge_th=s.diverge_th,
                     skip_start=s.skip_start,
                     skip_end=s.skip_end,
-                    device=device,
                 )
             except ValueError as exc:
                 raise ConfigError(f"{ctx.study_file}: stages.{self.name}: {exc}") from None
@@ -78,31 +96,18 @@ class LrRange(GridStage):
             trial.set_user_attr(records.RANGE_DIVERGED, curve.diverged)
             if not _usable(curve.suggested_lr):  # nothing to verify: the stage keeps the defaults' LR
                 trial.set_user_attr(records.VERIFICATION_DIVERGED, True)
-                return [0.0]
+                return [worst]
+            scored = TrialScore(trial, Scorer(task.headline, task, tv.y_val))
+            batch = Batch(ctx, [tv], label)
             cfg = cfg_in.with_point({"lr": curve.suggested_lr})
-            tcfg = cfg.train(
-                epochs=s.verify_epochs,
-                device=device,
-                class_weights=data.class_weights(tv) if cfg.class_weight == "balanced" else None,
-            )
-            records.write_config(trial, cfg)
-            trial.set_user_attr(records.TRAIN, dataclasses.asdict(tcfg))
-            scored = TrialScore(trial, Scorer("accuracy", tv.y_val, data.n_classes))
-            callbacks = callbacks_for(
-                scored,
-                0,
-                progress=ctx.progress,
-                label=f"{label} verification",
-                epochs=s.verify_epochs,
-                rows=tv.x_train.shape[0],
-            )
-            result = fit(model, cfg.optim(), tcfg, tv, callbacks=callbacks)
+            batch.add(trial, cfg, Budget(epochs=s.verify_epochs), score=scored, name=f"{label} verification")
+            (result,) = batch.train(stack=False)
             trial.set_user_attr(records.HISTORY, result.history_dicts())
             diverged = result.diverged
             trial.set_user_attr(records.VERIFICATION_DIVERGED, diverged)
-            y_val = tv.y_val.numpy()
-            trial.set_user_attr(records.MAJORITY_SHARE, float(np.bincount(y_val).max() / y_val.size))
-            return [result.history[-1].val_accuracy if not diverged else 0.0]
+            trivial = task.trivial_score(tv.y_train.numpy(), tv.y_val.numpy())
+            trial.set_user_attr(records.TRIVIAL_SCORE, trivial)
+            return [result.history[-1].val_score if not diverged else worst]
 
         return objective
 
@@ -111,25 +116,35 @@ class LrRange(GridStage):
     ) -> Selection:
         (trial,) = self.finished(trials, cfg_in)
         picked = float(trial.user_attrs[records.SUGGESTED_LR])
-        majority = trial.user_attrs.get(records.MAJORITY_SHARE)
+        trivial = trial.user_attrs.get(records.TRIVIAL_SCORE, trial.user_attrs.get(records.MAJORITY_SHARE))
+        headline = DEFAULT_METRIC[self.task]
+        value = float(trial.value if trial.value is not None else math.nan)
         if trial.user_attrs[records.VERIFICATION_DIVERGED] or not _usable(picked):
             lr, why = cfg_in.lr, f"the pick {picked:.3g} diverged in verification; kept {cfg_in.lr:g}"
-        elif majority is not None and (trial.value or 0.0) <= majority:
+        elif trivial is not None and not _better(headline, value, float(trivial)):
+            what = (
+                "the majority class's" if self.task == "classification" else "predicting the training mean,"
+            )
             lr, why = (
                 cfg_in.lr,
-                f"the pick {picked:.3g} learned nothing in verification (validation accuracy "
-                f"{trial.value:.4f}, no better than the majority class's {majority:.4f}); kept {cfg_in.lr:g}",
+                f"the pick {picked:.3g} learned nothing in verification "
+                f"(validation {headline.replace('_', ' ')} "
+                f"{value:.4f}, no better than {what} {float(trivial):.4f}); kept {cfg_in.lr:g}",
             )
         else:
             lr, why = picked, "steepest descent of the smoothed loss (torch-lr-finder's suggestion), verified"
         return Selection(
-            selected={"lr": lr, "suggested_lr": picked, "verification_val_accuracy": trial.value},
+            selected={"lr": lr, "suggested_lr": picked, f"verification_val_{headline}": trial.value},
             reason=why,
             config_out=cfg_in.with_point({"lr": lr}),
         )
 
     def figures(self, study: optuna.Study) -> list[figures.Figure]:
         return figures.lr_range_figures(study)
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    return a > b if greater_is_better(metric) else a < b
 
 
 def _usable(lr: float) -> bool:

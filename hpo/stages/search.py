@@ -12,12 +12,18 @@ its epoch before the next one (in batch order), and trials are told only when th
 ends: the pruner's decisions do not depend on whether the batch trains stacked or one trial after
 another (tested).
 
-The space, per setting of the carried configuration::
+The space, per setting of the pipeline's family (hpo's settings, or the family's own
+parameters)::
 
     [stages.search.space]
     lr = { low = 1e-4, high = 1e-2, log = true }
     dropout = { low = 0.0, high = 0.5 }
     hidden = { choices = [[256, 256], [512, 256]] }
+
+A range is an integer range where the setting is an integer (``batch_size``; a parameter whose
+``low`` and ``high`` are whole numbers, or ``integer = true``), else a float range; settings that
+are not numbers take ``choices``. The study file's loader decides this from the family's own
+types (:func:`hpo.settings.setting_kind`) and records it in ``integer``.
 """
 
 from __future__ import annotations
@@ -31,23 +37,14 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.errors import HpoError
+from hpo.families import family_of
 from hpo.present import figures
-from hpo.settings import (
-    TUNABLE,
-    PositiveInt,
-    RunConfig,
-    SelectingSettings,
-    StageSettings,
-    check_setting,
-    param_value,
-    setting_value,
-)
+from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
 from hpo.stages._context import StageContext
-from hpo.stages._members import train_claims
-from hpo.stages._protocol import Direction
+from hpo.stages._jobs import Budget, train_claims
+from hpo.stages._protocol import ALL_FAMILIES, Direction, metric_direction, validation_records
 from hpo.stages._scoring import Scorer, TrialScore
-from hpo.stages._selection import Candidate, choose, how_compared
-from hpo.training import resolve_device
+from hpo.stages._selection import Candidate, best_word, choose, how_compared
 from hpo.tuning import records, runner
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.records import Selection
@@ -62,11 +59,12 @@ class Dimension(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    low: float | None = None
-    high: float | None = None
+    low: int | float | None = None
+    high: int | float | None = None
     log: bool = False
-    step: float | None = None
+    step: int | float | None = None
     choices: Annotated[list[Any], Field(min_length=1)] | None = None
+    integer: bool | None = None  # an integer range (default: low and high are whole numbers)
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> Dimension:
@@ -83,6 +81,10 @@ class Dimension(BaseModel):
         return self
 
 
+def _whole(*values: int | float | None) -> bool:
+    return all(v is None or isinstance(v, int) for v in values)
+
+
 class SearchSettings(SelectingSettings):
     kind: Literal["search"] = "search"
     space: Annotated[dict[str, Dimension], Field(min_length=1)]
@@ -97,25 +99,11 @@ class SearchSettings(SelectingSettings):
     @model_validator(mode="after")
     def _valid_space(self) -> SearchSettings:
         for name, dim in self.space.items():
-            if name not in TUNABLE:
-                raise ValueError(f"space.{name}: unknown setting; settings are: {', '.join(TUNABLE)}")
-            values = dim.choices if dim.choices is not None else [dim.low, dim.high]
-            for v in values:
+            for i, v in enumerate(dim.choices or []):
                 try:
-                    check_setting(
-                        name, int(v) if _is_int(name) and isinstance(v, float) and v.is_integer() else v
-                    )
+                    param_value(name, v)
                 except ValueError as exc:
-                    raise ValueError(f"space.{name} = {v!r}: {exc}") from None
-            if dim.choices is None and name in (
-                "hidden",
-                "activation",
-                "norm",
-                "init",
-                "optimizer",
-                "class_weight",
-            ):
-                raise ValueError(f"space.{name}: give choices = [...] for a setting that is not a number")
+                    raise ValueError(f"space.{name}.choices[{i}] = {v!r}: {exc}") from None
         if self.sampler not in SAMPLERS and not hasattr(optuna.samplers, self.sampler):
             raise ValueError(
                 f"sampler {self.sampler!r} is not an Optuna sampler; use {', '.join(SAMPLERS)} "
@@ -126,14 +114,16 @@ class SearchSettings(SelectingSettings):
         return self
 
 
-def _is_int(setting: str) -> bool:
-    return setting == "batch_size"
+def _incumbent(cfg_in: RunConfig, settings: SearchSettings) -> dict[str, Any] | None:
+    """The carried-in configuration's point in the space (None if it sets not every dimension)."""
+    current = cfg_in.settings()
+    if any(n not in current for n in settings.space):
+        return None
+    return {n: param_value(n, current[n]) for n in settings.space}
 
 
-def _shape(cfg_in: RunConfig, settings: SearchSettings, claim: runner.Claim) -> tuple[object, ...]:
-    """What decides whether two trials can share a stack (their tensors' shapes and batch size)."""
-    cfg = cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in settings.space})
-    return (cfg.hidden, cfg.batch_size)
+def _configure(cfg_in: RunConfig, settings: SearchSettings, claim: runner.Claim) -> RunConfig:
+    return cfg_in.with_point({n: setting_value(n, claim.point[n]) for n in settings.space})
 
 
 class Search:
@@ -141,15 +131,39 @@ class Search:
     settings_model: ClassVar[type[StageSettings]] = SearchSettings
     reads_test_rows: ClassVar[bool] = False
     scores_validation_rows: ClassVar[bool] = True
+    families: ClassVar[frozenset[str]] = ALL_FAMILIES
 
-    def __init__(self, name: str, settings: StageSettings) -> None:
+    def __init__(self, name: str, settings: StageSettings, *, task: str = "classification") -> None:
         self.name = name
         assert isinstance(settings, SearchSettings)
         self.settings = settings
+        self.task = task
 
     @property
     def direction(self) -> Direction:
-        return "minimize" if self.settings.metric == "loss" else "maximize"
+        return metric_direction(self.settings.metric)
+
+    def tuned(self) -> dict[str, dict[str, list[Any]]]:
+        space = {}
+        for name, dim in self.settings.space.items():
+            space[name] = list(dim.choices) if dim.choices is not None else [dim.low, dim.high]
+        return {"space": space}
+
+    def ranges(self) -> list[str]:
+        """The dimensions given as a range (the rest are choices)."""
+        return [n for n, dim in self.settings.space.items() if dim.choices is None]
+
+    def with_values(self, values: dict[str, dict[str, list[Any]]]) -> StageSettings:
+        space = {}
+        for name, dim in self.settings.space.items():
+            typed = values.get("space", {}).get(name)
+            if typed is None:
+                space[name] = dim
+            elif dim.choices is not None:
+                space[name] = dim.model_copy(update={"choices": typed})
+            else:
+                space[name] = dim.model_copy(update={"low": typed[0], "high": typed[1]})
+        return self.settings.model_copy(update={"space": space})
 
     @property
     def title(self) -> str:
@@ -194,24 +208,19 @@ class Search:
         out: dict[str, BaseDistribution] = {}
         for name, dim in self.settings.space.items():
             if dim.choices is not None:
-                out[name] = CategoricalDistribution(
-                    [param_value(name, check_setting(name, c)) for c in dim.choices]
-                )
-            elif _is_int(name):
-                assert dim.low is not None and dim.high is not None
+                out[name] = CategoricalDistribution([param_value(name, c) for c in dim.choices])
+                continue
+            assert dim.low is not None and dim.high is not None
+            integer = dim.integer if dim.integer is not None else _whole(dim.low, dim.high, dim.step)
+            if integer:
                 step = int(dim.step) if dim.step else 1
                 out[name] = IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=step)
             else:
-                assert dim.low is not None and dim.high is not None
-                out[name] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+                out[name] = FloatDistribution(float(dim.low), float(dim.high), log=dim.log, step=dim.step)
         return out
 
     def study_records(self, ctx: StageContext) -> dict[str, Any]:
-        data = ctx.data()
-        return {
-            records.VAL_LABELS: records.pack_labels(data.train_val().y_val.numpy()),
-            records.N_CLASSES: data.n_classes,
-        }
+        return validation_records(ctx)
 
     def run(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:
         if self.settings.select == "keep_unless_better":
@@ -227,7 +236,9 @@ class Search:
 
     def _enqueue_incumbent(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:
         """The carried-in configuration runs as the first trial, so challengers face it."""
-        params = {n: param_value(n, getattr(cfg_in, n)) for n in self.settings.space}
+        params = _incumbent(cfg_in, self.settings)
+        if params is None:
+            return  # a parameter left at the factory's own default: no incumbent to enqueue
         for name, dist in self.distributions().items():
             if not dist._contains(dist.to_internal_repr(params[name])):
                 return  # outside the space: keep_unless_better falls back to the best
@@ -238,28 +249,23 @@ class Search:
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
         data = ctx.data()
-        tv = data.train_val()
-        scorer = Scorer(s.metric, tv.y_val, data.n_classes)
-        label = ctx.study_name(self.name)
-        device = resolve_device(cfg_in.device)
+        scorer = Scorer(s.metric, data.task, data.train_val().y_val)
+        family = family_of(cfg_in)
 
         def objective(batch: Sequence[runner.Claim]) -> list[runner.Outcome]:
             # trials that cannot share a stack train in groups, one group after another; ordering
             # the batch by group makes "one after another" the same order, so the pruner decides
             # alike either way (each trial sees the same step of the trials before it)
-            order = sorted(range(len(batch)), key=lambda i: _shape(cfg_in, s, batch[i]))
+            order = sorted(range(len(batch)), key=lambda i: family.group_key(_configure(cfg_in, s, batch[i])))
             claims = [batch[i] for i in order]
             scores = train_claims(
                 ctx,
-                data,
-                tv,
                 claims,
-                configure=lambda c: cfg_in.with_point({n: setting_value(n, c.point[n]) for n in s.space}),
+                label=ctx.study_name(self.name),
+                configure=lambda c: _configure(cfg_in, s, c),
                 score=lambda c: TrialScore(c.trial, scorer, seeds=s.seeds, prune=True),
-                label=label,
-                epochs=s.epochs,
+                budget=Budget(epochs=s.epochs),
                 seeds=s.seeds,
-                device=device,
                 stack=s.stack,
             )
             outcomes: dict[int, runner.Outcome] = {}
@@ -286,14 +292,14 @@ class Search:
             candidates,
             metric=s.metric,
             policy=s.select,
-            incumbent={n: param_value(n, getattr(cfg_in, n)) for n in s.space},
+            incumbent=_incumbent(cfg_in, s),
             how=how_compared(cv=False, seeds=s.seeds),
             study_attrs=study_attrs,
         )
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
         return Selection(
             selected={**chosen.label, f"peak_val_{s.metric}": chosen.score},
-            reason=f"{'highest' if s.metric != 'loss' else 'lowest'} peak validation "
+            reason=f"{best_word(s.metric)} peak validation "
             f"{s.metric.replace('_', ' ')} of {len(done)} complete trials "
             f"({pruned} pruned; sampler {s.sampler}, pruner {s.pruner}){note}",
             config_out=records.read_config(chosen.trial.user_attrs),

@@ -1,11 +1,11 @@
 """Kind ``sweep``: one setting of the carried configuration tried at each of its choices; the best
 (peak validation metric) is carried forward.
 
-Any setting of :class:`~hpo.settings.RunConfig` can be swept (``hidden``, ``activation``,
+Any setting of the pipeline's family can be swept: for the MLP ``hidden``, ``activation``,
 ``norm``, ``init``, ``dropout``, ``optimizer``, ``lr``, ``weight_decay``, ``batch_size``,
-``label_smoothing``, ``class_weight``). A batch of claimed choices trains as one stack where
-their shapes allow (``stack`` choices per batch); the write-up's four component sweeps are four
-stages of this kind.
+``label_smoothing``, ``class_weight``; for your module or estimator its own parameters too. A
+batch of claimed choices trains as one stack where their shapes allow (``stack`` choices per
+batch); the write-up's four component sweeps are four stages of this kind.
 
 **Fair comparisons** (Google's Deep Learning Tuning Playbook: a nuisance setting must be re-tuned
 for each value of the one under study): ``retune = { lr = [...] }`` trains every choice at every
@@ -24,14 +24,21 @@ from optuna.trial import FrozenTrial
 from pydantic import model_validator
 
 from hpo.present import figures
-from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
+from hpo.settings import (
+    PositiveInt,
+    RunConfig,
+    SelectingSettings,
+    StageSettings,
+    greater_is_better,
+    param_value,
+    setting_value,
+)
 from hpo.stages._context import StageContext
-from hpo.stages._members import train_claims
+from hpo.stages._jobs import Budget, train_claims
 from hpo.stages._protocol import GridStage
 from hpo.stages._scoring import Scorer, TrialScore
-from hpo.stages._selection import Candidate, choose, how_compared
+from hpo.stages._selection import Candidate, best_word, choose, how_compared
 from hpo.stages.grid_cv import Choices, check_choices
-from hpo.training import resolve_device
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -72,14 +79,16 @@ class Sweep(GridStage):
     scores_validation_rows: ClassVar[bool] = True
     settings: SweepSettings
 
-    @property
-    def direction(self) -> Literal["minimize", "maximize"]:
-        return "minimize" if self.settings.metric == "loss" else "maximize"
+    def tuned(self) -> dict[str, dict[str, list[Any]]]:
+        out = {"choices": dict(self.settings.choices)}
+        if self.settings.retune:
+            out["retune"] = dict(self.settings.retune)
+        return out
 
     def batch_size(self) -> int:
         return self.settings.stack
 
-    def _grid(self) -> dict[str, list[str | int | float]]:
+    def _grid(self) -> dict[str, list[str | int | float | bool | None]]:
         settings = {**self.settings.choices, **self.settings.nuisance}
         return {n: [param_value(n, v) for v in vs] for n, vs in settings.items()}
 
@@ -93,25 +102,19 @@ class Sweep(GridStage):
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
         data = ctx.data()
-        tv = data.train_val()
-        scorer = Scorer(s.metric, tv.y_val, data.n_classes)
-        label = ctx.study_name(self.name)
-        device = resolve_device(cfg_in.device)
+        scorer = Scorer(s.metric, data.task, data.train_val().y_val)
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             scores = train_claims(
                 ctx,
-                data,
-                tv,
                 claims,
+                label=ctx.study_name(self.name),
                 configure=lambda c: cfg_in.with_point(
                     {n: setting_value(n, c.point[n]) for n in self._grid()}
                 ),
                 score=lambda c: TrialScore(c.trial, scorer, seeds=s.seeds),
-                label=label,
-                epochs=s.epochs,
+                budget=Budget(epochs=s.epochs),
                 seeds=s.seeds,
-                device=device,
                 stack=s.stack > 1,
             )
             out: list[runner.Outcome] = []
@@ -128,7 +131,7 @@ class Sweep(GridStage):
         s = self.settings
         setting = s.setting
         done = self.finished(trials, cfg_in)
-        maximize = s.metric != "loss"
+        maximize = greater_is_better(s.metric)
         # with retune, a choice is represented by its best nuisance values
         by_choice: dict[Any, FrozenTrial] = {}
         for t in done:
@@ -143,7 +146,9 @@ class Sweep(GridStage):
             candidates,
             metric=s.metric,
             policy=s.select,
-            incumbent={setting: param_value(setting, getattr(cfg_in, setting))},
+            incumbent={setting: param_value(setting, cfg_in.settings()[setting])}
+            if setting in cfg_in.settings()
+            else None,
             how=how_compared(cv=False, seeds=s.seeds),
             study_attrs=study_attrs,
         )
@@ -152,7 +157,7 @@ class Sweep(GridStage):
         seeds = f" (mean of {s.seeds} seeds)" if s.seeds > 1 else ""
         return Selection(
             selected={setting: chosen.label[setting], **retuned, f"peak_val_{s.metric}": chosen.score},
-            reason=f"{'highest' if maximize else 'lowest'} peak validation "
+            reason=f"{best_word(s.metric)} peak validation "
             f"{s.metric.replace('_', ' ')}{seeds} over {s.epochs} epochs{at}{note}",
             config_out=records.read_config(chosen.trial.user_attrs),
             evidence=evidence,

@@ -1,33 +1,36 @@
-"""Training: one model, a stack of models, the LR range test, metrics. Knows nothing of Optuna."""
+"""Training one torch module: the loop, the optimizers' table, the LR range test, the device.
+Knows nothing of Optuna, of stages, or of which model it trains (the families build models; the
+task owns the loss and the scores)."""
 
 from __future__ import annotations
 
-from hpo.training.batch import fit_members
 from hpo.training.device import resolve_device
-from hpo.training.loop import Callback, EarlyStopping, EvalRecord, FitResult, TensorData, autocast, fit
+from hpo.training.loop import (
+    Callback,
+    EarlyStopping,
+    EvalRecord,
+    FitResult,
+    TensorData,
+    autocast,
+    fit,
+    predict_outputs,
+)
 from hpo.training.lr_finder import RangeTestResult, range_test, suggest
-from hpo.training.metrics import Metrics, balanced_class_weights, evaluate, score
-from hpo.training.stacked import Member, MemberCallback, fit_stacked, stack_key
+from hpo.training.optim import OPTIMIZERS, build_optimizer
 
 __all__ = [
+    "OPTIMIZERS",
     "Callback",
     "EarlyStopping",
     "EvalRecord",
     "FitResult",
-    "Member",
-    "MemberCallback",
-    "Metrics",
     "RangeTestResult",
     "TensorData",
     "autocast",
-    "balanced_class_weights",
-    "evaluate",
+    "build_optimizer",
     "fit",
-    "fit_members",
-    "fit_stacked",
+    "predict_outputs",
     "range_test",
     "resolve_device",
-    "score",
-    "stack_key",
     "suggest",
 ]

@@ -1,5 +1,9 @@
 """The training loop for one model: in-memory tensors, seeded, deterministic. Knows nothing of Optuna.
 
+The trainer is handed a built ``nn.Module`` and a :class:`~hpo.tasks.Task` (minGPT's seam: the
+trainer knows nothing of the model's specifics; the task owns the loss and the scores), so the
+same loop trains hpo's MLP and a user's own module, for classification or regression.
+
 Optuna (or anything else) plugs in through ``callbacks``: each is called with an
 :class:`EvalRecord` after every evaluation and may return ``True`` to stop training, or raise
 (``optuna.TrialPruned``) to abort it. The per-evaluation bookkeeping (:class:`EarlyStopping`)
@@ -13,16 +17,17 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from hpo.model import build_model, build_optimizer
-from hpo.settings import ModelConfig, OptimConfig, TrainConfig
+from hpo.settings import OptimConfig, TrainConfig
+from hpo.tasks import Task
+from hpo.training.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +42,16 @@ def autocast(precision: str, device: str = "cpu") -> Iterator[None]:
         yield
 
 
+def _targets(y: npt.NDArray[Any]) -> torch.Tensor:
+    """Class indices as int64; a regressor's (standardised) values as float32."""
+    dtype = np.int64 if np.issubdtype(np.asarray(y).dtype, np.integer) else np.float32
+    return torch.as_tensor(np.ascontiguousarray(y, dtype=dtype))
+
+
 @dataclass(frozen=True)
 class TensorData:
-    """Scaled features (float32) and class labels (int64) of a train and a validation part."""
+    """Scaled features (float32) and targets (class indices int64, or standardised values
+    float32) of a train and a validation part."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -49,16 +61,16 @@ class TensorData:
     @classmethod
     def from_numpy(
         cls,
-        x_train: npt.NDArray[np.floating],
-        y_train: npt.NDArray[np.integer],
-        x_val: npt.NDArray[np.floating],
-        y_val: npt.NDArray[np.integer],
+        x_train: npt.NDArray[np.floating[Any]],
+        y_train: npt.NDArray[Any],
+        x_val: npt.NDArray[np.floating[Any]],
+        y_val: npt.NDArray[Any],
     ) -> TensorData:
         return cls(
             torch.as_tensor(np.ascontiguousarray(x_train, dtype=np.float32)),
-            torch.as_tensor(np.asarray(y_train, dtype=np.int64)),
+            _targets(y_train),
             torch.as_tensor(np.ascontiguousarray(x_val, dtype=np.float32)),
-            torch.as_tensor(np.asarray(y_val, dtype=np.int64)),
+            _targets(y_val),
         )
 
     def to(self, device: str) -> TensorData:
@@ -69,32 +81,44 @@ class TensorData:
 
 @dataclass(frozen=True)
 class EvalRecord:
-    """One evaluation: training loss/accuracy since the previous one, and validation scores."""
+    """One evaluation: the training loss and score since the previous one, and the validation
+    loss and score. The score is the task's headline metric (``metric``: accuracy for a
+    classifier, RMSE in the target's units for a regressor)."""
 
     epoch: int  # 1-based epoch in which the evaluation happened
     step: int  # optimizer steps so far
     train_loss: float
-    train_accuracy: float
+    train_score: float
     val_loss: float
-    val_accuracy: float
-    #: the predicted class of every validation row (CPU int64), for metrics beyond accuracy
+    val_score: float
+    metric: str = "accuracy"
+    #: the prediction for every validation row (CPU; class index, or the standardised value)
     val_pred: torch.Tensor | None = field(default=None, compare=False, repr=False)
-    #: the cross-entropy of every validation row (CPU float32), for paired comparisons
+    #: the loss of every validation row (CPU float32), for paired comparisons
     val_nll: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def light(self) -> EvalRecord:
         """The record without its per-row tensors (what a history keeps)."""
         return replace(self, val_pred=None, val_nll=None)
 
+    def as_dict(self) -> dict[str, float]:
+        """As stored in a trial's history: the scores named by their metric (``val_accuracy``)."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": self.train_loss,
+            f"train_{self.metric}": self.train_score,
+            "val_loss": self.val_loss,
+            f"val_{self.metric}": self.val_score,
+        }
 
-_HISTORY_FIELDS = tuple(f.name for f in fields(EvalRecord) if f.name not in ("val_pred", "val_nll"))
 
 Callback = Callable[[EvalRecord], bool | None]
 
 
 @dataclass
 class FitResult:
-    model: nn.Module
+    model: Any  # the trained model: an nn.Module, or a fitted scikit-learn estimator
     history: list[EvalRecord] = field(default_factory=list)
     best_index: int = -1
     stopped_early: bool = False
@@ -104,12 +128,8 @@ class FitResult:
     def best(self) -> EvalRecord:
         return self.history[self.best_index]
 
-    @property
-    def peak_val_accuracy(self) -> float:
-        return max(r.val_accuracy for r in self.history)
-
     def history_dicts(self) -> list[dict[str, float]]:
-        return [{k: getattr(r, k) for k in _HISTORY_FIELDS} for r in self.history]
+        return [r.as_dict() for r in self.history]
 
 
 @dataclass
@@ -153,40 +173,39 @@ class EarlyStopping:
             result.best_index = 0
 
 
-def training_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Mean cross-entropy with the configuration's label smoothing and class weights."""
-    if cfg.class_weights is None and cfg.label_smoothing == 0.0:
-        return F.cross_entropy(logits, y)
-    weight = torch.tensor(cfg.class_weights, device=logits.device) if cfg.class_weights else None
-    return F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
-
-
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16_384) -> torch.Tensor:
+def predict_outputs(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16_384) -> torch.Tensor:
+    """The model's outputs (logits, or values) for ``x``, in evaluation mode, as float32, on the
+    model's device."""
     was_training = model.training
     model.eval()
+    param = next(model.parameters(), None)
+    if param is not None and x.device != param.device:
+        x = x.to(param.device)
     out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
     model.train(was_training)
     return out
 
 
 def fit(
-    model_config: ModelConfig,
+    model: nn.Module,
     optim_config: OptimConfig,
     train_config: TrainConfig,
     data: TensorData,
     *,
+    task: Task,
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train one model; evaluate on the validation part at every epoch end (or every
-    ``eval_every`` steps), with early stopping on validation loss when ``patience`` is set."""
+    """Train ``model`` (built and seeded by the caller) in place; evaluate on the validation part
+    at every epoch end (or every ``eval_every`` steps), with early stopping on validation loss
+    when ``patience`` is set. The data order comes from ``train_config.seed``."""
     cfg = train_config
     device = cfg.device
     # Weight decay drives weights and Adam's second moments towards float32 denormals, which
     # the CPU handles ~2-3x slower (measured: epochs of the 256x256 model went from 0.6 s to
     # 1.2-1.7 s at weight decay 1e-2); flushing them to zero changes values below 1.2e-38 only.
     torch.set_flush_denormal(True)
-    model = build_model(model_config, seed=cfg.seed).to(device)
+    model = model.to(device)
     optimizer = build_optimizer(model.parameters(), optim_config)
     generator = torch.Generator().manual_seed(cfg.seed)
     data = data.to(device)
@@ -196,27 +215,27 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     step = 0
     run_loss = torch.zeros((), dtype=torch.float64, device=device)
-    run_correct = torch.zeros((), dtype=torch.int64, device=device)
+    run_hits = torch.zeros((), dtype=torch.float64, device=device)
     run_seen = 0
 
     def evaluate(epoch: int) -> bool:
-        nonlocal best_state, run_loss, run_correct, run_seen
+        nonlocal best_state, run_seen
         with autocast(cfg.precision, device):
-            logits = predict_logits(model, data.x_val, batch_size=cfg.eval_batch_size)
-        pred = logits.argmax(dim=1)
-        nll = F.cross_entropy(logits, data.y_val, reduction="none")
+            out = predict_outputs(model, data.x_val, batch_size=cfg.eval_batch_size)
+        ev = task.evaluate(out, data.y_val)
         record = EvalRecord(
             epoch=epoch,
             step=step,
             train_loss=float(run_loss) / max(run_seen, 1),
-            train_accuracy=float(run_correct) / max(run_seen, 1),
-            val_loss=F.cross_entropy(logits, data.y_val).item(),
-            val_accuracy=(pred == data.y_val).double().mean().item(),
-            val_pred=pred.cpu(),
-            val_nll=nll.cpu(),
+            train_score=task.running_score(float(run_hits), run_seen),
+            val_loss=ev.loss,
+            val_score=ev.score,
+            metric=task.headline,
+            val_pred=ev.pred.cpu(),
+            val_nll=ev.per_row.cpu(),
         )
         run_loss.zero_()
-        run_correct.zero_()
+        run_hits.zero_()
         run_seen = 0
         logger.debug("epoch %d step %d: %s", epoch, step, record)
         stop, snapshot = tracker.observe(result, record, callbacks)
@@ -233,15 +252,15 @@ def fit(
             xb = data.x_train.index_select(0, idx)
             yb = data.y_train.index_select(0, idx)
             with autocast(cfg.precision, device):
-                logits = model(xb).float()
-            loss = training_loss(logits, yb, cfg)
+                out = model(xb).float()
+            loss = task.loss(out, yb, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             step += 1
             with torch.no_grad():
                 run_loss += loss.detach().double() * idx.numel()
-                run_correct += (logits.argmax(dim=1) == yb).sum()
+                run_hits += task.hits(out, yb).sum()
             run_seen += idx.numel()
             at_limit = cfg.max_batches is not None and step >= cfg.max_batches
             if (cfg.eval_every is not None and step % cfg.eval_every == 0) or (

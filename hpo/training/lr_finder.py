@@ -6,6 +6,11 @@ training batches (one epoch by default). The batch loss is smoothed exponentiall
 one, and the suggestion is torch-lr-finder's: trim ``skip_start``/``skip_end`` points, then take
 the LR at ``argmin(np.gradient(smoothed loss))``, the steepest descent. torch-lr-finder itself
 calls ``plt.show()`` when asked for the suggestion; this module returns data only.
+
+The test trains through the run's :class:`~hpo.settings.TrainConfig` and the task's loss, as
+every other training does: its batch size, seed, device, precision (bf16 autocast), label
+smoothing and class weights apply (before, it used a plain float32 cross-entropy whatever the
+configuration said).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
+from torch import nn
 
-from hpo.model import build_model, build_optimizer
-from hpo.settings import ModelConfig, OptimConfig
-from hpo.training.loop import TensorData
+from hpo.settings import OptimConfig, TrainConfig
+from hpo.tasks import Task
+from hpo.training.loop import TensorData, autocast
+from hpo.training.optim import build_optimizer
 
 
 @dataclass(frozen=True)
@@ -45,21 +51,23 @@ def suggest(lrs: list[float], losses: list[float], *, skip_start: int, skip_end:
 
 
 def range_test(
-    model_config: ModelConfig,
+    model: nn.Module,
     optim_config: OptimConfig,
+    train_config: TrainConfig,
     data: TensorData,
     *,
-    batch_size: int,
-    seed: int,
+    task: Task,
     end_lr: float = 1.0,
     num_iter: int | None = None,
     smooth_f: float = 0.05,
     diverge_th: float = 5.0,
     skip_start: int = 10,
     skip_end: int = 5,
-    device: str = "cpu",
 ) -> RangeTestResult:
-    model = build_model(model_config, seed=seed).to(device)
+    """Train ``model`` (built and seeded by the caller) with an exponentially growing LR."""
+    cfg = train_config
+    batch_size, seed, device = cfg.batch_size, cfg.seed, cfg.device
+    model = model.to(device)
     data = data.to(device)
     optimizer = build_optimizer(model.parameters(), optim_config)
     start_lr = optim_config.lr
@@ -83,7 +91,9 @@ def range_test(
             group["lr"] = lr
         idx = order[pos : pos + batch_size].to(device)
         pos += batch_size
-        loss = F.cross_entropy(model(data.x_train.index_select(0, idx)), data.y_train.index_select(0, idx))
+        with autocast(cfg.precision, device):
+            out = model(data.x_train.index_select(0, idx)).float()
+        loss = task.loss(out, data.y_train.index_select(0, idx), cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()

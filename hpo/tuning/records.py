@@ -34,8 +34,9 @@ FINGERPRINT = "hpo:fingerprint"
 CARRIED_IN = "hpo:carried_in"
 SELECTION = "hpo:selection"
 COMPLETE = "hpo:complete"
-VAL_LABELS = "hpo:val_labels"  # the validation rows' classes (packed), for paired comparisons
+VAL_LABELS = "hpo:val_labels"  # the validation rows' targets (packed), for paired comparisons
 N_CLASSES = "hpo:n_classes"
+TASK = "hpo:task"  # the pipeline's task (hpo.tasks.Task.to_record); absent: classification
 TEST_METRICS = "hpo:test_metrics"
 MODEL_ARTIFACT = "hpo:model_artifact"
 
@@ -62,8 +63,10 @@ CURVE = "hpo:curve"
 SUGGESTED_LR = "hpo:suggested_lr"
 RANGE_DIVERGED = "hpo:range_diverged"
 VERIFICATION_DIVERGED = "hpo:verification_diverged"
-#: the validation rows' majority-class share: a verification that does not beat it learned nothing
-MAJORITY_SHARE = "hpo:majority_share"
+#: the validation score of a model that learned nothing (the majority class's share; the RMSE of
+#: the training mean): a verification that does not beat it learned nothing
+TRIVIAL_SCORE = "hpo:trivial_score"
+MAJORITY_SHARE = "hpo:majority_share"  # what studies made before tasks existed stored instead
 BEST_EPOCH = "hpo:best_epoch"
 PARAMETERS = "hpo:parameters"
 SEED_TEST_METRICS = "hpo:seed_test_metrics"
@@ -184,6 +187,11 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+#: Settings a later hpo added, with the value that means what a study made before had: a stored
+#: study without the key is not refused for it (``data.task`` came with regression).
+ADDED_LATER: dict[str, Any] = {"task": "classification"}
+
+
 def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
     """The first setting that differs, with its stored and current values; None if they agree."""
     a: dict[str, Any] = {}
@@ -191,6 +199,9 @@ def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tup
     _flatten("", stored, a)
     _flatten("", current, b)
     for key in sorted(set(a) | set(b)):
+        name = key.rsplit(".", 1)[-1]
+        if key not in a and name in ADDED_LATER and b.get(key) == ADDED_LATER[name]:
+            continue
         if a.get(key) != b.get(key):
             return key, a.get(key), b.get(key)
     return None
@@ -213,10 +224,12 @@ def unpack_labels(text: str) -> npt.NDArray[np.int64]:
     return np.frombuffer(zlib.decompress(base64.b64decode(payload)), dtype=dtype).astype(np.int64)
 
 
-def pack_floats(values: npt.NDArray[np.floating[Any]]) -> str:
-    """Per-row values as float16, zlib-compressed, base64 (paired comparisons need no more)."""
-    raw = zlib.compress(np.asarray(values, dtype=np.float16).tobytes(), 6)
-    return "float16:" + base64.b64encode(raw).decode("ascii")
+def pack_floats(values: npt.NDArray[np.floating[Any]], dtype: type[np.floating[Any]] = np.float16) -> str:
+    """Per-row values, zlib-compressed, base64: float16 for per-row losses (paired comparisons
+    need no more), float32 for a regressor's predictions (float16 would round a standardised
+    value of 2-4 to 0.002, the size of the differences compared)."""
+    raw = zlib.compress(np.asarray(values, dtype=dtype).tobytes(), 6)
+    return f"{np.dtype(dtype).name}:" + base64.b64encode(raw).decode("ascii")
 
 
 def unpack_floats(text: str) -> npt.NDArray[np.float64]:

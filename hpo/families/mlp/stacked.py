@@ -3,20 +3,22 @@
 At the write-up's batch size of 128, a single MLP on the CPU is dominated by per-step overhead;
 stacking M models makes every kernel M times larger. Each member keeps its own
 
-* initial weights (built by :func:`hpo.model.build_model` with its own seed, then copied in),
+* initial weights (built by :func:`hpo.families.mlp.model.build_model` with its own seed, then copied in),
 * training rows and validation rows (e.g. its CV fold, scaled by that fold's scaler),
 * data order (its own ``torch.Generator``, exactly as :func:`hpo.training.loop.fit` draws it),
 * dropout masks (its own generator, drawn as the single model draws them),
 * optimizer, learning rate and weight decay (L2 added to its gradient slice, as PyTorch's
-  optimizers do internally),
-* loss (label smoothing and class weights), activation and normalisation (BatchNorm
-  statistics are per member and masked to its real rows),
+  optimizers do internally; for a decoupled-decay optimizer such as AdamW, its parameters
+  shrink by ``lr * wd`` before the step, as ``torch.optim.AdamW`` does),
+* loss (the task's: label smoothing and class weights for a classifier), activation and
+  normalisation (from the component tables shared with the one-model MLP; BatchNorm statistics
+  are per member and masked to its real rows),
 * evaluation history, early-stopping state and best weights.
 
 Members of one stack share the hidden sizes, batch size and number of epochs. The losses are
 summed, so each member's gradient is exactly the one it would get alone; results match separate
 :func:`~hpo.training.loop.fit` runs to float tolerance (tested). Like the single-model loop, this
-module knows nothing of Optuna.
+module knows nothing of Optuna; the task (:mod:`hpo.tasks`) owns the loss and the scores.
 
 Speed (measured in ``bench/stack_levers.py``, numbers in docs/benchmarks.md): the parameters are
 used whole in the training step (no per-member slicing, whose backward allocates and fills a
@@ -32,6 +34,7 @@ step's forward and loss where it measured a gain (bf16 stacks with norms or othe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -40,19 +43,18 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from hpo.errors import first_line
-from hpo.model import MLP, build_model, build_optimizer, dropout_generator
+from hpo.families.mlp import components
+from hpo.families.mlp.model import MLP, build_model, dropout_generator
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
+from hpo.tasks import Task
 from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast
+from hpo.training.optim import build_optimizer, optimizer_spec
 
 logger = logging.getLogger(__name__)
 
 MemberCallback = Callable[[EvalRecord], bool | None]
-_BN_EPS = 1e-5
-_BN_MOMENTUM = 0.1
-_LN_EPS = 1e-5
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def stack_key(member: Member) -> tuple[object, ...]:
     return (
         member.model.hidden,
         member.model.n_features,
-        member.model.n_classes,
+        member.model.n_outputs,
         t.epochs,
         t.batch_size,
         t.max_batches,
@@ -132,14 +134,6 @@ def stack_key(member: Member) -> tuple[object, ...]:
         t.precision,
         t.device,
     )
-
-
-def _act(kind: str, h: torch.Tensor) -> torch.Tensor:
-    if kind == "relu":
-        return F.relu(h)
-    if kind == "leaky_relu":
-        return F.leaky_relu(h)
-    return F.gelu(h)
 
 
 class StackedMLP:
@@ -212,39 +206,20 @@ class StackedMLP:
     def _norm(
         self, i: int, h: torch.Tensor, kind: str, sel: slice, mask: torch.Tensor | None, training: bool
     ) -> torch.Tensor:
-        if kind == "none":
+        stacked = components.norm(kind).stacked
+        if stacked is None:
             return h
         whole = sel == slice(0, self.m)
-        g, b = (self.gammas[i], self.betas[i]) if whole else (self.gammas[i][sel], self.betas[i][sel])
-        if kind == "layernorm":
-            return F.layer_norm(h, h.shape[-1:], eps=_LN_EPS) * g + b
-        rm, rv = self.running_mean[i][sel], self.running_var[i][sel]
-        if not training:
-            return (h - rm.unsqueeze(-2)) / torch.sqrt(rv.unsqueeze(-2) + _BN_EPS) * g + b
-        if mask is None:  # every row real: PyTorch's own kernel, members as channel blocks
-            m, rows, width = h.shape
-            flat = h.transpose(0, 1).reshape(rows, m * width)
-            out = F.batch_norm(
-                flat,
-                rm.view(-1),
-                rv.view(-1),
-                g.reshape(-1),
-                b.reshape(-1),
-                training=True,
-                momentum=_BN_MOMENTUM,
-                eps=_BN_EPS,
-            )
-            return out.view(rows, m, width).transpose(0, 1)
-        h32 = h.float()
-        w = mask.unsqueeze(-1)
-        cnt = mask.sum(-1, keepdim=True).unsqueeze(-1)  # [M, 1, 1]
-        mean = (h32 * w).sum(-2, keepdim=True) / cnt
-        var = (((h32 - mean) * w) ** 2).sum(-2, keepdim=True) / cnt
-        with torch.no_grad():
-            unbiased = var * cnt / (cnt - 1).clamp(min=1)
-            rm.mul_(1 - _BN_MOMENTUM).add_(mean.squeeze(-2), alpha=_BN_MOMENTUM)
-            rv.mul_(1 - _BN_MOMENTUM).add_(unbiased.squeeze(-2), alpha=_BN_MOMENTUM)
-        return ((h32 - mean) / torch.sqrt(var + _BN_EPS)).to(h.dtype) * g + b
+        state = components.NormState(
+            gamma=self.gammas[i] if whole else self.gammas[i][sel],
+            beta=self.betas[i] if whole else self.betas[i][sel],
+            running_mean=self.running_mean[i][sel],
+            running_var=self.running_var[i][sel],
+        )
+        return stacked(h, state, mask, training)
+
+    def _act(self, kind: str, h: torch.Tensor) -> torch.Tensor:
+        return components.activation(kind).fn(h)
 
     def _mixed(self, i: int, h: torch.Tensor, mask: torch.Tensor | None, training: bool) -> torch.Tensor:
         """Members of several (norm, activation) groups: each group on its slice of the stack.
@@ -254,7 +229,9 @@ class StackedMLP:
             h = h.expand(self.m, -1, -1)
         return torch.cat(
             [
-                _act(act, self._norm(i, h[sel], norm, sel, mask[sel] if mask is not None else None, training))
+                self._act(
+                    act, self._norm(i, h[sel], norm, sel, mask[sel] if mask is not None else None, training)
+                )
                 for norm, act, sel in self.groups
             ]
         )
@@ -279,7 +256,7 @@ class StackedMLP:
         mask: torch.Tensor | None = None,
         rows: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Logits ``[M, B, classes]`` of ``x``: ``[M, B, in]``, or ``[1, B, in]`` shared by every
+        """Outputs ``[M, B, n_outputs]`` of ``x``: ``[M, B, in]``, or ``[1, B, in]`` shared by every
         member. Training: ``mask`` ``[M, B]`` marks real rows of a ragged batch (None: all real),
         ``rows`` each member's count of real rows."""
         h = x
@@ -288,7 +265,7 @@ class StackedMLP:
             h = _affine(h, self.weights[i], self.biases[i])
             if uniform:
                 norm, act, sel = self.groups[0]
-                h = _act(act, self._norm(i, h, norm, sel, mask, training))
+                h = self._act(act, self._norm(i, h, norm, sel, mask, training))
             else:
                 h = self._mixed(i, h, mask, training)
             if training and any(self.dropout):
@@ -349,9 +326,11 @@ def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class _Optimizers:
     """The stack's optimizers: one over the stacked tensors when every member shares the
-    optimizer and learning rate; else one fused optimizer per (optimizer, lr) group over views
-    of its members' slices, with each view's gradient a view of the stacked gradient. Weight
-    decay is added to the gradients beforehand (per member), as PyTorch's optimizers do."""
+    optimizer configuration (all of it but the weight decay); else one fused optimizer per
+    configuration over views of its members' slices, with each view's gradient a view of the
+    stacked gradient. Weight decay is applied per member before the step, as the member's
+    optimizer defines it (:data:`hpo.training.optim.OPTIMIZERS`): added to the gradient (L2), or
+    shrinking the parameters by ``lr * wd`` (decoupled, AdamW)."""
 
     def __init__(self, stack: StackedMLP) -> None:
         self.stack = stack
@@ -361,13 +340,13 @@ class _Optimizers:
         stack = self.stack
         leaves = stack.leaves()
         self.leaves = leaves
-        keys = [(mb.optim.name, mb.optim.lr) for mb in stack.members]
+        # every optimizer setting but the weight decay, which is applied per member (step)
+        keys = [dataclasses.replace(mb.optim, weight_decay=0.0) for mb in stack.members]
         self.grouped = len(set(keys)) > 1
         self.views: list[tuple[torch.Tensor, int, int]] = []  # (view, leaf index, member position)
         self.optimizers: list[torch.optim.Optimizer] = []
         if not self.grouped:
-            opt = stack.members[0].optim
-            optimizer = build_optimizer(leaves, OptimConfig(name=opt.name, lr=opt.lr, weight_decay=0.0))
+            optimizer = build_optimizer(leaves, keys[0])
             for j, leaf in enumerate(leaves):
                 state = carried.get((j, -1))
                 if state:
@@ -383,14 +362,24 @@ class _Optimizers:
                         view = leaf.detach()[p]
                         self.views.append((view, j, p))
                         params.append(view)
-                optimizer = build_optimizer(params, OptimConfig(name=key[0], lr=key[1], weight_decay=0.0))
+                optimizer = build_optimizer(params, key)
                 for view, j, p in self.views:
                     state = carried.get((j, stack.order[p]))
                     if state and any(view is q for q in params):
                         optimizer.state[view] = state
                 self.optimizers.append(optimizer)
-        decay = torch.tensor([mb.optim.weight_decay for mb in stack.members], device=stack.device)
-        self.decay = decay.view(-1, 1, 1) if bool(decay.any()) else None
+        decoupled = [optimizer_spec(mb.optim.name).decoupled for mb in stack.members]
+        l2 = [0.0 if d else mb.optim.weight_decay for d, mb in zip(decoupled, stack.members, strict=True)]
+        shrink = [
+            1.0 - mb.optim.lr * mb.optim.weight_decay if d else 1.0
+            for d, mb in zip(decoupled, stack.members, strict=True)
+        ]
+        self.decay = torch.tensor(l2, device=stack.device).view(-1, 1, 1) if any(l2) else None
+        self.shrink = (
+            torch.tensor(shrink, device=stack.device).view(-1, 1, 1)
+            if any(f != 1.0 for f in shrink)
+            else None
+        )
 
     def step(self) -> None:
         with torch.no_grad():
@@ -400,6 +389,10 @@ class _Optimizers:
                 for leaf in self.leaves:  # L2 as PyTorch's optimizers add it: grad + wd * param
                     if leaf.grad is not None:
                         leaf.grad.addcmul_(leaf, self.decay)
+            if self.shrink is not None:
+                for leaf in self.leaves:  # decoupled, as torch.optim.AdamW: param * (1 - lr * wd)
+                    if leaf.grad is not None:
+                        leaf.mul_(self.shrink)
             for view, j, p in self.views:
                 grad = self.leaves[j].grad
                 view.grad = grad[p] if grad is not None else None
@@ -454,13 +447,18 @@ def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
 
 @torch.no_grad()
 def _evaluate(
-    stack: StackedMLP, datasets: Sequence[TensorData], eval_batch: int, precision: str, batched: bool
+    stack: StackedMLP,
+    datasets: Sequence[TensorData],
+    task: Task,
+    eval_batch: int,
+    precision: str,
+    batched: bool,
 ) -> list[tuple[float, float, torch.Tensor, torch.Tensor]]:
-    """(val loss, val accuracy, predicted classes, per-row cross-entropy) of every member, by
-    stack position: all members in one pass per chunk of rows (``batched``), or member by member."""
+    """(val loss, val score, per-row predictions, per-row losses) of every member, by stack
+    position: all members in one pass per chunk of rows (``batched``), or member by member."""
     if not batched:
         return [
-            _evaluate_one(stack, datasets[mb.data], p, eval_batch, precision)
+            _evaluate_one(stack, datasets[mb.data], task, p, eval_batch, precision)
             for p, mb in enumerate(stack.members)
         ]
     m = stack.m
@@ -470,7 +468,7 @@ def _evaluate(
     chunk = max(512, eval_batch // m)
     loss_sum = torch.zeros(m, dtype=torch.float64, device=stack.device)
     preds: list[list[torch.Tensor]] = [[] for _ in range(m)]
-    nlls: list[list[torch.Tensor]] = [[] for _ in range(m)]
+    losses: list[list[torch.Tensor]] = [[] for _ in range(m)]
     for s in range(0, max(sizes), chunk):
         if one_dataset:
             xb = vals[0].x_val[s : s + chunk][None].expand(m, -1, -1)
@@ -479,7 +477,7 @@ def _evaluate(
         else:
             rows = min(chunk, max(sizes) - s)
             xb = torch.zeros(m, rows, vals[0].x_val.shape[1], device=stack.device)
-            yb = torch.zeros(m, rows, dtype=torch.int64, device=stack.device)
+            yb = torch.zeros(m, rows, dtype=vals[0].y_val.dtype, device=stack.device)
             valid = torch.zeros(m, rows, device=stack.device)
             for p, v in enumerate(vals):
                 part = v.x_val[s : s + rows]
@@ -487,87 +485,56 @@ def _evaluate(
                 yb[p, : part.shape[0]] = v.y_val[s : s + rows]
                 valid[p, : part.shape[0]] = 1.0
         with autocast(precision, stack.device):
-            logits = stack.forward(xb, training=False).float()
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none").view(
-            m, -1
-        )
+            out = stack.forward(xb, training=False).float()
+        pred, per_row = task.rows(out, yb)
         if valid is not None:
-            ce = ce * valid
-        loss_sum += ce.double().sum(1)
-        pred = logits.argmax(-1)
+            per_row = per_row * valid
+        loss_sum += per_row.double().sum(1)
         for p in range(m):
             real = max(0, min(chunk, sizes[p] - s))
             preds[p].append(pred[p, :real])
-            nlls[p].append(ce[p, :real])
-    out = []
+            losses[p].append(per_row[p, :real])
+    result = []
     for p, v in enumerate(vals):
         pred = torch.cat(preds[p])
-        out.append(
-            (
-                float(loss_sum[p]) / sizes[p],
-                int((pred == v.y_val).sum()) / sizes[p],
-                pred.cpu(),
-                torch.cat(nlls[p]).float().cpu(),
-            )
+        loss = float(loss_sum[p]) / sizes[p]
+        result.append(
+            (loss, task.score_rows(pred, v.y_val, loss), pred.cpu(), torch.cat(losses[p]).float().cpu())
         )
-    return out
+    return result
 
 
 def _evaluate_one(
-    stack: StackedMLP, data: TensorData, p: int, eval_batch: int, precision: str
+    stack: StackedMLP, data: TensorData, task: Task, p: int, eval_batch: int, precision: str
 ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """One member's evaluation (the stack's layers, sliced to that member)."""
     mb = stack.members[p].model
     sel = slice(p, p + 1)
     loss_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
-    preds, nlls = [], []
+    preds, losses = [], []
     for s in range(0, data.x_val.shape[0], eval_batch):
         xb, yb = data.x_val[s : s + eval_batch], data.y_val[s : s + eval_batch]
         with autocast(precision, stack.device):
             h = xb[None]
             for i in range(len(stack.weights) - 1):
                 h = torch.baddbmm(stack.biases[i][sel], h, stack.weights[i][sel])
-                h = _act(mb.activation, stack._norm(i, h, mb.norm, sel, None, False))
-            logits = torch.baddbmm(stack.biases[-1][sel], h, stack.weights[-1][sel])[0].float()
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-        preds.append(logits.argmax(dim=1))
-        nlls.append(F.cross_entropy(logits, yb, reduction="none"))
+                h = stack._act(mb.activation, stack._norm(i, h, mb.norm, sel, None, False))
+            out = torch.baddbmm(stack.biases[-1][sel], h, stack.weights[-1][sel])[0].float()
+        pred, per_row = task.rows(out, yb)
+        loss_sum += per_row.double().sum()
+        preds.append(pred)
+        losses.append(per_row)
     pred = torch.cat(preds)
     n = data.x_val.shape[0]
-    return float(loss_sum) / n, int((pred == data.y_val).sum()) / n, pred.cpu(), torch.cat(nlls).cpu()
-
-
-def _losses(
-    logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, members: Sequence[Member]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each member's mean training loss ``[M]`` and its row count ``[M]``: plain cross-entropy,
-    or with the member's label smoothing and class weights as ``F.cross_entropy`` computes them."""
-    m_count, rows, n_classes = logits.shape
-    plain = all(mb.train.label_smoothing == 0.0 and mb.train.class_weights is None for mb in members)
-    counts = mask.sum(1) if mask is not None else torch.full((m_count,), float(rows), device=logits.device)
-    if plain:
-        ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1), reduction="none").view(m_count, -1)
-        if mask is not None:
-            return (ce * mask).sum(1) / counts.clamp(min=1), counts
-        return ce.mean(1), counts
-    logp = F.log_softmax(logits, dim=-1)
-    weights = torch.tensor(
-        [mb.train.class_weights or (1.0,) * n_classes for mb in members], device=logits.device
-    )  # [M, C]
-    eps = torch.tensor([mb.train.label_smoothing for mb in members], device=logits.device)[:, None]
-    nll = -logp.gather(-1, y[..., None]).squeeze(-1)  # [M, B]
-    w_y = weights.gather(1, y)  # [M, B]
-    smooth = -(logp * weights[:, None, :]).sum(-1) / n_classes  # [M, B]
-    per_row = (1 - eps) * w_y * nll + eps * smooth
-    if mask is not None:
-        per_row, w_y = per_row * mask, w_y * mask
-    return per_row.sum(1) / w_y.sum(1).clamp(min=1e-12), counts
+    loss = float(loss_sum) / n
+    return loss, task.score_rows(pred, data.y_val, loss), pred.cpu(), torch.cat(losses).cpu()
 
 
 def fit_stacked(
     members: Sequence[Member],
     datasets: Sequence[TensorData],
     *,
+    task: Task,
     callbacks: Sequence[Sequence[MemberCallback]] | None = None,
     precision: str | None = None,
     options: StackOptions | None = None,
@@ -602,10 +569,10 @@ def fit_stacked(
 
     def forward_loss(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with autocast(precision, device):
-            logits = stack.forward(xb, training=True)
-        logits = logits.float()
-        per_member, counts = _losses(logits, yb, None, stack.members)
-        return logits, per_member, counts
+            out = stack.forward(xb, training=True)
+        out = out.float()
+        per_member, counts = task.stacked_losses(out, yb, None, [mb.train for mb in stack.members])
+        return out, per_member, counts
 
     compiled: _ForwardLoss = (
         _CompiledOrEager(forward_loss) if wants_compile(opt.compile, members, precision) else forward_loss
@@ -614,7 +581,7 @@ def fit_stacked(
         m = stack.m
         shared = opt.shared_batches and len({(mb.data, mb.train.seed) for mb in stack.members}) == 1
         run_loss = torch.zeros(m, dtype=torch.float64, device=device)
-        run_correct = torch.zeros(m, dtype=torch.int64, device=device)
+        run_hits = torch.zeros(m, dtype=torch.float64, device=device)
         run_seen = torch.zeros(m, dtype=torch.int64, device=device)
         if shared:
             order = torch.randperm(sizes[0], generator=generators[0])
@@ -648,7 +615,7 @@ def fit_stacked(
                     xb, yb = datasets[d].x_train[idx], datasets[d].y_train[idx]
                 else:
                     xb = torch.empty(m, idx.shape[1], datasets[0].x_train.shape[1], device=device)
-                    yb = torch.empty(m, idx.shape[1], dtype=torch.int64, device=device)
+                    yb = torch.empty(m, idx.shape[1], dtype=datasets[0].y_train.dtype, device=device)
                     for d, pos in groups.items():
                         sub = idx[pos]
                         xb[pos] = datasets[d].x_train[sub]
@@ -657,32 +624,32 @@ def fit_stacked(
             if mask is None and not (any(stack.dropout) and last):
                 # a short last batch runs eagerly rather than compiling a second graph for it
                 step = compiled if xb.shape[-2] == batch else forward_loss
-                logits, per_member, counts = step(xb, yb)
+                out, per_member, counts = step(xb, yb)
             else:
                 rows = [int(r) for r in mask.sum(1).tolist()] if mask is not None else [yb.shape[1]] * m
                 with autocast(precision, device):
-                    logits = stack.forward(xb, training=True, mask=mask, rows=rows)
-                logits = logits.float()
-                per_member, counts = _losses(logits, yb, mask, stack.members)
+                    out = stack.forward(xb, training=True, mask=mask, rows=rows)
+                out = out.float()
+                per_member, counts = task.stacked_losses(out, yb, mask, [mb.train for mb in stack.members])
             optimizers.zero_grad()
             per_member.sum().backward()  # type: ignore[no-untyped-call]
             optimizers.step()
             stack.steps += 1
             with torch.no_grad():
-                hit = logits.argmax(-1) == yb
+                hit = task.hits(out, yb)
                 if mask is not None:
-                    hit = hit & (mask > 0)
+                    hit = hit * (mask > 0)
                 run_loss += per_member.detach().double() * counts.double()
-                run_correct += hit.sum(1)
+                run_hits += hit.sum(1)
                 run_seen += counts.to(torch.int64)
         if cfg.eval_last_only and epoch < cfg.epochs:
             continue
-        scores = _evaluate(stack, datasets, cfg.eval_batch_size, precision, opt.batched_eval)
+        scores = _evaluate(stack, datasets, task, cfg.eval_batch_size, precision, opt.batched_eval)
         stopped: list[int] = []
         # in the caller's member order: a pruner then decides for each member with what it
         # would see if the members trained one after another (the earlier members' same epoch)
         for p in sorted(range(stack.m), key=lambda q: stack.order[q]):
-            val_loss, val_acc, val_pred, val_nll = scores[p]
+            val_loss, val_score, val_pred, val_nll = scores[p]
             i = stack.order[p]
             if done[i]:  # stopped earlier, still in the stack (compaction off)
                 continue
@@ -691,9 +658,10 @@ def fit_stacked(
                 epoch=epoch,
                 step=stack.steps,
                 train_loss=float(run_loss[p]) / seen,
-                train_accuracy=float(run_correct[p]) / seen,
+                train_score=task.running_score(float(run_hits[p]), seen),
                 val_loss=val_loss,
-                val_accuracy=val_acc,
+                val_score=val_score,
+                metric=task.headline,
                 val_pred=val_pred,
                 val_nll=val_nll,
             )

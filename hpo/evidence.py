@@ -8,21 +8,20 @@ a 95 % interval, by the method that fits how the two were scored. Pure numpy/sci
 * **Seeds** (both trained with the same N seeds): a paired t-interval over the per-seed
   differences.
 * **One validation set** (both scored on the same rows): a paired bootstrap over the rows of
-  the two candidates' predictions (2,000 resamples; the metric recomputed on each).
+  the two candidates' predictions (2,000 resamples; the metric recomputed on each), whatever the
+  task: classes for a classifier, values (squared or absolute errors) for a regressor.
 
 A difference is *within noise* when its interval contains 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
-
-from hpo.training.metrics import score as metric_score
 
 BOOTSTRAP_RESAMPLES = 2_000
 LEVEL = 0.95
@@ -47,32 +46,34 @@ def paired_t(diffs: Sequence[float]) -> tuple[float, float, float]:
 
 
 def paired_bootstrap(
-    y_true: npt.NDArray[np.integer[Any]],
-    pred_a: npt.NDArray[np.integer[Any]],
-    pred_b: npt.NDArray[np.integer[Any]],
+    y_true: npt.NDArray[Any],
+    pred_a: npt.NDArray[Any],
+    pred_b: npt.NDArray[Any],
     *,
-    metric: str,
-    n_classes: int,
+    metric: Callable[[npt.NDArray[Any], npt.NDArray[Any]], float],
+    per_row: Callable[[npt.NDArray[Any], npt.NDArray[Any]], npt.NDArray[np.float64]] | None = None,
+    fast: Callable[[npt.NDArray[Any], npt.NDArray[Any]], float] | None = None,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """``metric(a) - metric(b)`` on the rows, and its percentile interval over row resamples."""
-    y, a, b = (np.asarray(v, dtype=np.int64) for v in (y_true, pred_a, pred_b))
-    observed = metric_score(metric, y, a, n_classes=n_classes) - metric_score(
-        metric, y, b, n_classes=n_classes
-    )
+    """``metric(a) - metric(b)`` on the rows, and its percentile interval over row resamples.
+
+    ``per_row``: the metric is the mean of these per-row values (vectorised: the mean of per-row
+    differences); else each resample recomputes it, with ``fast`` (an equivalent cheaper form,
+    e.g. from one confusion matrix) where given."""
+    y, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    observed = metric(y, a) - metric(y, b)
     rng = np.random.default_rng(seed)
     n = y.size
-    if metric == "accuracy":  # vectorised: the mean of per-row differences
-        per_row = (a == y).astype(np.float64) - (b == y).astype(np.float64)
-        draws = np.array([per_row[rng.integers(0, n, n)].mean() for _ in range(resamples)])
+    if per_row is not None:
+        diffs = per_row(y, a) - per_row(y, b)
+        draws = np.array([diffs[rng.integers(0, n, n)].mean() for _ in range(resamples)])
     else:
+        f = fast or metric
         draws = np.empty(resamples)
         for i in range(resamples):
             idx = rng.integers(0, n, n)
-            draws[i] = _fast_metric(metric, y[idx], a[idx], n_classes) - _fast_metric(
-                metric, y[idx], b[idx], n_classes
-            )
+            draws[i] = f(y[idx], a[idx]) - f(y[idx], b[idx])
     low, high = np.percentile(draws, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
     return float(observed), float(low), float(high)
 
@@ -86,19 +87,3 @@ def paired_mean_bootstrap(
     draws = np.array([d[rng.integers(0, d.size, d.size)].mean() for _ in range(resamples)])
     low, high = np.percentile(draws, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
     return float(d.mean()), float(low), float(high)
-
-
-def _fast_metric(metric: str, y: npt.NDArray[np.int64], p: npt.NDArray[np.int64], n_classes: int) -> float:
-    """Balanced accuracy or macro-F1 from one confusion matrix (as scikit-learn computes them)."""
-    cm = np.bincount(y * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(1)
-    if metric == "balanced_accuracy":
-        present = support > 0
-        return float(np.mean(tp[present] / support[present]))
-    predicted = cm.sum(0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())

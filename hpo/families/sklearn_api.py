@@ -1,0 +1,224 @@
+"""Family ``sklearn``: any estimator with the scikit-learn API, by import path.
+
+``estimator = "sklearn.ensemble.HistGradientBoostingClassifier"`` (or ``...Regressor``,
+``lightgbm.LGBMClassifier``, ``xgboost.XGBRegressor`` where installed, or your own class by
+``"my_est.py:MyEstimator"``). Its constructor arguments are the family's settings: defaults in
+``[defaults] params``, tunable by their plain names, checked against the estimator's
+``get_params()`` and, where the estimator declares its constraints (scikit-learn's
+``_parameter_constraints``), validated by scikit-learn before anything is written. ``seed`` sets
+``random_state`` where the estimator has one. A classifier is scored from ``predict_proba``
+(log-probabilities, so the loss is the same cross-entropy as a network's), a regressor from
+``predict`` on the standardised target; both get one evaluation record per fit, so every stage
+kind that scores records (grid_cv, sweep, search, final) works unchanged.
+
+Saved with skops (``skops.io.dumps``), never pickle: loading lists the file's types that skops
+does not trust by default and accepts only those of known estimator packages (scikit-learn,
+LightGBM, XGBoost, CatBoost, numpy, scipy) or of the package of the estimator the study file
+names; anything else is refused with the type's name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import skops.io as sio
+import torch
+from sklearn.base import is_classifier, is_regressor
+from torch import nn
+
+from hpo.errors import first_line
+from hpo.families._imports import load_object
+from hpo.families._protocol import Job
+from hpo.settings import RunConfig
+from hpo.tasks import Task
+from hpo.training import Callback, EarlyStopping, EvalRecord, FitResult, TensorData
+
+#: packages whose types a saved estimator may hold (besides those skops trusts by default)
+TRUSTED_PACKAGES = ("sklearn", "lightgbm", "xgboost", "catboost", "numpy", "scipy")
+TRUSTED_TYPES = ("collections.OrderedDict",)
+_EPS = 1e-12
+
+
+def estimator_class(cfg: RunConfig) -> type:
+    assert cfg.estimator is not None
+    cls = load_object(cfg.estimator)
+    if not isinstance(cls, type) or not all(hasattr(cls, a) for a in ("fit", "get_params", "set_params")):
+        raise ValueError(
+            f"{cfg.estimator} is not a scikit-learn estimator class (it needs fit, get_params and "
+            "set_params); name the class, e.g. sklearn.ensemble.HistGradientBoostingClassifier"
+        )
+    return cls
+
+
+def _defaults(cls: type, spec: str) -> dict[str, Any]:
+    try:
+        return dict(cls().get_params(deep=False))
+    except Exception as exc:
+        raise ValueError(
+            f"{spec} cannot be constructed without arguments ({type(exc).__name__}: {first_line(exc, 120)})"
+        ) from None
+
+
+def _validated(cls: type, spec: str, params: Mapping[str, Any]) -> Any:
+    """An instance with ``params``, checked by scikit-learn's parameter validation where the
+    estimator declares it (ValueError with scikit-learn's message)."""
+    try:
+        est = cls(**params)
+        validate = getattr(est, "_validate_params", None)
+        if callable(validate):
+            validate()
+    except Exception as exc:
+        raise ValueError(f"{spec}: {first_line(exc, 240)}") from None
+    return est
+
+
+class SklearnFamily:
+    name: ClassVar[str] = "sklearn"
+    torch_based: ClassVar[bool] = False
+
+    def describe(self, cfg: RunConfig) -> str:
+        return f'family "sklearn" ({cfg.estimator})'
+
+    def own_params(self, cfg: RunConfig) -> Mapping[str, Any] | None:
+        assert cfg.estimator is not None
+        return _defaults(estimator_class(cfg), cfg.estimator)
+
+    def check(self, cfg: RunConfig, task: str) -> None:
+        assert cfg.estimator is not None
+        cls = estimator_class(cfg)
+        names = _defaults(cls, cfg.estimator)
+        unknown = sorted(set(cfg.params) - set(names))
+        if unknown:
+            raise ValueError(
+                f"{cfg.estimator} has no parameter {unknown[0]!r}; "
+                f"its parameters are: {', '.join(sorted(names))}"
+            )
+        if "random_state" in cfg.params:
+            raise ValueError(
+                "random_state is set from [defaults] seed (and each seed a stage trains); remove it"
+            )
+        est = _validated(cls, cfg.estimator, cfg.params)
+        if task == "classification" and not is_classifier(est):
+            raise ValueError(
+                f'{cfg.estimator} is not a classifier and task = "classification"; name a classifier '
+                '(e.g. sklearn.ensemble.HistGradientBoostingClassifier) or set data.task = "regression"'
+            )
+        if task == "regression" and not is_regressor(est):
+            raise ValueError(
+                f'{cfg.estimator} is not a regressor and task = "regression"; name a regressor '
+                "(e.g. sklearn.ensemble.HistGradientBoostingRegressor)"
+            )
+        if task == "classification" and not hasattr(est, "predict_proba"):
+            raise ValueError(
+                f"{cfg.estimator} has no predict_proba with these params; hpo scores classifiers by "
+                "their probabilities (e.g. SVC needs probability = true)"
+            )
+
+    def check_value(self, cfg: RunConfig, name: str, value: Any) -> Any:
+        assert cfg.estimator is not None
+        cls = estimator_class(cfg)
+        names = _defaults(cls, cfg.estimator)
+        if name not in names:
+            raise ValueError(
+                f"not a parameter of {cfg.estimator}; its parameters are: {', '.join(sorted(names))}"
+            )
+        if name == "random_state":
+            raise ValueError("random_state is set from [defaults] seed; tune seeds with a stage's seeds = N")
+        _validated(cls, cfg.estimator, {**cfg.params, name: value})
+        return value
+
+    def check_model(self, cfg: RunConfig, *, n_features: int, n_outputs: int) -> None:
+        return None
+
+    def group_key(self, cfg: RunConfig) -> tuple[object, ...]:
+        return ()
+
+    def build(self, cfg: RunConfig, *, n_features: int, n_outputs: int, seed: int) -> nn.Module:
+        raise ValueError(f"{cfg.estimator} is not a torch module; this stage kind needs family mlp or torch")
+
+    def estimator(self, cfg: RunConfig, seed: int) -> Any:
+        assert cfg.estimator is not None
+        cls = estimator_class(cfg)
+        params = dict(cfg.params)
+        if "random_state" in _defaults(cls, cfg.estimator):
+            params["random_state"] = seed
+        return cls(**params)
+
+    def fit_many(
+        self,
+        jobs: Sequence[Job],
+        datasets: Sequence[TensorData],
+        task: Task,
+        *,
+        callbacks: Sequence[Sequence[Callback]],
+        stack: bool,
+    ) -> list[FitResult]:
+        """Each job fitted on its training rows, then scored once on them and on its validation
+        rows (one evaluation record, epoch 1)."""
+        results = []
+        for job, cbs in zip(jobs, callbacks, strict=True):
+            data = datasets[job.data]
+            est = self.estimator(job.config, job.train.seed)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="X does not have valid feature names")
+                est.fit(data.x_train.numpy(), data.y_train.numpy())
+            train = task.evaluate(self.outputs(est, data.x_train, task.n_outputs), data.y_train)
+            val = task.evaluate(self.outputs(est, data.x_val, task.n_outputs), data.y_val)
+            record = EvalRecord(
+                epoch=1,
+                step=1,
+                train_loss=train.loss,
+                train_score=train.score,
+                val_loss=val.loss,
+                val_score=val.score,
+                metric=task.headline,
+                val_pred=val.pred,
+                val_nll=val.per_row,
+            )
+            result = FitResult(model=est)
+            EarlyStopping(patience=None).observe(result, record, cbs)
+            EarlyStopping.finish(result)
+            results.append(result)
+        return results
+
+    def outputs(self, model: Any, x: torch.Tensor, n_outputs: int) -> torch.Tensor:
+        """Log-probabilities ``[N, n_outputs]`` (a class the estimator never saw gets ~0
+        probability), or the predicted standardised value ``[N, 1]``."""
+        rows = x.detach().cpu().numpy()
+        if is_classifier(model):
+            proba = np.asarray(model.predict_proba(rows), dtype=np.float64)
+            full = np.full((rows.shape[0], n_outputs), _EPS)
+            full[:, np.asarray(model.classes_, dtype=np.int64)] = proba
+            return torch.as_tensor(np.log(np.clip(full, _EPS, None)), dtype=torch.float32)
+        values = np.asarray(model.predict(rows), dtype=np.float32).reshape(-1, 1)
+        return torch.as_tensor(values)
+
+    def payload(self, model: Any) -> dict[str, Any]:
+        data = sio.dumps(model)
+        return {"skops": torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()}
+
+    def restore(
+        self,
+        payload: Mapping[str, Any],
+        cfg: RunConfig,
+        *,
+        n_features: int,
+        n_outputs: int,
+        trusted: Sequence[str] = (),
+    ) -> Any:
+        data = bytes(payload["skops"].numpy().tobytes())
+        roots = {*TRUSTED_PACKAGES, *(t.split(".")[0].split(":")[0] for t in trusted)}
+        try:
+            untrusted = sio.get_untrusted_types(data=data)
+        except Exception as exc:
+            raise ValueError(f"the saved estimator is not a skops file ({type(exc).__name__})") from None
+        refused = [t for t in untrusted if t not in TRUSTED_TYPES and t.split(".")[0] not in roots]
+        if refused:
+            raise ValueError(
+                f"the saved estimator holds types outside the trusted packages ({', '.join(sorted(roots))}): "
+                f"{', '.join(refused[:5])}; load it only from a study file whose estimator is of that package"
+            )
+        return sio.loads(data, trusted=untrusted)

@@ -1,0 +1,135 @@
+"""The saved-model file (written and read here only): everything ``hpo predict`` needs, loadable
+with ``torch.load(..., weights_only=True)``.
+
+One file for every family and task: the family's payload (an MLP's or a user module's weights,
+a scikit-learn estimator as skops bytes), the carried configuration it was trained with, the
+task (classes, or the target's standardisation), the feature scaler, the feature and class names
+and how a target column maps to classes. Nothing in it is unpickled: tensors, strings, numbers,
+lists and dicts only (``weights_only``), and a scikit-learn estimator through skops with its
+types checked (:mod:`hpo.families.sklearn_api`). Files of format 2 (an MLP classifier, before
+families existed) still load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from hpo.errors import DataFileError, HpoError
+from hpo.settings import RunConfig
+from hpo.tasks import Task, from_record
+
+MODEL_FORMAT = "hpo-model/3"
+_FORMAT_2 = "hpo-model/2"  # an MLP classifier: state_dict and model_config at the top level
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A trained model and what it needs to predict from raw feature rows."""
+
+    family: str
+    payload: dict[str, Any]  # the family's (hpo.families.ModelFamily.payload)
+    run_config: dict[str, Any]  # the carried configuration it was trained with (RunConfig record)
+    task: dict[str, Any]  # hpo.tasks.Task.to_record()
+    scaler_mean: npt.NDArray[np.float64]
+    scaler_scale: npt.NDArray[np.float64]
+    feature_names: list[str]
+    class_names: list[str]
+    labeling: dict[str, Any] | None  # how a target column maps to classes (hpo.data.Labeling)
+    target: str  # the target column's name
+    hpo_version: str
+
+    def config(self) -> RunConfig:
+        return RunConfig.model_validate(self.run_config)
+
+    def task_of(self) -> Task:
+        return from_record(self.task)
+
+    def model(self, *, trusted: Sequence[str] = ()) -> Any:
+        """The trained model (an ``nn.Module`` in eval mode, or a fitted estimator)."""
+        from hpo.families import family_of
+
+        cfg = self.config()
+        try:
+            return family_of(cfg).restore(
+                self.payload,
+                cfg,
+                n_features=len(self.feature_names),
+                n_outputs=self.task_of().n_outputs,
+                trusted=trusted,
+            )
+        except ValueError as exc:
+            raise HpoError(f"the model file cannot be loaded: {exc}") from None
+
+    def scale(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        out = np.asarray(x, dtype=np.float32) - self.scaler_mean.astype(np.float32)
+        out /= self.scaler_scale.astype(np.float32)
+        return out
+
+    def outputs(self, x: npt.NDArray[np.floating[Any]], *, trusted: Sequence[str] = ()) -> torch.Tensor:
+        """The model's raw outputs for raw (unscaled) feature rows."""
+        from hpo.families import family_of
+
+        model = self.model(trusted=trusted)
+        family = family_of(self.config())
+        return family.outputs(model, torch.as_tensor(self.scale(x)), self.task_of().n_outputs).cpu()
+
+
+def save_model_file(path: Path, model_file: ModelFile) -> None:
+    payload = {
+        "format": MODEL_FORMAT,
+        "hpo_version": model_file.hpo_version,
+        "family": model_file.family,
+        "payload": model_file.payload,
+        "config": model_file.run_config,
+        "task": model_file.task,
+        "scaler_mean": torch.as_tensor(model_file.scaler_mean),
+        "scaler_scale": torch.as_tensor(model_file.scaler_scale),
+        "feature_names": list(model_file.feature_names),
+        "class_names": list(model_file.class_names),
+        "labeling": model_file.labeling,
+        "target": model_file.target,
+    }
+    torch.save(payload, path)
+
+
+def load_model_file(path: Path) -> ModelFile:
+    """Read a model file written by :func:`save_model_file` (``torch.load(weights_only=True)``)."""
+    try:
+        raw = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise DataFileError(
+            str(path),
+            f"cannot be read as a model file ({type(exc).__name__})",
+            fix="export it with hpo export-model",
+        ) from None
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    if fmt not in (MODEL_FORMAT, _FORMAT_2):
+        raise DataFileError(
+            str(path), f"is not an hpo model file ({MODEL_FORMAT})", fix="export it with hpo export-model"
+        )
+    assert isinstance(raw, dict)
+    if fmt == _FORMAT_2:
+        family, payload = "mlp", {"state_dict": raw["state_dict"], "model_config": raw["model_config"]}
+        task = {"kind": "classification", "class_names": list(raw["class_names"])}
+    else:
+        family, payload, task = str(raw["family"]), dict(raw["payload"]), dict(raw["task"])
+    return ModelFile(
+        family=family,
+        payload=payload,
+        run_config=dict(raw["config"]),
+        task=task,
+        scaler_mean=raw["scaler_mean"].numpy(),
+        scaler_scale=raw["scaler_scale"].numpy(),
+        feature_names=list(raw["feature_names"]),
+        class_names=list(raw["class_names"]),
+        labeling=dict(raw["labeling"]) if raw.get("labeling") else None,
+        target=str(raw["target"]),
+        hpo_version=str(raw["hpo_version"]),
+    )
