@@ -127,13 +127,27 @@ def _cmd_data_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     settings = _data_settings(args)
     out = calibration.calibrate(settings, config=config, data_dir=args.data_dir)
     out["nonlinearity"] = None
-    if args.draws > 0 and settings.source == "synthetic":
+    if args.draws > 0 and settings.source == "synthetic" and settings.task == "classification":
         check = calibration.NonlinearityConfig(draws=args.draws)
         out["nonlinearity"] = calibration.nonlinearity(config=check, real_file=args.real)
     return out
 
 
 def _render_calibrate(r: dict[str, Any]) -> str:
+    if r.get("task") == "regression":
+        head = f"{r['source']}: {r['rows']:,} rows ({r['train_rows']:,} train, {r['test_rows']:,} test); test"
+        rows = [
+            ("training mean", r["constant"], ""),
+            ("ridge regression", r["ridge"], f" (alpha {r['ridge_alpha']:.3g})"),
+            ("MLP", r["mlp"], f" ({r['mlp_model']})"),
+        ]
+        return "\n".join(
+            [head]
+            + [
+                f"{name:<19} RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}{how}"
+                for name, m, how in rows
+            ]
+        )
     lines = [
         f"{r['source']}: {r['rows']:,} rows ({r['train_rows']:,} train, {r['test_rows']:,} test)",
         f"majority class      {r['majority_accuracy']:.2%}",

@@ -562,3 +562,28 @@ def test_the_model_file_refuses_what_it_cannot_restore(tmp_path: Path) -> None:
     save_model_file(tmp_path / "m.pt", mf)
     with pytest.raises(HpoError, match="the model file cannot be loaded"):
         load_model_file(tmp_path / "m.pt").model()
+
+
+def test_calibrate_gives_a_regression_targets_baselines(capsys: pytest.CaptureFixture[str]) -> None:
+    """`hpo data calibrate` on a regression target: the training mean, ridge regression and the
+    MLP on the same split, in the target's units."""
+    args = [
+        "data",
+        "calibrate",
+        "--task",
+        "regression",
+        "--rows",
+        "3000",
+        "--epochs",
+        "2",
+        "--format",
+        "json",
+    ]
+    assert cli.main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["task"] == "regression" and r["test_rows"] == 450
+    assert r["ridge"]["rmse"] < r["constant"]["rmse"] and r["mlp"]["rmse"] < r["constant"]["rmse"]
+    assert abs(r["constant"]["r2"]) < 0.05 and 0.0 < r["ridge"]["r2"] < 1.0
+    assert cli.main(args[:-2]) == 0
+    table = capsys.readouterr().out
+    assert "training mean       RMSE" in table and "ridge regression    RMSE" in table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,11 @@ from optuna.trial import TrialState
 from hpo import data
 from hpo import training as train
 from hpo.families.mlp import build_model
+from hpo.pipeline import Pipeline
 from hpo.settings import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from hpo.stages import lr_range as lr_range_stage
 from hpo.stages.lr_range import LrRange, LrRangeSettings
+from hpo.training import lr_finder
 from hpo.training.lr_finder import RangeTestResult, range_test, suggest
 from hpo.tuning import records
 
@@ -147,3 +151,30 @@ def test_stage_keeps_the_defaults_lr_when_the_pick_diverges() -> None:
         [_range_trial(suggested=0.1026, verification_diverged=False, accuracy=0.5802)], cfg, {}
     )
     assert collapsed.config_out.lr == 1e-3 and "learned nothing" in collapsed.reason
+
+
+def test_the_stage_runs_the_range_test_at_its_range_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``range_precision`` sets the range test's own precision; the verification run trains with
+    the carried configuration's (the faithful study file: fp32 range test, bf16 training)."""
+    seen: list[str] = []
+    real = lr_finder.range_test
+
+    def spy(*args: Any, **kwargs: Any) -> RangeTestResult:
+        seen.append(args[2].precision)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lr_range_stage, "range_test", spy)
+    study = tmp_path / "s.toml"
+    study.write_text(
+        '[pipeline]\nname = "rp"\n[data]\nsource = "synthetic"\nrows = 3000\n'
+        '[defaults]\nhidden = [16]\nprecision = "bf16"\n'
+        '[stages.lr_range]\nverify_epochs = 1\nskip_start = 2\nskip_end = 1\nrange_precision = "fp32"\n'
+        "[stages.final]\nepochs = 1\n"
+    )
+    pipe = Pipeline.load(study, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "a")
+    pipe.run_stage("lr_range")
+    trial = optuna.load_study(study_name="rp.lr_range", storage=f"sqlite:///{tmp_path / 'hpo.db'}").trials[0]
+    assert seen == ["fp32"]
+    assert trial.user_attrs[records.TRAIN]["precision"] == "bf16"  # the verification run

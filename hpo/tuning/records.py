@@ -187,9 +187,10 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-#: Settings a later hpo added, with the value that means what a study made before had: a stored
-#: study without the key is not refused for it (``data.task`` came with regression).
-ADDED_LATER: dict[str, Any] = {"task": "classification"}
+#: Settings a later hpo added, with the values that mean what a study made before had: a stored
+#: study without the key is not refused for it (``data.task`` came with regression; an LR range
+#: test's ``range_precision`` with the range test honouring precision: before, it ran in fp32).
+ADDED_LATER: dict[str, tuple[Any, ...]] = {"task": ("classification",), "range_precision": (None, "fp32")}
 
 
 def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
@@ -200,7 +201,7 @@ def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tup
     _flatten("", current, b)
     for key in sorted(set(a) | set(b)):
         name = key.rsplit(".", 1)[-1]
-        if key not in a and name in ADDED_LATER and b.get(key) == ADDED_LATER[name]:
+        if key not in a and name in ADDED_LATER and b.get(key) in ADDED_LATER[name]:
             continue
         if a.get(key) != b.get(key):
             return key, a.get(key), b.get(key)
