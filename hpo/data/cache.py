@@ -242,21 +242,47 @@ def _split(settings: DataSettings, table: sources.Table, y: npt.NDArray[np.int64
 def _write_prepared(
     work: Path, settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
 ) -> None:
+    targets: npt.NDArray[np.float64] | None = None
     if settings.task == "regression":
-        _write_regression(work, settings, table, sha=sha)
-        return
-    labeling, y = _labels(settings, table)
-    split = _split(settings, table, y)
-    train_counts = np.bincount(y[split.train], minlength=labeling.n_classes).tolist()
-    if table.preset_labeling is None:
-        check_class_rows(train_counts, labeling.class_names, folds, file=table.file)
+        targets = regression_target(table)
+        y = regression_strata(targets)
+        split = _split(settings, table, y)
+        train = targets[split.train]
+        std = float(np.std(train))
+        about: dict[str, Any] = {
+            "task": "regression",
+            "target_mean": float(np.mean(train)),
+            "target_std": std if std > 0 else 1.0,
+            "target_summary": {
+                "min": float(targets.min()),
+                "max": float(targets.max()),
+                "mean": float(targets.mean()),
+                "std": float(targets.std()),
+                "median": float(np.median(targets)),
+            },
+        }
+    else:
+        labeling, y = _labels(settings, table)
+        split = _split(settings, table, y)
+        train_counts = np.bincount(y[split.train], minlength=labeling.n_classes).tolist()
+        if table.preset_labeling is None:
+            check_class_rows(train_counts, labeling.class_names, folds, file=table.file)
+        counts = np.bincount(y, minlength=labeling.n_classes)
+        about = {
+            "class_names": labeling.class_names,
+            "labeling": labeling.to_dict(),
+            "class_counts": counts.tolist(),
+            "train_class_counts": train_counts,
+            "majority_share": float(counts.max() / counts.sum()),
+        }
     np.save(work / "features.npy", table.features)
     np.save(work / "labels.npy", y)
+    if targets is not None:
+        np.save(work / "targets.npy", targets)
     if table.groups is not None:
         np.save(work / "groups.npy", table.groups)
     for part in ("train", "val", "test"):
         np.save(work / f"split-{part}.npy", getattr(split, part))
-    counts = np.bincount(y, minlength=labeling.n_classes)
     meta = {
         "version": CACHE_VERSION,
         "source": settings.source,
@@ -269,11 +295,7 @@ def _write_prepared(
         "feature_names": table.feature_names,
         "target": table.target_name,
         "group": settings.group,
-        "class_names": labeling.class_names,
-        "labeling": labeling.to_dict(),
-        "class_counts": counts.tolist(),
-        "train_class_counts": train_counts,
-        "majority_share": float(counts.max() / counts.sum()),
+        **about,
         "split": {
             "name": split.name,
             "sizes": {p: int(getattr(split, p).size) for p in ("train", "val", "test")},
@@ -332,52 +354,6 @@ def regression_strata(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     """The target's deciles (fewer where values tie), as classes to stratify by."""
     codes = pd.qcut(values, q=STRATA, labels=False, duplicates="drop")
     return np.asarray(codes, dtype=np.int64)
-
-
-def _write_regression(work: Path, settings: DataSettings, table: sources.Table, *, sha: str | None) -> None:
-    values = regression_target(table)
-    strata = regression_strata(values)
-    split = _split(settings, table, strata)
-    train = values[split.train]
-    np.save(work / "features.npy", table.features)
-    np.save(work / "labels.npy", strata)
-    np.save(work / "targets.npy", values)
-    if table.groups is not None:
-        np.save(work / "groups.npy", table.groups)
-    for part in ("train", "val", "test"):
-        np.save(work / f"split-{part}.npy", getattr(split, part))
-    std = float(np.std(train))
-    meta = {
-        "version": CACHE_VERSION,
-        "task": "regression",
-        "source": settings.source,
-        "source_file": table.file,
-        "source_sha256": sha or table.generated_sha256,
-        "settings": settings.model_dump(mode="json"),
-        "seed": settings.seed,
-        "rows": int(values.size),
-        "n_features": int(table.features.shape[1]),
-        "feature_names": table.feature_names,
-        "target": table.target_name,
-        "group": settings.group,
-        "target_mean": float(np.mean(train)),
-        "target_std": std if std > 0 else 1.0,
-        "target_summary": {
-            "min": float(values.min()),
-            "max": float(values.max()),
-            "mean": float(values.mean()),
-            "std": float(values.std()),
-            "median": float(np.median(values)),
-        },
-        "split": {
-            "name": split.name,
-            "sizes": {p: int(getattr(split, p).size) for p in ("train", "val", "test")},
-        },
-        "scaler": Scaler.fit(table.features[split.train]).to_dict(),
-    }
-    if settings.source == "synthetic":
-        meta["synthetic"] = synthetic.provenance(settings.rows or synthetic.FULL_ROWS, settings.seed)
-    (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def load(path: Path) -> Prepared:
