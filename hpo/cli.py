@@ -218,15 +218,22 @@ def _cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
     from hpo import pipeline, plan
 
     p = plan.load(pipeline.resolve_study_file(args.config), overrides=args.overrides)
+    from hpo.families import family_of
+
     return {
         "study_file": p.path,
         "pipeline": p.name,
+        "task": p.data.task,
+        "family": family_of(p.defaults).describe(p.defaults),
         "stages": [{"stage": s.name, "kind": s.kind, "requires": list(p.requires[s.name])} for s in p.stages],
     }
 
 
 def _render_validate(r: dict[str, Any]) -> str:
-    lines = [f"{r['study_file']}: pipeline {r['pipeline']}, {len(r['stages'])} stages, valid"]
+    lines = [
+        f"{r['study_file']}: pipeline {r['pipeline']} ({r['task']}, {r['family']}), "
+        f"{len(r['stages'])} stages, valid"
+    ]
     for s in r["stages"]:
         after = f" (after {', '.join(s['requires'])})" if s["requires"] else ""
         lines.append(f"  {s['stage']:<24}{s['kind']}{after}")

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import torch
 
 from hpo.errors import DataFileError, HpoError
-from hpo.settings import RunConfig
+from hpo.settings import RunConfig, lookup
 from hpo.tasks import Task, from_record
 
 MODEL_FORMAT = "hpo-model/3"
@@ -44,6 +44,7 @@ class ModelFile:
     labeling: dict[str, Any] | None  # how a target column maps to classes (hpo.data.Labeling)
     target: str  # the target column's name
     hpo_version: str
+    origin: str = "the model file"  # where it was read from, for messages
 
     def config(self) -> RunConfig:
         return RunConfig.model_validate(self.run_config)
@@ -52,12 +53,19 @@ class ModelFile:
         return from_record(self.task)
 
     def model(self, *, trusted: Sequence[str] = ()) -> Any:
-        """The trained model (an ``nn.Module`` in eval mode, or a fitted estimator)."""
-        from hpo.families import family_of
+        """The trained model (an ``nn.Module`` in eval mode, or a fitted estimator). A model of
+        your module or estimator is restored only where ``trusted`` (the study file's
+        ``module`` or ``estimator``, :meth:`hpo.pipeline.Pipeline.trusted`) names the one it was
+        trained with: the file itself does not choose what code runs."""
+        from hpo.families import FAMILIES
 
         cfg = self.config()
+        if self.family != cfg.family:
+            raise HpoError(
+                f"{self.origin}: the model file says family {self.family!r} but was trained as {cfg.family!r}"
+            )
         try:
-            return family_of(cfg).restore(
+            return lookup(FAMILIES, self.family, "family").restore(
                 self.payload,
                 cfg,
                 n_features=len(self.feature_names),
@@ -65,7 +73,7 @@ class ModelFile:
                 trusted=trusted,
             )
         except ValueError as exc:
-            raise HpoError(f"the model file cannot be loaded: {exc}") from None
+            raise HpoError(f"{self.origin}: the model cannot be loaded: {exc}") from None
 
     def scale(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         out = np.asarray(x, dtype=np.float32) - self.scaler_mean.astype(np.float32)
@@ -74,10 +82,10 @@ class ModelFile:
 
     def outputs(self, x: npt.NDArray[np.floating[Any]], *, trusted: Sequence[str] = ()) -> torch.Tensor:
         """The model's raw outputs for raw (unscaled) feature rows."""
-        from hpo.families import family_of
+        from hpo.families import FAMILIES
 
         model = self.model(trusted=trusted)
-        family = family_of(self.config())
+        family = lookup(FAMILIES, self.family, "family")
         return family.outputs(model, torch.as_tensor(self.scale(x)), self.task_of().n_outputs).cpu()
 
 
@@ -132,4 +140,5 @@ def load_model_file(path: Path) -> ModelFile:
         labeling=dict(raw["labeling"]) if raw.get("labeling") else None,
         target=str(raw["target"]),
         hpo_version=str(raw["hpo_version"]),
+        origin=str(path),
     )

@@ -21,6 +21,7 @@ arguments and renders what these methods return.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -41,7 +42,7 @@ from hpo.model_file import ModelFile, load_model_file
 from hpo.plan import Plan
 from hpo.present import dashboard, figures
 from hpo.present.progress import LogProgress, Progress
-from hpo.settings import RunConfig
+from hpo.settings import FAMILY_KEY, RunConfig
 from hpo.stages import Stage, StageContext
 from hpo.tuning import records
 from hpo.tuning.locks import exclusive_sqlite_worker
@@ -227,11 +228,23 @@ class Pipeline:
         must return a module of the right output width), before anything is stored."""
         data = self.ctx.data()
         cfg = self.plan.defaults
+        family = family_of(cfg)
+        shape = {"n_features": data.n_features, "n_outputs": data.n_outputs}
         try:
-            family_of(cfg).check_model(cfg, n_features=data.n_features, n_outputs=data.n_outputs)
+            family.check_model(cfg, **shape)
         except ValueError as exc:
-            key = "module" if cfg.family == "torch" else "family"
+            key = FAMILY_KEY.get(cfg.family, "family")
             raise ConfigError(f"{self.plan.path}: defaults.{key} = {getattr(cfg, key)!r}: {exc}") from None
+        for stage in self.plan.stages:  # every value a stage tunes of the family's own parameters
+            for key, settings in stage.tuned().items():
+                for name, values in settings.items():
+                    for value in values if name not in cfg.own else ():
+                        try:
+                            family.check_model(cfg.with_point({name: value}), **shape)
+                        except ValueError as exc:
+                            raise ConfigError(
+                                f"{self.plan.path}: stages.{stage.name}.{key}.{name} = {value!r}: {exc}"
+                            ) from None
 
     def check_prerequisites(self, stage: Stage) -> None:
         for required in self.plan.requires[stage.name]:
@@ -359,20 +372,18 @@ class Pipeline:
         return str(self.final_study().user_attrs[records.MODEL_ARTIFACT])
 
     def trusted(self) -> list[str]:
-        """Import paths the study file vouches for, which a saved estimator's types may come from."""
-        return [e for e in (self.plan.defaults.estimator,) if e]
+        """What the study file vouches for: its module or estimator, the only code a saved model
+        of those families may be restored with."""
+        return [e for e in (self.plan.defaults.module, self.plan.defaults.estimator) if e]
 
     def final_model(self) -> ModelFile:
         """The final stage's model, read back from the artifact store (load it with
         ``.model(trusted=pipe.trusted())``)."""
+        artifact = self.final_model_artifact()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.pt"
-            download_artifact(
-                artifact_store=self.ctx.artifacts,
-                file_path=str(path),
-                artifact_id=self.final_model_artifact(),
-            )
-            return load_model_file(path)
+            download_artifact(artifact_store=self.ctx.artifacts, file_path=str(path), artifact_id=artifact)
+            return dataclasses.replace(load_model_file(path), origin=f"the final model (artifact {artifact})")
 
     def trial_seconds(self, stage: Stage) -> float | None:
         """Seconds from the first trial's start to the last one's end."""

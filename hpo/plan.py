@@ -29,6 +29,7 @@ from hpo.errors import ConfigError
 from hpo.families import FAMILIES, ModelFamily, tunable
 from hpo.settings import (
     DEFAULT_METRIC,
+    FAMILY_KEY,
     SETTINGS,
     TRAINING_SETTINGS,
     DataSettings,
@@ -168,11 +169,6 @@ def _expand(path: str, name: str, table: Mapping[str, Any]) -> list[tuple[str, d
     return [(name, table)]
 
 
-def _family_key(cfg: RunConfig) -> str:
-    """The ``[defaults]`` key naming what the family trains."""
-    return {"torch": "module", "sklearn": "estimator"}.get(cfg.family, "family")
-
-
 def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> ModelFamily:
     """The pipeline's family, checked before anything runs: its settings in ``[defaults]``,
     its module or estimator (importable, callable, the right kind for the task), its params."""
@@ -188,7 +184,7 @@ def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> M
                 f"is not a setting of {what}; its settings are: {names} (a parameter of your module "
                 "or estimator goes in params = { ... })",
             )
-    key = _family_key(cfg)
+    key = FAMILY_KEY.get(cfg.family, "family")
     where = f"defaults.{key}"
     shown_value = f"= {format_input(getattr(cfg, key))}: "
     try:
@@ -264,16 +260,30 @@ def _for_family(shown: str, stage: Stage, cfg: RunConfig, family: ModelFamily, d
 
 
 def _typed(family: ModelFamily, cfg: RunConfig, name: str, value: Any, *, is_range: bool) -> Any:
-    """One tuned value checked by the family; one of hpo's settings typed by its field (a
-    range's bound of an integer setting as an integer, of a float setting as a float)."""
-    if name in cfg.own:
-        kind = setting_kind(name)
-        if is_range:
-            if kind == "choice":
-                raise ValueError(f"{name} is not a number; give choices = [...]")
-            if kind == "int" and isinstance(value, float) and value.is_integer():
-                value = int(value)
+    """One tuned value checked by the family. A range's bound is typed by what the setting is: one
+    of hpo's settings by its field, one of the family's parameters by its default's type (an
+    integer default: an integer range; a float default: a float range, even with whole-number
+    bounds); a parameter without a numeric default by the bounds as written."""
+    if is_range:
+        kind = setting_kind(name) if name in cfg.own else _kind_of((family.own_params(cfg) or {}).get(name))
+        if kind == "choice":
+            raise ValueError(f"{name} is not a number; give choices = [...]")
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{name} is an integer; give whole-number bounds")
+            value = int(value)
+        elif kind == "float":
+            value = float(value)
     return family.check_value(cfg, name, value)
+
+
+def _kind_of(default: Any) -> str | None:
+    """A parameter's kind by its default: int, float, choice (not a number), None (no default)."""
+    if default is None:
+        return None
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return "choice"
+    return "int" if isinstance(default, int) else "float"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -356,6 +366,7 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
             )
         declared.extend(_expand(shown, name, table))
     family = _check_family(shown, defaults, data, raw.get("defaults", {}))
+    defaults = family.complete(defaults)
     built: list[Stage] = []
     for name, table in declared:
         cls = KINDS[table["kind"]]

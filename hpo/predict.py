@@ -23,6 +23,7 @@ import pandas as pd
 from hpo.data.labels import Labeling
 from hpo.errors import DataFileError
 from hpo.model_file import ModelFile
+from hpo.tasks import Regression
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,10 @@ def predict(
     else:
         frame = pd.DataFrame({"prediction": predicted})
         if target is not None:
-            scores = _regression_scores(predicted, target, file=str(input_path), column=model.target)
+            assert isinstance(task, Regression)
+            values = _numeric(target, file=str(input_path), column=model.target)
+            standard = task.standardise(values), task.standardise(predicted)
+            scores = {name: task.metric(name, *standard) for name in ("rmse", "mae", "r2")}
     if output_path is not None:
         output_path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(output_path, index=False, float_format="%.6f")
@@ -158,10 +162,8 @@ def predict(
     )
 
 
-def _regression_scores(
-    predicted: npt.NDArray[np.float64], target: npt.NDArray[Any], *, file: str, column: str
-) -> dict[str, float]:
-    """RMSE, MAE and R² of the predictions against a numeric target column."""
+def _numeric(target: npt.NDArray[Any], *, file: str, column: str) -> npt.NDArray[np.float64]:
+    """A regressor's target column as numbers (one line naming the row that is not one)."""
     try:
         truth = np.asarray(target, dtype=np.float64)
     except (TypeError, ValueError):
@@ -173,10 +175,4 @@ def _regression_scores(
         raise DataFileError(
             file, f"{column} is empty or not finite", line=int(np.argmax(bad)) + 2, fix="fix or drop that row"
         )
-    error = predicted - truth
-    total = float(np.sum((truth - truth.mean()) ** 2))
-    return {
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "mae": float(np.mean(np.abs(error))),
-        "r2": 1.0 - float(np.sum(error**2)) / total if total > 0 else 0.0,
-    }
+    return truth

@@ -82,6 +82,11 @@ def greater_is_better(metric: str) -> bool:
         raise KeyError(f"unknown metric {metric!r}; metrics are: {', '.join(METRIC_SPECS)}") from None
 
 
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether score ``a`` of ``metric`` is better than ``b``."""
+    return a > b if greater_is_better(metric) else a < b
+
+
 def metrics_of(task: str) -> tuple[str, ...]:
     return tuple(m for m, spec in METRIC_SPECS.items() if task in spec.tasks)
 
@@ -91,6 +96,8 @@ T = TypeVar("T")
 FamilyName = Literal["mlp", "torch", "sklearn"]
 FAMILY_NAMES: tuple[str, ...] = get_args(FamilyName)
 FAMILY_KEYS = ("family", "module", "estimator", "params")
+#: the [defaults] key naming what a family trains (mlp: its named settings)
+FAMILY_KEY: dict[str, str] = {"torch": "module", "sklearn": "estimator"}
 #: hpo's settings of the MLP (its architecture) and of every model trained by hpo's torch trainers
 MLP_SETTINGS = ("hidden", "activation", "norm", "init", "dropout")
 TRAINING_SETTINGS = (
@@ -229,8 +236,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits_family(self) -> RunConfig:
-        spec = {"torch": "module", "sklearn": "estimator"}
-        for family, key in spec.items():
+        for family, key in FAMILY_KEY.items():
             value = getattr(self, key)
             if self.family == family and not value:
                 example = (
@@ -247,7 +253,7 @@ class RunConfig(BaseModel):
                 f"settings ({', '.join(FAMILY_SETTINGS['mlp'])})"
             )
         for name, value in self.params.items():
-            if not _json_value(value):
+            if not is_json_value(value):
                 raise ValueError(
                     f"params.{name} = {value!r}: must be a number, string, boolean or a list of them"
                 )
@@ -323,14 +329,15 @@ class RunConfig(BaseModel):
         full = self.model_dump(mode="json")
         keys = [k for k in full if k in self.own]
         if self.family != "mlp":
-            keys = ["family", "module" if self.family == "torch" else "estimator", "params", *keys]
+            keys = ["family", FAMILY_KEY[self.family], "params", *keys]
         return {k: full[k] for k in keys}
 
 
-def _json_value(value: Any) -> bool:
+def is_json_value(value: Any) -> bool:
+    """A number, string, boolean or None, or a list of them: what a stored configuration holds."""
     if value is None or isinstance(value, str | int | float | bool):
         return not isinstance(value, float) or math.isfinite(value)
-    return isinstance(value, list | tuple) and all(_json_value(v) for v in value)
+    return isinstance(value, list | tuple) and all(is_json_value(v) for v in value)
 
 
 SETTINGS: tuple[str, ...] = tuple(k for k in RunConfig.model_fields if k not in FAMILY_KEYS)

@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
 import torch
+from optuna.distributions import FloatDistribution, IntDistribution
 from sklearn.datasets import load_diabetes, load_digits
 
 from hpo import cli, plan
@@ -22,6 +24,7 @@ from hpo.families.sklearn_api import SklearnFamily
 from hpo.model_file import ModelFile, load_model_file, save_model_file
 from hpo.pipeline import Pipeline
 from hpo.settings import RunConfig
+from hpo.stages.search import Search
 from hpo.tuning import records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,6 +301,7 @@ def test_your_torch_module_runs_lr_range_a_sweep_of_its_argument_and_final(
     assert config_out["family"] == "torch" and config_out["module"] == "examples/residual_mlp.py:make"
     assert config_out["params"]["width"] == by_stage["width"]["selection"]["selected"]["width"]
     assert "hidden" not in config_out  # the MLP's settings are not this family's
+    assert config_out["params"]["expansion"] == 2.0  # the factory's defaults, written out
     lr_trial = optuna.load_study(
         study_name="residual_mlp.lr_range", storage=f"sqlite:///{tmp_path / 'hpo.db'}"
     )
@@ -372,23 +376,50 @@ def test_a_scikit_learn_estimator_runs_grid_cv_search_final_and_compares_with_th
 
 
 def test_a_saved_estimator_loads_only_with_trusted_types(tmp_path: Path) -> None:
-    """skops, not pickle: types outside the known estimator packages (and the study file's) are
-    refused by name."""
+    """skops, not pickle: only the study file's estimator class and the inner types of known
+    estimators are accepted, by exact name; a function or the class of another estimator than the
+    study file's is refused."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.preprocessing import FunctionTransformer
 
     family = SklearnFamily()
     x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
     est = HistGradientBoostingClassifier(max_iter=3).fit(x, (x[:, 0] > 0).astype(int))
-    cfg = RunConfig(family="sklearn", estimator="sklearn.ensemble.HistGradientBoostingClassifier")
-    back = family.restore(family.payload(est), cfg, n_features=3, n_outputs=2)
+    spec = "sklearn.ensemble.HistGradientBoostingClassifier"
+    cfg = RunConfig(family="sklearn", estimator=spec)
+    back = family.restore(family.payload(est), cfg, n_features=3, n_outputs=2, trusted=[spec])
     assert np.array_equal(back.predict(x), est.predict(x))
-    odd = FunctionTransformer(func=np.log1p)  # holds a numpy ufunc: fine; a builtin function is not
-    odd.fit(x)
-    bad = FunctionTransformer(func=print).fit(x)
-    with pytest.raises(ValueError, match=r"holds types outside the trusted packages .*: builtins.print"):
-        family.restore(family.payload(bad), cfg, n_features=3, n_outputs=2)
-    family.restore(family.payload(odd), cfg, n_features=3, n_outputs=2)
+    bad = FunctionTransformer(func=print).fit(x)  # a builtin function, called at predict time
+    with pytest.raises(ValueError, match=r"holds types hpo does not trust: builtins.print"):
+        family.restore(family.payload(bad), cfg, n_features=3, n_outputs=2, trusted=[spec])
+    with pytest.raises(
+        ValueError, match=r"names estimator '.*HistGradientBoostingClassifier', which the study"
+    ):
+        family.restore(
+            family.payload(est), cfg, n_features=3, n_outputs=2, trusted=["sklearn.linear_model.Ridge"]
+        )
+
+
+def test_a_saved_module_is_rebuilt_only_with_the_study_files_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model file does not choose what code runs: a torch model is rebuilt only with the
+    factory the study file names; weights that no longer fit the factory are one line."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(NET)
+    family = FAMILIES["torch"]
+    cfg = family.complete(RunConfig(family="torch", module="net.py:make", params={"width": 4}))
+    assert cfg.params == {"width": 4, "depth": 1}  # the factory's defaults written out
+    model = family.build(cfg, n_features=3, n_outputs=2, seed=0)
+    payload = family.payload(model)
+    back = family.restore(payload, cfg, n_features=3, n_outputs=2, trusted=["net.py:make"])
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(back(x), model.eval()(x))
+    with pytest.raises(ValueError, match=r"names module 'net\.py:make', which the study file does not"):
+        family.restore(payload, cfg, n_features=3, n_outputs=2, trusted=[])
+    wider = cfg.with_point({"width": 8})
+    with pytest.raises(ValueError, match=r"the saved weights do not fit the module net\.py:make builds now"):
+        family.restore(payload, wider, n_features=3, n_outputs=2, trusted=["net.py:make"])
 
 
 # --------------------------------------------------------------------------- regression
@@ -560,8 +591,10 @@ def test_the_model_file_refuses_what_it_cannot_restore(tmp_path: Path) -> None:
         hpo_version="x",
     )
     save_model_file(tmp_path / "m.pt", mf)
-    with pytest.raises(HpoError, match="the model file cannot be loaded"):
+    with pytest.raises(HpoError, match=r"m.pt: the model cannot be loaded: the model file names estimator"):
         load_model_file(tmp_path / "m.pt").model()
+    with pytest.raises(HpoError, match="the saved estimator is not a skops file"):
+        load_model_file(tmp_path / "m.pt").model(trusted=["sklearn.linear_model.Ridge"])
 
 
 def test_calibrate_gives_a_regression_targets_baselines(capsys: pytest.CaptureFixture[str]) -> None:
@@ -587,3 +620,70 @@ def test_calibrate_gives_a_regression_targets_baselines(capsys: pytest.CaptureFi
     assert cli.main(args[:-2]) == 0
     table = capsys.readouterr().out
     assert "training mean       RMSE" in table and "ridge regression    RMSE" in table
+
+
+def test_a_tuned_value_the_factory_cannot_build_stops_before_any_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    body = '[defaults]\nfamily = "torch"\nmodule = "net.py:make"\n' + SWEEP.replace(
+        "CHOICES", "{ width = [4, -3] }"
+    )
+    path = _study(tmp_path, HEAD + SYNTHETIC + body)
+    assert _run(tmp_path, path, "run") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: stages.s.choices.width = -3: " in err, err
+    assert optuna.get_all_study_names(storage=f"sqlite:///{tmp_path / 'hpo.db'}") == []
+
+
+def test_a_search_range_is_typed_by_the_setting_not_by_how_its_bounds_are_written(tmp_path: Path) -> None:
+    """An estimator's float parameter with whole-number bounds is a float range; its integer
+    parameter an integer range, whatever its bounds' TOML type."""
+    path = tmp_path / "space.toml"
+    path.write_text(
+        HEAD + SYNTHETIC + '[defaults]\nfamily = "sklearn"\n'
+        'estimator = "sklearn.ensemble.HistGradientBoostingClassifier"\n'
+        '[stages.search]\nkind = "search"\nspace = { l2_regularization = { low = 0, high = 10 }, '
+        'max_leaf_nodes = { low = 7.0, high = 63 } }\n[stages.final]\nkind = "final"\n'
+    )
+    search = plan.load(path).stage("search")
+    assert isinstance(search, Search)
+    dists = search.distributions()
+    assert isinstance(dists["l2_regularization"], FloatDistribution)
+    assert isinstance(dists["max_leaf_nodes"], IntDistribution) and dists["max_leaf_nodes"].low == 7
+
+
+def test_settings_added_later_mean_what_a_study_made_before_had() -> None:
+    """A study stored before ``data.task`` or ``range_precision`` existed resumes where the new
+    key means the same; it is refused, naming the key, where it does not."""
+    stored = {"data": {"seed": 1}, "stage": {"kind": "lr_range"}, "carried_in": {"precision": "bf16"}}
+
+    def current(task: str, range_precision: str | None, precision: str = "bf16") -> dict[str, Any]:
+        return {
+            "data": {"seed": 1, "task": task},
+            "stage": {"kind": "lr_range", "range_precision": range_precision},
+            "carried_in": {"precision": precision},
+        }
+
+    assert records.settings_drift(stored, current("classification", "fp32")) is None
+    assert records.settings_drift(stored, current("regression", "fp32")) == (
+        "data.task",
+        "classification",
+        "regression",
+    )
+    # before range_precision existed the range test ran in fp32, whatever the carried precision
+    assert records.settings_drift(stored, current("classification", None)) == (
+        "stage.range_precision",
+        "fp32",
+        "bf16",
+    )
+    fp32 = {**stored, "carried_in": {"precision": "fp32"}}
+    assert records.settings_drift(fp32, current("classification", None, precision="fp32")) is None
+    # a parameter of the user's that happens to be called "task" is compared as any other key
+    assert records.settings_drift(
+        {"defaults": {"params": {}}}, {"defaults": {"params": {"task": "classification"}}}
+    ) == (
+        "defaults.params.task",
+        None,
+        "classification",
+    )

@@ -298,7 +298,8 @@ def test_validate_lists_the_stages_in_order(capsys: pytest.CaptureFixture[str]) 
     assert cli.main(["validate", "--config", str(REPO / "studies" / "quick.toml")]) == 0
     out = capsys.readouterr().out
     assert (
-        "pipeline quick, 8 stages, valid" in out and "weight_decay            grid_cv (after lr_range)" in out
+        'pipeline quick (classification, family "mlp"), 8 stages, valid' in out
+        and "weight_decay            grid_cv (after lr_range)" in out
     )
 
 

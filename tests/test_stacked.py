@@ -217,6 +217,30 @@ def test_adamw_one_model_run_shrinks_by_lr_times_decay() -> None:
     assert not torch.allclose(coupled["0.weight"], decoupled["0.weight"], atol=1e-4)
 
 
+def test_a_lone_learning_rate_group_left_by_compaction_keeps_its_optimizer_state() -> None:
+    """Members of two learning rates (two fused optimizers over views); when the members of one
+    stop, the rest form one group, whose optimizer takes over their Adam moments and step count:
+    each survivor still trains exactly as alone."""
+    members = [
+        stacked.Member(
+            ModelConfig(hidden=(32, 32)),
+            OptimConfig(lr=lr, weight_decay=1e-4),
+            TrainConfig(epochs=4, batch_size=128, seed=seed),
+            0,
+        )
+        for seed, lr in enumerate((1e-3, 3e-3, 1e-3))
+    ]
+    results = stacked.fit_stacked(members, DATA, task=TASK, callbacks=[[], [lambda r: r.epoch >= 1], []])
+    for i in (0, 2):
+        mb = members[i]
+        ref = fit_mlp(mb.model, mb.optim, mb.train, DATA[0], task=TASK)
+        assert [r.val_loss for r in results[i].history] == pytest.approx(
+            [r.val_loss for r in ref.history], rel=1e-4
+        )
+        for key, value in results[i].model.state_dict().items():
+            torch.testing.assert_close(value, ref.model.state_dict()[key], rtol=1e-4, atol=1e-5)
+
+
 def test_members_with_different_optimizers_share_one_stack() -> None:
     """The optimizer sweep: each member keeps its own leaves and optimizer inside the stack."""
     members = [

@@ -127,14 +127,11 @@ def calibrate_regression(prepared: Prepared, cfg: CalibrationConfig) -> dict[str
         ModelConfig(hidden=(256, 256), n_features=prepared.n_features, n_outputs=1), seed=cfg.seed
     )
 
-    def standard(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        return ((y - task.mean) / task.std).astype(np.float32)
-
     fitted = fit(
         model,
         OptimConfig(name="adam", lr=1e-3, weight_decay=cfg.weight_decay),
         TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience, seed=cfg.seed),
-        TensorData.from_numpy(x_train, standard(y_train), x_val, standard(y_val)),
+        TensorData.from_numpy(x_train, task.standardise(y_train), x_val, task.standardise(y_val)),
         task=task,
     )
     mlp_scores = scores(task.predictions(predict_outputs(fitted.model, torch.as_tensor(x_test))))

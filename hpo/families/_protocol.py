@@ -46,6 +46,11 @@ class ModelFamily(Protocol):
         factory with ``**kwargs``)."""
         ...
 
+    def complete(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` with what the family would otherwise take implicitly written out (a torch
+        factory's default arguments)."""
+        ...
+
     def check(self, cfg: RunConfig, task: str) -> None:
         """That ``cfg`` can be trained for ``task`` (imports, names, values); ValueError naming
         the problem and the fix."""

@@ -12,9 +12,13 @@
 kind that scores records (grid_cv, sweep, search, final) works unchanged.
 
 Saved with skops (``skops.io.dumps``), never pickle: loading lists the file's types that skops
-does not trust by default and accepts only those of known estimator packages (scikit-learn,
-LightGBM, XGBoost, CatBoost, numpy, scipy) or of the package of the estimator the study file
-names; anything else is refused with the type's name.
+does not trust by default and accepts exactly these: the class of the estimator the study file
+names (not the one the file names), and :data:`TRUSTED_TYPES`, the inner types the estimators of
+scikit-learn, LightGBM and XGBoost hold (read off ``skops.io.get_untrusted_types`` for
+HistGradientBoosting, RandomForest, GradientBoosting, LGBM and XGB models, 2026-11-30). Anything
+else (a function, a type of another package) is refused by name. ``sklearn.tree._tree.Tree`` is
+one skops leaves untrusted because a crafted one can crash the process at inference; it runs no
+code of the file's choosing, and every tree ensemble of scikit-learn holds it.
 """
 
 from __future__ import annotations
@@ -36,9 +40,14 @@ from hpo.settings import RunConfig
 from hpo.tasks import Task
 from hpo.training import Callback, EarlyStopping, EvalRecord, FitResult, TensorData
 
-#: packages whose types a saved estimator may hold (besides those skops trusts by default)
-TRUSTED_PACKAGES = ("sklearn", "lightgbm", "xgboost", "catboost", "numpy", "scipy")
-TRUSTED_TYPES = ("collections.OrderedDict",)
+#: the types (exact names) a saved estimator may hold besides its own class and those skops trusts
+TRUSTED_TYPES = (
+    "collections.OrderedDict",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+    "lightgbm.basic.Booster",
+    "xgboost.core.Booster",
+)
 _EPS = 1e-12
 
 
@@ -85,6 +94,9 @@ class SklearnFamily:
     def own_params(self, cfg: RunConfig) -> Mapping[str, Any] | None:
         assert cfg.estimator is not None
         return _defaults(estimator_class(cfg), cfg.estimator)
+
+    def complete(self, cfg: RunConfig) -> RunConfig:
+        return cfg  # the saved model is the fitted estimator itself, every argument in it
 
     def check(self, cfg: RunConfig, task: str) -> None:
         assert cfg.estimator is not None
@@ -209,16 +221,23 @@ class SklearnFamily:
         n_outputs: int,
         trusted: Sequence[str] = (),
     ) -> Any:
+        assert cfg.estimator is not None
+        if cfg.estimator not in trusted:
+            raise ValueError(
+                f"the model file names estimator {cfg.estimator!r}, which the study file does not "
+                f"(trusted: {', '.join(trusted) or 'none'}); predict with the study file it was trained with"
+            )
+        cls = estimator_class(cfg)  # the study file's own: imported as it names it
+        allowed = {*TRUSTED_TYPES, f"{cls.__module__}.{cls.__qualname__}"}
         data = bytes(payload["skops"].numpy().tobytes())
-        roots = {*TRUSTED_PACKAGES, *(t.split(".")[0].split(":")[0] for t in trusted)}
         try:
             untrusted = sio.get_untrusted_types(data=data)
         except Exception as exc:
             raise ValueError(f"the saved estimator is not a skops file ({type(exc).__name__})") from None
-        refused = [t for t in untrusted if t not in TRUSTED_TYPES and t.split(".")[0] not in roots]
+        refused = [t for t in untrusted if t not in allowed]
         if refused:
             raise ValueError(
-                f"the saved estimator holds types outside the trusted packages ({', '.join(sorted(roots))}): "
-                f"{', '.join(refused[:5])}; load it only from a study file whose estimator is of that package"
+                f"the saved estimator holds types hpo does not trust: {', '.join(refused[:5])} "
+                f"(trusted: the study file's {cls.__qualname__} and {', '.join(TRUSTED_TYPES)})"
             )
         return sio.loads(data, trusted=untrusted)

@@ -27,9 +27,10 @@ from torch import nn
 from hpo.errors import first_line
 from hpo.families._imports import load_object
 from hpo.families._protocol import Job
-from hpo.settings import TRAINING_SETTINGS, RunConfig
+from hpo.settings import TRAINING_SETTINGS, RunConfig, is_json_value
 from hpo.tasks import Task
 from hpo.training import Callback, FitResult, TensorData, fit, predict_outputs
+from hpo.training.seeding import seeded
 
 
 def factory(cfg: RunConfig) -> Any:
@@ -63,8 +64,24 @@ class TorchFamily:
         params = list(sig.parameters.values())
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
             return None
-        named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        return {p.name: (None if p.default is p.empty else p.default) for p in named[2:]}
+        named = [p for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return {p.name: (None if p.default is p.empty else p.default) for p in named}
+
+    def complete(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` with the factory's defaults written into ``params`` (those JSON can hold), so
+        stored configurations and model files say how the module was built even if the factory's
+        defaults change later."""
+        assert cfg.module is not None
+        sig = _signature(factory(cfg), cfg.module)
+        defaults = {
+            p.name: p.default
+            for p in list(sig.parameters.values())[2:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.default is not p.empty
+            and p.name not in cfg.params
+            and is_json_value(p.default)
+        }
+        return cfg.with_point(defaults) if defaults else cfg
 
     def check(self, cfg: RunConfig, task: str) -> None:
         assert cfg.module is not None
@@ -113,12 +130,18 @@ class TorchFamily:
         return ()
 
     def build(self, cfg: RunConfig, *, n_features: int, n_outputs: int, seed: int) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return self._make(cfg, n_features, n_outputs)
 
     def _make(self, cfg: RunConfig, n_features: int, n_outputs: int) -> nn.Module:
-        model = factory(cfg)(n_features, n_outputs, **cfg.params)
+        make = factory(cfg)
+        try:
+            model = make(n_features, n_outputs, **cfg.params)
+        except Exception as exc:
+            raise ValueError(
+                f"{cfg.module}({n_features}, {n_outputs}, **{cfg.params}) raised "
+                f"{type(exc).__name__}: {first_line(exc, 160)}"
+            ) from None
         if not isinstance(model, nn.Module):
             raise ValueError(
                 f"{cfg.module} returned a {type(model).__name__}, not a torch.nn.Module; return the module"
@@ -137,8 +160,7 @@ class TorchFamily:
         n_features = int(datasets[0].x_train.shape[1])
         out = []
         for job, cbs in zip(jobs, callbacks, strict=True):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(job.train.seed)  # initialisation, then dropout, as drawn alone
+            with seeded(job.train.seed):  # initialisation, then dropout, as drawn alone
                 model = self._make(job.config, n_features, task.n_outputs)
                 out.append(
                     fit(model, job.config.optim(), job.train, datasets[job.data], task=task, callbacks=cbs)
@@ -161,7 +183,18 @@ class TorchFamily:
         n_outputs: int,
         trusted: Sequence[str] = (),
     ) -> Any:
+        if cfg.module not in trusted:
+            raise ValueError(
+                f"the model file names module {cfg.module!r}, which the study file does not "
+                f"(trusted: {', '.join(trusted) or 'none'}); predict with the study file it was trained with"
+            )
         model = self.build(cfg, n_features=n_features, n_outputs=n_outputs, seed=0)
-        model.load_state_dict(payload["state_dict"])
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the saved weights do not fit the module {cfg.module} builds now ({first_line(exc, 160)}); "
+                "restore the factory as it was when the model was trained"
+            ) from None
         model.eval()
         return model

@@ -23,7 +23,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from hpo import data
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings
-from hpo.tasks import Task, balanced_class_weights
+from hpo.tasks import Regression, Task, balanced_class_weights
 from hpo.training import TensorData
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,10 @@ class StageData:
     def _y(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | npt.NDArray[np.float32]:
         """The targets the task trains on, of ``rows``."""
         p = self._prepared
-        if p.targets is None:
+        task = self.task
+        if p.targets is None or not isinstance(task, Regression):
             return np.asarray(p.labels[rows], dtype=np.int64)
-        mean, std = float(p.meta["target_mean"]), float(p.meta["target_std"])
-        return ((np.asarray(p.targets[rows], dtype=np.float64) - mean) / std).astype(np.float32)
+        return task.standardise(p.targets[rows])
 
     @cached_property
     def _train(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[Any]]:

@@ -19,8 +19,9 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
+from hpo.families import FAMILIES
 from hpo.present.figures import Figure
-from hpo.settings import DEFAULT_METRIC, FAMILY_NAMES, RunConfig, StageSettings, greater_is_better
+from hpo.settings import DEFAULT_METRIC, RunConfig, StageSettings, greater_is_better
 from hpo.stages._context import StageContext
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection, point_key
@@ -30,9 +31,9 @@ Direction = Literal["minimize", "maximize"]
 
 
 #: every family (the kinds that train through the family's fit_many and score evaluation records)
-ALL_FAMILIES = frozenset(FAMILY_NAMES)
+ALL_FAMILIES = frozenset(FAMILIES)
 #: families whose models are torch modules trained by hpo's trainers
-TORCH_FAMILIES = frozenset({"mlp", "torch"})
+TORCH_FAMILIES = frozenset(name for name, family in FAMILIES.items() if family.torch_based)
 
 
 class Stage(Protocol):

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 import torch
 
-from hpo.settings import greater_is_better
+from hpo.settings import better, greater_is_better
 from hpo.tasks import Task
 from hpo.training import Callback, EvalRecord
 from hpo.tuning import records
@@ -42,7 +42,7 @@ class Scorer:
         return self.task.metric(self.metric, self.y_val, record.val_pred.numpy())
 
     def better(self, a: float, b: float) -> bool:
-        return a > b if self.maximize else a < b
+        return better(self.metric, a, b)
 
 
 @dataclass

@@ -45,7 +45,7 @@ def study_task(study_attrs: Mapping[str, Any]) -> Task:
     record = study_attrs.get(records.TASK)
     if record is not None:
         return from_record(record)
-    return Classification(tuple(str(i) for i in range(int(study_attrs.get(records.N_CLASSES, 2)))))
+    return Classification(tuple(str(i) for i in range(int(study_attrs[records.N_CLASSES]))))
 
 
 def how_compared(*, cv: bool, seeds: int) -> How:

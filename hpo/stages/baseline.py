@@ -93,6 +93,7 @@ class Baseline(GridStage):
     ) -> Selection:
         done = self.finished(trials, cfg_in)
         s = self.settings
+        current = cfg_in.settings()  # a factory's hidden may be left at its own default
         candidates = [
             Candidate(t, {"architecture": t.params["architecture"]}, float(t.value or 0.0)) for t in done
         ]
@@ -100,7 +101,9 @@ class Baseline(GridStage):
             candidates,
             metric=s.metric,
             policy=s.select,
-            incumbent={"architecture": param_value("hidden", cfg_in.settings()["hidden"])},
+            incumbent={"architecture": param_value("hidden", current["hidden"])}
+            if "hidden" in current
+            else None,
             how=how_compared(cv=False, seeds=s.seeds),
             study_attrs=study_attrs,
         )

@@ -39,6 +39,7 @@ from hpo.settings import (
     Precision,
     RunConfig,
     StageSettings,
+    better,
     greater_is_better,
 )
 from hpo.stages._context import StageContext
@@ -46,6 +47,7 @@ from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import TORCH_FAMILIES, GridStage
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.training import range_test, resolve_device
+from hpo.training.seeding import seeded
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -90,19 +92,20 @@ class LrRange(GridStage):
                 cfg_in, n_features=data.n_features, n_outputs=task.n_outputs, seed=cfg_in.seed
             )
             try:
-                curve = range_test(
-                    model,
-                    cfg_in.optim(),
-                    train,
-                    tv,
-                    task=task,
-                    end_lr=s.end_lr,
-                    num_iter=s.num_iter,
-                    smooth_f=s.smooth_f,
-                    diverge_th=s.diverge_th,
-                    skip_start=s.skip_start,
-                    skip_end=s.skip_end,
-                )
+                with seeded(cfg_in.seed):  # a user module's dropout draws from the global generator
+                    curve = range_test(
+                        model,
+                        cfg_in.optim(),
+                        train,
+                        tv,
+                        task=task,
+                        end_lr=s.end_lr,
+                        num_iter=s.num_iter,
+                        smooth_f=s.smooth_f,
+                        diverge_th=s.diverge_th,
+                        skip_start=s.skip_start,
+                        skip_end=s.skip_end,
+                    )
             except ValueError as exc:
                 raise ConfigError(f"{ctx.study_file}: stages.{self.name}: {exc}") from None
             trial.set_user_attr(records.CURVE, {"lr": curve.lrs, "loss": curve.losses})
@@ -135,7 +138,7 @@ class LrRange(GridStage):
         value = float(trial.value if trial.value is not None else math.nan)
         if trial.user_attrs[records.VERIFICATION_DIVERGED] or not _usable(picked):
             lr, why = cfg_in.lr, f"the pick {picked:.3g} diverged in verification; kept {cfg_in.lr:g}"
-        elif trivial is not None and not _better(headline, value, float(trivial)):
+        elif trivial is not None and not better(headline, value, float(trivial)):
             what = (
                 "the majority class's" if self.task == "classification" else "predicting the training mean,"
             )
@@ -155,10 +158,6 @@ class LrRange(GridStage):
 
     def figures(self, study: optuna.Study) -> list[figures.Figure]:
         return figures.lr_range_figures(study)
-
-
-def _better(metric: str, a: float, b: float) -> bool:
-    return a > b if greater_is_better(metric) else a < b
 
 
 def _usable(lr: float) -> bool:

@@ -21,9 +21,10 @@ parameters)::
     hidden = { choices = [[256, 256], [512, 256]] }
 
 A range is an integer range where the setting is an integer (``batch_size``; a parameter whose
-``low`` and ``high`` are whole numbers, or ``integer = true``), else a float range; settings that
-are not numbers take ``choices``. The study file's loader decides this from the family's own
-types (:func:`hpo.settings.setting_kind`) and records it in ``integer``.
+default is an integer; one without a numeric default whose ``low`` and ``high`` are whole
+numbers; or ``integer = true``), else a float range; settings that are not numbers take
+``choices``. The study file's loader types the bounds from the family's own types
+(:func:`hpo.settings.setting_kind`, a parameter's default) and records the result in ``integer``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class Dimension(BaseModel):
     log: bool = False
     step: int | float | None = None
     choices: Annotated[list[Any], Field(min_length=1)] | None = None
-    integer: bool | None = None  # an integer range (default: low and high are whole numbers)
+    # an integer range (default: typed by the study file's loader from the setting); not part of
+    # the stored settings, which it only makes explicit (a search made before it existed resumes)
+    integer: bool | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> Dimension:
@@ -162,7 +165,9 @@ class Search:
             elif dim.choices is not None:
                 space[name] = dim.model_copy(update={"choices": typed})
             else:
-                space[name] = dim.model_copy(update={"low": typed[0], "high": typed[1]})
+                low, high = typed
+                integer = dim.integer if dim.integer is not None else _whole(low, high)
+                space[name] = dim.model_copy(update={"low": low, "high": high, "integer": integer})
         return self.settings.model_copy(update={"space": space})
 
     @property

@@ -82,6 +82,10 @@ class Regression:
         """Standardised values back in the target's units."""
         return np.asarray(standardised, dtype=np.float64) * self.std + self.mean
 
+    def standardise(self, values: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """Values in the target's units as the models see them (the inverse of :meth:`units`)."""
+        return ((np.asarray(values, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+
     def metric(self, name: str, y: npt.NDArray[Any], pred: npt.NDArray[Any]) -> float:
         e = np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64)
         if name == "rmse":

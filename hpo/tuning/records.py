@@ -16,7 +16,7 @@ import base64
 import hashlib
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,10 +187,21 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-#: Settings a later hpo added, with the values that mean what a study made before had: a stored
-#: study without the key is not refused for it (``data.task`` came with regression; an LR range
-#: test's ``range_precision`` with the range test honouring precision: before, it ran in fp32).
-ADDED_LATER: dict[str, tuple[Any, ...]] = {"task": ("classification",), "range_precision": (None, "fp32")}
+def _range_precision(current: Mapping[str, Any]) -> Any:
+    """The precision an LR range test runs in: its own, or the carried configuration's."""
+    own = current.get("stage.range_precision")
+    return own if own is not None else current.get("carried_in.precision", current.get("defaults.precision"))
+
+
+#: Settings a later hpo added, by their full key in a stage's stored settings, with what a study
+#: made before meant: a stored study without the key is refused only if the current value means
+#: something else. ``data.task`` came with regression (before: classification); an LR range
+#: test's ``range_precision`` came when the range test began to honour precision (before, it
+#: ran in fp32 whatever the configuration said).
+ADDED_LATER: dict[str, tuple[Any, Callable[[Mapping[str, Any]], Any]]] = {
+    "data.task": ("classification", lambda current: current.get("data.task")),
+    "stage.range_precision": ("fp32", _range_precision),
+}
 
 
 def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
@@ -200,8 +211,11 @@ def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tup
     _flatten("", stored, a)
     _flatten("", current, b)
     for key in sorted(set(a) | set(b)):
-        name = key.rsplit(".", 1)[-1]
-        if key not in a and name in ADDED_LATER and b.get(key) in ADDED_LATER[name]:
+        if key not in a and key in ADDED_LATER:
+            before, meaning = ADDED_LATER[key]
+            now = meaning(b)
+            if now != before:
+                return key, before, now
             continue
         if a.get(key) != b.get(key):
             return key, a.get(key), b.get(key)

@@ -45,6 +45,9 @@ class MlpFamily:
     def own_params(self, cfg: RunConfig) -> Mapping[str, Any] | None:
         return {}
 
+    def complete(self, cfg: RunConfig) -> RunConfig:
+        return cfg
+
     def check(self, cfg: RunConfig, task: str) -> None:
         return None
 

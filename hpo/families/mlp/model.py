@@ -13,6 +13,7 @@ from torch import nn
 
 from hpo.families.mlp import components
 from hpo.settings import ModelConfig
+from hpo.training.seeding import seeded
 
 DROPOUT_SEED_OFFSET = 1_000_003  # the dropout stream is seeded apart from init and data order
 
@@ -64,8 +65,7 @@ class MLP(nn.Sequential):
 
 def build_model(config: ModelConfig, *, seed: int) -> MLP:
     """The model with weights drawn from ``seed`` (the global RNG is left untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return MLP(config, seed=seed)
 
 

@@ -348,7 +348,8 @@ class _Optimizers:
         if not self.grouped:
             optimizer = build_optimizer(leaves, keys[0])
             for j, leaf in enumerate(leaves):
-                state = carried.get((j, -1))
+                # carried whole, or per member when compaction left one group of several
+                state = carried.get((j, -1)) or _stacked_state([carried.get((j, i)) for i in stack.order])
                 if state:
                     optimizer.state[leaf] = state
             self.optimizers.append(optimizer)
@@ -423,6 +424,21 @@ class _Optimizers:
 
     def remember_order(self) -> None:
         self.stack_order_before = list(self.stack.order)
+
+
+def _stacked_state(states: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Per-member optimizer states (of views ``leaf[p]``) as one state of the stacked leaf: the
+    tensors stacked in member order, scalars (the step count every member shares) as they are."""
+    if not states or any(st is None for st in states):
+        return None
+    first = states[0]
+    assert first is not None
+    return {
+        k: torch.stack([st[k] for st in states if st is not None])
+        if torch.is_tensor(v) and v.dim() > 0
+        else v
+        for k, v in first.items()
+    }
 
 
 def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
