@@ -1,4 +1,5 @@
-"""hpo: staged, reproducible hyperparameter optimisation of tabular MLPs on Optuna.
+"""hpo: staged, reproducible hyperparameter optimisation of tabular models on Optuna (its MLP,
+your torch module, scikit-learn estimators; classification or regression).
 
 The Python API is :class:`hpo.Pipeline` (``hpo.Pipeline.load("studies/quick.toml").run()``);
 the ``hpo`` command line renders what it returns.
