@@ -3,7 +3,8 @@
 Commands call the Python API (:class:`hpo.pipeline.Pipeline`, :mod:`hpo.data`, ...) and render
 the typed results it returns, as a table or as JSON (``--format json``). Errors of the
 :class:`~hpo.errors.HpoError` family become one line on stderr and exit status 2 (a traceback
-only with ``--debug``); Ctrl-C exits 130.
+only with ``--debug``); Ctrl-C exits 130; SIGTERM releases a worker's claimed trials and exits 143;
+a worker that stops because its next batch would not end before ``--stop-at`` exits 75.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from hpo import __version__
 from hpo.errors import ConfigError, HpoError
+from hpo.tuning.stopping import EXIT_TERMINATED, Terminated
 
 logger = logging.getLogger("hpo")
 
@@ -200,9 +202,24 @@ def _live(args: argparse.Namespace) -> bool:
 
 
 def _working(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
-    """Run ``work(pipeline)`` with the live display on a terminal, log lines otherwise."""
+    """Run ``work(pipeline)`` with the live display on a terminal, log lines otherwise; SIGTERM
+    as a polite stop, the threads set, and the deadline (``--stop-at``) handed to the stages."""
+    from hpo.training import threads
+    from hpo.tuning import stopping
+
+    chosen = threads.resolve(args.threads)
+    deadline = stopping.deadline(args.stop_at)
+    stopping.handle_sigterm()
+
+    def start(pipe: Any) -> Any:
+        threads.apply(chosen)
+        if deadline is not None:
+            logger.info("claiming only work that ends before %s", deadline.describe())
+        pipe.ctx.deadline = deadline
+        return work(pipe)
+
     if not _live(args):
-        return work(_pipeline(args))
+        return start(_pipeline(args))
     from rich.logging import RichHandler
 
     from hpo.present.progress import LiveProgress
@@ -211,7 +228,7 @@ def _working(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
         handler = RichHandler(console=live.console, show_path=False, log_time_format="%H:%M:%S")
         logging.getLogger().handlers[:] = [handler]
         logging.getLogger("hpo.progress").setLevel(logging.WARNING)  # the bar shows what they would
-        return work(_pipeline(args, progress=live))
+        return start(_pipeline(args, progress=live))
 
 
 def _cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
@@ -461,6 +478,21 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _work_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plain", action="store_true", help="log lines instead of the live display")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads (default $HPO_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
+    )
+    p.add_argument(
+        "--stop-at",
+        metavar="TIME",
+        help="claim no batch that would not finish by TIME (UNIX seconds or ISO 8601; default "
+        "$HPO_STOP_AT, else $SLURM_JOB_END_TIME); exits 75 when it stops for it",
+    )
+
+
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="take [data] from this study file (the flags below override it)")
     p.add_argument("--source", choices=("synthetic", "msd", "csv", "parquet"))
@@ -549,13 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_stage.add_argument(
         "--force", action="store_true", help="start this stage over (other stages untouched)"
     )
-    run_stage.add_argument("--plain", action="store_true", help="log lines instead of the live display")
+    _work_options(run_stage)
     _pipeline_options(run_stage)
     run_stage.set_defaults(handler=_cmd_run_stage, render=_render_run_stage)
 
     run = commands.add_parser("run", help="run every stage in order, skipping completed ones")
     run.add_argument("--force", action="store_true", help="start every stage over")
-    run.add_argument("--plain", action="store_true", help="log lines instead of the live display")
+    _work_options(run)
     _pipeline_options(run)
     run.set_defaults(handler=_cmd_run, render=_render_run)
 
@@ -563,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
         help="work on the pipeline wherever it is, with any number of other workers; exit when it is done",
     )
-    worker.add_argument("--plain", action="store_true", help="log lines instead of the live display")
+    _work_options(worker)
     _pipeline_options(worker)
     worker.set_defaults(handler=_cmd_run, render=_render_worker, force=False)
 
@@ -640,6 +672,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"hpo: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        if args.debug:
+            raise
+        print(
+            "hpo: terminated (SIGTERM); the trials it had claimed were released for other workers",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -292,6 +292,81 @@ def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str, st
         assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
 
 
+class _Lines:
+    """A process's stderr read line by line in a thread, so a test can wait for a line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no line with {text!r} within {timeout:.0f} s: {''.join(self.lines)[-2000:]}")
+
+    def text(self) -> str:
+        self._thread.join(timeout=60)
+        return "".join(self.lines)
+
+
+@pytest.mark.postgres
+def test_sigtermed_worker_releases_its_trials_at_once(tmp_path: Path, postgres_url: str) -> None:
+    """SIGTERM (Slurm's time limit, preemption, scancel; docker stop) while a worker trains all
+    five weight-decay points as one stack: it tells them FAIL (interrupted), leaves the registry
+    and exits 143 within seconds; a waiting worker runs the five points again at once, long
+    before the 60 s grace period would have failed them, and each point completes once."""
+    import datetime as dt
+
+    cfg = _config(tmp_path, epochs=1500, stack=5)  # trains for longer than a worker takes to start
+    env = _env(tmp_path, postgres_url, HPO_HEARTBEAT_INTERVAL="5", HPO_GRACE_PERIOD="60")
+    command = _init(tmp_path, cfg, env)
+    victim = _start(command, env, tmp_path)
+    held = _wait_for_running(postgres_url, "weight_decay", timeout=300)
+    rescuer = _start(command, env, tmp_path)
+    rescuer_log = _Lines(rescuer)
+    rescuer_log.wait_for("waiting for stage workers.weight_decay", timeout=120)
+    held = _wait_for_running(postgres_url, "weight_decay", timeout=5)
+    assert len(held) == 5, [t.number for t in held]  # the victim holds every point
+    terminated_at = time.time()
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate(timeout=30)
+    exited_after = time.time() - terminated_at
+    assert victim.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err and "released trial(s)" in err, err[-2000:]
+    assert exited_after < 10, exited_after
+    rescuer.wait(timeout=600)
+    assert rescuer.returncode == 0, rescuer_log.text()[-2000:]
+    assert "training with 1 thread ($OMP_NUM_THREADS)" in rescuer_log.text()
+    studies = _check_pipeline_done_once(postgres_url)
+    trials = {t.number: t for t in studies["weight_decay"]}
+    for t in held:
+        released = trials[t.number]
+        assert released.state == TrialState.FAIL and released.user_attrs[records.INTERRUPTED] == "SIGTERM"
+        again = [
+            u
+            for u in trials.values()
+            if u.state == TrialState.COMPLETE
+            and u.user_attrs[records.POINT] == released.user_attrs[records.POINT]
+        ]
+        assert len(again) == 1 and again[0].datetime_start is not None
+        waited = (again[0].datetime_start - dt.datetime.fromtimestamp(terminated_at)).total_seconds()
+        assert waited < 15, f"point {released.user_attrs[records.POINT]} ran again only after {waited:.1f} s"
+    registry = optuna.load_study(study_name="workers.workers", storage=postgres_url).get_trials()
+    assert sorted(t.state.name for t in registry) == ["COMPLETE", "FAIL"]  # the victim left it
+
+
 def test_second_sqlite_worker_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hpo.pipeline import Pipeline
     from hpo.tuning import locks

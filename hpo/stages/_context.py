@@ -25,6 +25,7 @@ from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings
 from hpo.tasks import Regression, Task, balanced_class_weights
 from hpo.training import TensorData
+from hpo.tuning.stopping import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class StageContext:
     folds: int = 2  # the most CV folds any stage asks for (checked against the classes)
     progress: Progress = field(default_factory=LogProgress)
     live_workers: Callable[[], int] = field(default=lambda: 1, repr=False)  # counted from heartbeats
+    deadline: Deadline | None = None  # claim nothing that would not finish before it
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:

@@ -163,6 +163,7 @@ class GridStage:
             distributions=self.distributions(cfg_in),
             objective=self.objective(ctx, cfg_in),
             batch_size=share(self.batch_size(), ctx.live_workers),
+            deadline=ctx.deadline,
         )
 
     def select(

@@ -237,6 +237,7 @@ class Search:
             distributions=self.distributions(),
             objective=self.objective(ctx, cfg_in),
             batch_size=share(self.settings.batch, ctx.live_workers),
+            deadline=ctx.deadline,
         )
 
     def _enqueue_incumbent(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:

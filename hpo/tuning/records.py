@@ -43,6 +43,7 @@ MODEL_ARTIFACT = "hpo:model_artifact"
 # trial attributes written by the runner
 POINT = "hpo:point"
 WORKER = "hpo:worker"
+WORKER_PLACE = "hpo:worker_place"  # host, pid and Slurm job of a registry entry
 ERROR = "hpo:error"
 INTERRUPTED = "hpo:interrupted"
 DUPLICATE_OF = "hpo:duplicate_of"

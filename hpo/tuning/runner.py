@@ -39,7 +39,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError, StorageError, first_line
-from hpo.tuning import records
+from hpo.tuning import records, stopping
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.storage import outages_of
 
@@ -100,15 +100,18 @@ def run(
     batch_size: int | Callable[[int], int] = 1,
     poll_seconds: float = POLL_SECONDS,
     on_wait: Callable[[int], None] | None = None,
+    deadline: stopping.Deadline | None = None,
 ) -> None:
     """Work on ``study`` until ``work`` is done (by this worker or others). ``batch_size``: the
     most trials a claim takes, or a function of how many are left unclaimed (to split a stage
-    among live workers)."""
+    among live workers). ``deadline``: claim no batch that would not finish before it
+    (:class:`~hpo.tuning.stopping.OutOfTime`). SIGTERM stops the loop at the next safe point."""
     size = batch_size if callable(batch_size) else _fixed(batch_size)
-    runner = _Runner(study, storage, work, dict(distributions), objective, size)
+    runner = _Runner(study, storage, work, dict(distributions), objective, size, deadline)
     waited = False
     with _quiet_optuna():
         while True:
+            stopping.check()
             claims = runner.claim()
             if claims is None:
                 return
@@ -123,7 +126,8 @@ def run(
                         running,
                     )
                 waited = True
-                time.sleep(poll_seconds)
+                with stopping.interruptible():
+                    time.sleep(poll_seconds)
                 continue
             waited = False
             claims = runner.keep_owned(claims)
@@ -161,8 +165,10 @@ class _Runner:
         distributions: dict[str, BaseDistribution],
         objective: BatchObjective,
         batch_size: Callable[[int], int],
+        deadline: stopping.Deadline | None = None,
     ) -> None:
         self.study = study
+        self.deadline = deadline
         self.storage = storage
         self.work = work
         self.distributions = distributions
@@ -181,9 +187,35 @@ class _Runner:
         with claim_lock(self.storage, self.name):
             self._fail_stale()
             trials = self.study.get_trials(deepcopy=False)
+            self._check_time(trials)
             if isinstance(self.work, Grid):
                 return self._claim_points(trials, self.work.points)
             return self._claim_budget(trials, self.work.n_trials)
+
+    def _check_time(self, trials: list[FrozenTrial]) -> None:
+        """Raise OutOfTime when work is left and the next batch would not end before the deadline
+        (estimated by the longest finished trial of this stage: a batch's trials run together)."""
+        if self.deadline is None:
+            return
+        done = [t for t in trials if t.state in DONE]
+        if isinstance(self.work, Grid):
+            keys = {records.point_key(p) for p in self.work.points}
+            if keys <= {_key(t) for t in done}:
+                return
+        elif len(done) >= self.work.n_trials:
+            return
+        seconds = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in done
+            if t.datetime_start is not None and t.datetime_complete is not None
+        ]
+        estimate = max(seconds) if seconds else None
+        if not self.deadline.fits(estimate):
+            raise stopping.OutOfTime(
+                f"stage {self.name}: its next batch (about {estimate:.0f} s) would not finish before "
+                f"{self.deadline.describe()}, {max(0.0, self.deadline.left()):.0f} s from now; nothing "
+                "claimed, nothing lost: start a worker again (a new job) to go on"
+            )
 
     def _fail_stale(self) -> None:
         if self.heartbeats is None:
@@ -312,13 +344,18 @@ class _Runner:
         logger.info("%s: trial(s) %s: %s", self.name, numbers, [c.point for c in claims])
         with _Heartbeat(self.storage, [c.trial._trial_id for c in claims], self.heartbeats):
             try:
-                outcomes = list(self.objective(claims))
+                with stopping.interruptible():
+                    outcomes = list(self.objective(claims))
             except StorageError:
                 raise  # the database stayed away; its trials go stale and are run again
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stopping.Terminated)
                 for c in claims:
-                    c.trial.set_user_attr(records.INTERRUPTED, True)
+                    c.trial.set_user_attr(
+                        records.INTERRUPTED, "SIGTERM" if isinstance(exc, stopping.Terminated) else True
+                    )
                     self._tell_fail(c.trial)
+                if isinstance(exc, stopping.Terminated):
+                    logger.warning("%s: released trial(s) %s (SIGTERM)", self.name, numbers)
                 raise
             except Exception as exc:
                 message = first_line(exc)

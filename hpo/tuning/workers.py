@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import warnings
 from collections.abc import Callable
@@ -44,6 +46,8 @@ class Registry:
             self._study = optuna.create_study(study_name=self.name, storage=self.storage, load_if_exists=True)
             self._trial = self._study.ask()
         self._trial.set_user_attr(records.WORKER, WORKER_ID)
+        self._trial.set_user_attr(records.WORKER_PLACE, place())
+        logger.info("worker %s joined pipeline %s (%s)", WORKER_ID, self.name.rsplit(".", 1)[0], place())
         if self.interval is not None:
             self.storage.record_heartbeat(self._trial._trial_id)  # type: ignore[attr-defined]
             self._thread = threading.Thread(target=self._beat, daemon=True, name="hpo-worker-heartbeat")
@@ -81,6 +85,16 @@ class Registry:
             optuna.storages.fail_stale_trials(self._study)
         running = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return max(1, len(running))
+
+
+def place() -> str:
+    """Where this worker runs: host, process and, under Slurm, the job (array task)."""
+    where = f"host {socket.gethostname()}, pid {os.getpid()}"
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{where}, Slurm job {array}_{task}"
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"{where}, Slurm job {job}" if job else where
 
 
 def share(stack: int, live: Callable[[], int]) -> Callable[[int], int]:
