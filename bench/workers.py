@@ -1,16 +1,25 @@
-"""The weight-decay stage with 1 worker and with 2, at equal total threads, on one PostgreSQL.
+"""The weight-decay stage with 1 worker and with 2 on one host, on one PostgreSQL.
 
-Does a second worker process beat one process using the same cores? Each configuration gets the
-machine's two cores: one worker with 2 torch threads, or two workers with 1 thread each. Both run
-the same stage (6 grid points x 2 folds, stacked as the faithful file stacks them, the live workers
-splitting the points between them) on a fresh database each time, after a warm-up run that
-prepares the data cache and loads the libraries, in alternating order (1, 2, 2, 1, ...); the
-median wall time of each is reported with every run's. Every run must complete all 6 points
-(checked) and the mean CV accuracy per point is printed per configuration.
+Does a second worker process beat one process using the same cores, and do two workers that
+share the host without being told (hpo splits its cores among the live workers on a host) avoid
+the oversubscription of two workers that each take every core? Configurations, each on the
+machine's cores:
+
+* ``1_worker``: one worker, threads left to hpo (all the cores it may use);
+* ``2_workers_shared``: two workers, threads left to hpo (each takes cores / 2 once both run);
+* ``2_workers_all_cores``: two workers, each told ``HPO_THREADS`` = all cores (what every worker
+  did before hpo set threads: torch takes every core it sees).
+
+All run the same stage (6 grid points x 2 folds, stacked as the faithful file stacks them, the
+live workers splitting the points between them) on a fresh database each time, after a warm-up
+run that prepares the data cache and loads the libraries, in rotating order; the median wall
+time of each is reported with every run's. Every run must complete all 6 points (checked) and
+the mean CV accuracy per point is printed per configuration. The JSON names the CPU and the
+precision (``--precision``, default auto: resolved by hpo's probe on this machine).
 
 Needs the PostgreSQL server on 127.0.0.1:5432 (trust auth).
 
-    python bench/workers.py [--rows 60000] [--epochs 2] [--repeats 2]
+    python bench/workers.py [--rows 60000] [--epochs 2] [--repeats 2] [--precision auto]
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from typing import Any
 import optuna
 import psycopg
 
+from hpo.training import precision, threads
+
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 PIPELINE = """
@@ -42,7 +53,7 @@ rows = {rows}
 
 [defaults]
 hidden = [256, 256]
-precision = "bf16"
+precision = "{precision}"
 
 [stages.lr_range]
 kind = "lr_range"
@@ -64,19 +75,16 @@ def _hpo(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[by
     )
 
 
-def run(workers: int, threads: int, config: Path, work: Path) -> tuple[float, dict[str, float]]:
+def run(workers: int, threads: int | None, config: Path, work: Path) -> tuple[float, dict[str, float]]:
     name = f"hpo_bench_{uuid.uuid4().hex[:8]}"
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     try:
-        env = {
-            **os.environ,
-            "HPO_STORAGE": url,
-            "HPO_ARTIFACTS": str(work / "artifacts"),
-            "HPO_DATA_DIR": str(work / "cache"),
-            "OMP_NUM_THREADS": str(threads),
-        }
+        env = {k: v for k, v in os.environ.items() if k not in ("HPO_THREADS", "OMP_NUM_THREADS")}
+        env.update(HPO_STORAGE=url, HPO_ARTIFACTS=str(work / "artifacts"), HPO_DATA_DIR=str(work / "cache"))
+        if threads is not None:
+            env["HPO_THREADS"] = str(threads)
         if _hpo(["run-stage", "lr_range", "--config", str(config)], env, work).wait() != 0:
             raise SystemExit("stage lr_range failed")
         start = time.perf_counter()
@@ -108,34 +116,49 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=60_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration")
-    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="total threads")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args()
-    configs = {"1_worker": (1, args.cores), f"{args.cores}_workers": (args.cores, 1)}
+    cores = threads.available_cores().n
+    configs: dict[str, tuple[int, int | None]] = {
+        "1_worker": (1, None),
+        "2_workers_shared": (2, None),
+        "2_workers_all_cores": (2, cores),
+    }
     seconds: dict[str, list[float]] = {k: [] for k in configs}
     values: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = work / "bench.toml"
-        config.write_text(PIPELINE.format(rows=args.rows, epochs=args.epochs))
-        run(1, args.cores, config, work)  # warm-up: data cache, imports, page cache
+        config.write_text(PIPELINE.format(rows=args.rows, epochs=args.epochs, precision=args.precision))
+        run(1, None, config, work)  # warm-up: data cache, imports, page cache, the precision probe
         order = list(configs)
         for r in range(args.repeats):
-            for key in order if r % 2 == 0 else reversed(order):
-                workers, threads = configs[key]
-                took, values[key] = run(workers, threads, config, work)
+            for key in order[r % len(order) :] + order[: r % len(order)]:
+                workers, n = configs[key]
+                took, values[key] = run(workers, n, config, work)
                 seconds[key].append(round(took, 1))
+        probes = (
+            json.loads((work / "cache" / precision.CACHE_FILE).read_text())
+            if args.precision == "auto"
+            else {}
+        )
     median = {k: statistics.median(v) for k, v in seconds.items()}
-    one, many = median["1_worker"], median[f"{args.cores}_workers"]
+    one = median["1_worker"]
     out: dict[str, Any] = {
-        "benchmark": "workers at equal total threads",
-        "stage": "weight_decay: 6 grid points x 2 folds, stacked, bf16",
+        "benchmark": "workers on one host",
+        "cpu": precision.cpu_description(),
+        "cores": cores,
+        "precision": args.precision,
+        "precision_probes": probes,
+        "stage": "weight_decay: 6 grid points x 2 folds, stacked",
         "rows": args.rows,
         "epochs_per_fold": args.epochs,
-        "total_threads": args.cores,
-        "configurations": {k: {"workers": w, "threads_each": t} for k, (w, t) in configs.items()},
+        "configurations": {
+            k: {"workers": w, "threads_each": t or "hpo's choice"} for k, (w, t) in configs.items()
+        },
         "seconds_all": seconds,
         "seconds_median": median,
-        "speedup_of_more_workers": round(one / many, 2),
+        "speed_against_1_worker": {k: round(one / v, 2) for k, v in median.items()},
         "cv_accuracy_by_weight_decay": values,
     }
     print(json.dumps(out, indent=2))

@@ -216,6 +216,7 @@ def _working(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
         if deadline is not None:
             logger.info("claiming only work that ends before %s", deadline.describe())
         pipe.ctx.deadline = deadline
+        pipe.ctx.before_claim = lambda: threads.rebalance(chosen, pipe.ctx.workers_on_host())
         return work(pipe)
 
     if not _live(args):
@@ -368,6 +369,8 @@ def _fmt_selected(selected: dict[str, Any]) -> str:
 def _render_state(st: dict[str, Any]) -> list[str]:
     trials = ", ".join(f"{n} {s.lower()}" for s, n in sorted(st["trials"].items())) or "no trials"
     line = f"{st['study']:<40}{st['state']:<13}{trials}"
+    if st.get("precision"):
+        line += f" ({'/'.join(st['precision'])})"
     sel = st.get("selection")
     if sel:
         line += f"  -> {_fmt_selected(sel['selected'])}"

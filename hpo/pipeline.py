@@ -82,6 +82,7 @@ class StudyState:
     state: str  # "complete" | "incomplete" | "not started"
     trials: dict[str, int]
     selection: dict[str, Any] | None = None  # records.Selection.to_dict()
+    precision: list[str] = field(default_factory=list)  # what its trials trained in ("auto" resolved)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,11 +181,13 @@ class Pipeline:
         with Registry(self.ctx.storage, self.plan.name) as registry:
             self._registry = registry
             self.ctx.live_workers = registry.live
+            self.ctx.workers_on_host = registry.on_host
             try:
                 yield
             finally:
                 self._registry = None
                 self.ctx.live_workers = lambda: 1
+                self.ctx.workers_on_host = lambda: 1
 
     def run_stage(self, name: str, *, force: bool = False) -> StageRun:
         stage = self.plan.stage(name)
@@ -333,11 +336,15 @@ class Pipeline:
         if study is None:
             return StudyState(stage.name, stage.kind, name, "not started", {})
         counts: dict[str, int] = {}
+        precisions: set[str] = set()
         for t in study.get_trials(deepcopy=False):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
+            train = t.user_attrs.get(records.TRAIN)
+            if isinstance(train, dict) and isinstance(train.get("precision"), str):
+                precisions.add(train["precision"])
         selection = study.user_attrs.get(records.SELECTION)
         state = "complete" if records.is_complete(study) else "incomplete"
-        return StudyState(stage.name, stage.kind, name, state, counts, selection)
+        return StudyState(stage.name, stage.kind, name, state, counts, selection, sorted(precisions))
 
     def status(self) -> PipelineStatus:
         states = [self.study_state(s) for s in self.plan.stages]

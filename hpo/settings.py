@@ -36,7 +36,8 @@ Activation = Literal["relu", "leaky_relu", "gelu"]
 Norm = Literal["none", "batchnorm", "layernorm"]
 Init = Literal["default", "xavier_uniform", "kaiming_normal"]
 OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]  # "auto": the faster here (hpo.training.precision)
+TrainPrecision = Literal["fp32", "bf16"]  # what a training run uses: "auto" resolved
 Device = Literal["auto", "cpu", "cuda"]
 ClassWeight = Literal["none", "balanced"]
 Metric = Literal["accuracy", "balanced_accuracy", "macro_f1", "loss", "rmse", "mae", "r2"]
@@ -192,7 +193,7 @@ class TrainConfig:
     eval_every: PositiveInt | None = None  # evaluate every N steps (default: each epoch's end)
     eval_last_only: bool = False  # evaluate after the last epoch only (k-fold CV needs no curve)
     eval_batch_size: PositiveInt = 16_384
-    precision: Precision = "fp32"  # "bf16": autocast for forward passes (losses stay float32)
+    precision: TrainPrecision = "fp32"  # "bf16": autocast for forward passes (losses stay float32)
     device: Literal["cpu", "cuda"] = "cpu"  # resolved (see hpo.training.device)
     label_smoothing: Probability = 0.0
     class_weights: ClassWeights | None = None  # per class, for a weighted cross-entropy
@@ -231,7 +232,7 @@ class RunConfig(BaseModel):
     label_smoothing: Probability = 0.0
     class_weight: ClassWeight = "none"
     seed: NonNegativeInt = 42
-    precision: Precision = "fp32"  # "bf16": CPU autocast (AMX); tested to stay within fp32's noise
+    precision: Precision = "auto"  # bf16 autocast where measured faster here, else fp32
     device: Device = "auto"  # "auto": a CUDA GPU when present, else the CPU
 
     @model_validator(mode="after")
@@ -304,11 +305,17 @@ class RunConfig(BaseModel):
         class_weights: Sequence[float] | None = None,
         seed: int | None = None,
         eval_last_only: bool = False,
+        precision: TrainPrecision | None = None,
     ) -> TrainConfig:
         """The trainer's settings: this configuration's plus the stage's budget. ``device`` is
         the resolved one (``cpu`` or ``cuda``), ``class_weights`` those of the rows trained on
         when ``class_weight = "balanced"``; ``seed`` overrides the configuration's (stages
-        training several seeds)."""
+        training several seeds); ``precision`` is the resolved one, required when this
+        configuration's is "auto" (see :meth:`hpo.stages.StageContext.precision`)."""
+        if precision is None:
+            if self.precision == "auto":
+                raise ValueError('precision "auto" must be resolved before training (StageContext.precision)')
+            precision = self.precision
         return TrainConfig(
             epochs=epochs,
             batch_size=self.batch_size,
@@ -316,7 +323,7 @@ class RunConfig(BaseModel):
             patience=patience,
             max_batches=max_batches,
             eval_every=eval_every,
-            precision=self.precision,
+            precision=precision,
             device=device,
             label_smoothing=self.label_smoothing,
             class_weights=tuple(class_weights) if class_weights is not None else None,

@@ -214,18 +214,18 @@ def test_cgroup_quota_caps_the_affinity(tmp_path: Path, monkeypatch: pytest.Monk
     v2.mkdir()
     (v2 / "cpu.max").write_text("max 100000\n")
     assert threads.cgroup_quota(v2) is None
-    assert threads.available_cores(v2) == threads.Threads(8, "the cores this process may use")
+    assert threads.available_cores(v2) == threads.Threads(8, "the cores this process may use", True)
     (v2 / "cpu.max").write_text("150000 100000\n")  # docker --cpus=1.5
-    assert threads.available_cores(v2) == threads.Threads(2, "cgroup CPU quota 1.5 of 8 cores")
+    assert threads.available_cores(v2) == threads.Threads(2, "cgroup CPU quota 1.5 of 8 cores", True)
     v1 = tmp_path / "v1"
     (v1 / "cpu").mkdir(parents=True)
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert threads.cgroup_quota(v1) is None
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
-    assert threads.available_cores(v1) == threads.Threads(3, "cgroup CPU quota 3 of 8 cores")
+    assert threads.available_cores(v1) == threads.Threads(3, "cgroup CPU quota 3 of 8 cores", True)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert threads.available_cores(v1) == threads.Threads(2, "the cores this process may use")
+    assert threads.available_cores(v1) == threads.Threads(2, "the cores this process may use", True)
 
 
 def test_apply_sets_torch_threads() -> None:
@@ -259,3 +259,38 @@ def test_worker_stops_before_its_deadline_and_a_later_one_finishes(
     trials = [t for s in studies.values() for t in storage.get_all_trials(s._study_id)]
     assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
     assert cli.main(base) == 0
+
+
+def test_workers_on_one_host_share_its_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the user set no thread count, each worker takes its share of the host's cores,
+    counted from the registry's live workers on this host (workers elsewhere do not count)."""
+    import socket
+
+    from hpo.tuning.workers import Registry
+
+    cores = threads.Threads(4, "the cores this process may use", True)
+    assert threads.shared(cores, 1) == cores
+    assert threads.shared(cores, 2) == threads.Threads(2, "4 cores shared by 2 workers on this host", True)
+    assert threads.shared(cores, 9).n == 1
+    mine = threads.Threads(4, "$HPO_THREADS")
+    assert threads.shared(mine, 3) == mine  # the user's count is kept
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}")
+    with Registry(storage, "p") as first:
+        assert first.on_host() == 1
+        with Registry(storage, "p"):
+            assert first.on_host() == 2 and first.live() == 2
+            monkeypatch.setattr(socket, "gethostname", lambda: "elsewhere")
+            with Registry(storage, "p"):
+                monkeypatch.undo()
+                assert first.on_host() == 2 and first.live() == 3
+        assert first.on_host() == 1
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        threads.rebalance(threads.Threads(2, "the cores this process may use", True), 2)
+        assert torch.get_num_threads() == 1
+        threads.rebalance(threads.Threads(2, "the cores this process may use", True), 1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -22,9 +22,9 @@ from optuna.artifacts import FileSystemArtifactStore
 
 from hpo import data
 from hpo.present.progress import LogProgress, Progress
-from hpo.settings import DataSettings
+from hpo.settings import DataSettings, RunConfig, TrainPrecision
 from hpo.tasks import Regression, Task, balanced_class_weights
-from hpo.training import TensorData
+from hpo.training import TensorData, precision, resolve_device
 from hpo.tuning.stopping import Deadline
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,8 @@ class StageContext:
     folds: int = 2  # the most CV folds any stage asks for (checked against the classes)
     progress: Progress = field(default_factory=LogProgress)
     live_workers: Callable[[], int] = field(default=lambda: 1, repr=False)  # counted from heartbeats
+    workers_on_host: Callable[[], int] = field(default=lambda: 1, repr=False)  # of them, on this host
+    before_claim: Callable[[], None] = field(default=lambda: None, repr=False)  # e.g. share the cores
     deadline: Deadline | None = None  # claim nothing that would not finish before it
     _data: StageData | None = field(default=None, repr=False)
 
@@ -171,6 +173,22 @@ class StageContext:
             )
             self._data = StageData(prepared)
         return self._data
+
+    def precision(self, cfg: RunConfig, width: int) -> TrainPrecision:
+        """The precision ``cfg`` trains in here: its own, or for "auto" the faster one on this
+        machine for its layer shapes in stacks of ``width`` (probed once, cached in the data dir)."""
+        if cfg.precision != "auto":
+            return cfg.precision
+        if cfg.family == "sklearn":
+            return "fp32"  # an estimator has no precision setting; nothing is autocast
+        stage_data = self.data()
+        dims = (stage_data.n_features, *cfg.hidden, stage_data.n_outputs)
+        return precision.resolve(
+            "auto",
+            device=resolve_device(cfg.device),
+            shape=precision.probe_shape(dims, cfg.batch_size, width),
+            cache_dir=self.data_dir or data.default_data_dir(),
+        )
 
     def study_name(self, stage: str) -> str:
         return f"{self.pipeline}.{stage}"

@@ -46,6 +46,7 @@ class Batch:
     ctx: StageContext
     datasets: Sequence[TensorData]
     label: str  # the stage's study name, for the progress display
+    width: int = 1  # how many jobs train as one stack (for precision "auto"'s probe)
     jobs: list[Job] = field(default_factory=list)
     callbacks: list[list[Callback]] = field(default_factory=list)
 
@@ -70,6 +71,7 @@ class Batch:
         positions of its jobs in the batch."""
         stage_data = self.ctx.data()
         device = resolve_device(cfg.device)
+        precision = self.ctx.precision(cfg, self.width)
         start = len(self.jobs)
         for d in data:
             tensors = self.datasets[d]
@@ -84,6 +86,7 @@ class Batch:
                     class_weights=weights,
                     seed=seed,
                     eval_last_only=budget.eval_last_only,
+                    precision=precision,
                 )
                 self.jobs.append(Job(cfg, train, d))
                 shown = name or (
@@ -132,7 +135,7 @@ def train_claims(
     """Train every claim's configuration on the training/validation rows (``seeds`` jobs each;
     stacked where shapes allow and ``stack``), record each trial's history of its first seed,
     and return the scores in claim order for the caller to store or prune (sweeps, searches)."""
-    batch = Batch(ctx, [ctx.data().train_val()], label)
+    batch = Batch(ctx, [ctx.data().train_val()], label, width=len(claims) * seeds if stack else 1)
     scores: list[TrialScore] = []
     for claim in claims:
         scored = score(claim)

@@ -164,6 +164,7 @@ class GridStage:
             objective=self.objective(ctx, cfg_in),
             batch_size=share(self.batch_size(), ctx.live_workers),
             deadline=ctx.deadline,
+            before_claim=ctx.before_claim,
         )
 
     def select(

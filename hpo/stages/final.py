@@ -59,7 +59,7 @@ class Final(GridStage):
             (claim,) = claims
             trial = claim.trial
             scored = TrialScore(trial, Scorer(task.headline, task, tv.y_val), seeds=s.seeds)
-            batch = Batch(ctx, [tv], ctx.study_name(self.name))
+            batch = Batch(ctx, [tv], ctx.study_name(self.name), width=s.seeds)
             batch.add(
                 trial,
                 cfg_in,

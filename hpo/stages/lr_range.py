@@ -19,7 +19,6 @@ torch-lr-finder ran.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
@@ -85,9 +84,13 @@ class LrRange(GridStage):
             (claim,) = claims
             trial = claim.trial
             weights = data.class_weights(tv) if cfg_in.class_weight == "balanced" else None
-            train = cfg_in.train(epochs=1, device=resolve_device(cfg_in.device), class_weights=weights)
-            if s.range_precision is not None:
-                train = dataclasses.replace(train, precision=s.range_precision)
+            own = cfg_in if s.range_precision is None else cfg_in.with_point({"precision": s.range_precision})
+            train = cfg_in.train(
+                epochs=1,
+                device=resolve_device(cfg_in.device),
+                class_weights=weights,
+                precision=ctx.precision(own, 1),
+            )
             model = family.build(
                 cfg_in, n_features=data.n_features, n_outputs=task.n_outputs, seed=cfg_in.seed
             )

@@ -238,6 +238,7 @@ class Search:
             objective=self.objective(ctx, cfg_in),
             batch_size=share(self.settings.batch, ctx.live_workers),
             deadline=ctx.deadline,
+            before_claim=ctx.before_claim,
         )
 
     def _enqueue_incumbent(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:

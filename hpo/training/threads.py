@@ -7,8 +7,11 @@ on 2 cores with another process busy on one, a 128x256 @ 256x256 matmul took 2.1
 threads against 0.25 ms with 1 (8.6x, measured on an AMD EPYC Zen 3). So hpo counts the cores
 it may use (affinity, then the cgroup quota, v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``) and
 sets torch's intra-op threads to that, unless told: ``--threads`` or ``$HPO_THREADS``, else
-``$OMP_NUM_THREADS`` when the user set it. Several workers on one host each get their share by
-the setting (the compose file and the Slurm files set ``HPO_THREADS`` per worker).
+``$OMP_NUM_THREADS`` when the user set it. Several workers on one host share its cores: where
+the user set no count, each worker takes ``cores // workers on this host`` (at least 1) before
+every claim, counting the live workers of its pipeline on its host from the workers' registry
+(:func:`shared`); the compose file, the Kubernetes manifest and the Slurm files set
+``HPO_THREADS`` per worker outright.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Threads:
 
     n: int
     source: str
+    automatic: bool = False  # counted from the machine, not set by the user: shared among workers
 
     def describe(self) -> str:
         return f"{self.n} thread{'s' if self.n != 1 else ''} ({self.source})"
@@ -61,8 +65,8 @@ def available_cores(root: Path = CGROUP_ROOT) -> Threads:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cgroup_quota(root)
     if quota is not None and math.ceil(quota) < affinity:
-        return Threads(max(1, math.ceil(quota)), f"cgroup CPU quota {quota:g} of {affinity} cores")
-    return Threads(affinity, "the cores this process may use")
+        return Threads(max(1, math.ceil(quota)), f"cgroup CPU quota {quota:g} of {affinity} cores", True)
+    return Threads(affinity, "the cores this process may use", True)
 
 
 def _positive(value: str, source: str) -> int:
@@ -91,3 +95,19 @@ def apply(threads: Threads) -> None:
     """Set torch's intra-op threads (the process's training uses that many)."""
     torch.set_num_threads(threads.n)
     logger.info("training with %s", threads.describe())
+
+
+def shared(threads: Threads, workers_on_host: int) -> Threads:
+    """This worker's share of the host's cores: ``threads`` as they are when the user set them,
+    else the cores divided among the workers on this host (at least 1 each)."""
+    if not threads.automatic or workers_on_host <= 1:
+        return threads
+    n = max(1, threads.n // workers_on_host)
+    return Threads(n, f"{threads.n} cores shared by {workers_on_host} workers on this host", True)
+
+
+def rebalance(threads: Threads, workers_on_host: int) -> None:
+    """Apply this worker's share now if it changed (called before each claim)."""
+    share = shared(threads, workers_on_host)
+    if torch.get_num_threads() != share.n:
+        apply(share)

@@ -101,17 +101,21 @@ def run(
     poll_seconds: float = POLL_SECONDS,
     on_wait: Callable[[int], None] | None = None,
     deadline: stopping.Deadline | None = None,
+    before_claim: Callable[[], None] | None = None,
 ) -> None:
     """Work on ``study`` until ``work`` is done (by this worker or others). ``batch_size``: the
     most trials a claim takes, or a function of how many are left unclaimed (to split a stage
     among live workers). ``deadline``: claim no batch that would not finish before it
-    (:class:`~hpo.tuning.stopping.OutOfTime`). SIGTERM stops the loop at the next safe point."""
+    (:class:`~hpo.tuning.stopping.OutOfTime`). SIGTERM stops the loop at the next safe point.
+    ``before_claim``: called before each claim (the CLI shares the host's cores among workers)."""
     size = batch_size if callable(batch_size) else _fixed(batch_size)
     runner = _Runner(study, storage, work, dict(distributions), objective, size, deadline)
     waited = False
     with _quiet_optuna():
         while True:
             stopping.check()
+            if before_claim is not None:
+                before_claim()
             claims = runner.claim()
             if claims is None:
                 return

@@ -78,18 +78,32 @@ class Registry:
 
     def live(self) -> int:
         """Workers beating now (this one included)."""
+        return max(1, len(self._running()))
+
+    def on_host(self) -> int:
+        """Workers beating now on this host (this one included): they share its cores."""
+        host = _host_prefix()
+        here = [
+            t for t in self._running() if str(t.user_attrs.get(records.WORKER_PLACE, "")).startswith(host)
+        ]
+        return max(1, len(here))
+
+    def _running(self) -> list[optuna.trial.FrozenTrial]:
         if self._study is None:
-            return 1
+            return []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(self._study)
-        running = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return max(1, len(running))
+        return self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def _host_prefix() -> str:
+    return f"host {socket.gethostname()},"
 
 
 def place() -> str:
     """Where this worker runs: host, process and, under Slurm, the job (array task)."""
-    where = f"host {socket.gethostname()}, pid {os.getpid()}"
+    where = f"{_host_prefix()} pid {os.getpid()}"
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array and task:
         return f"{where}, Slurm job {array}_{task}"

@@ -1,0 +1,133 @@
+"""precision = "auto": the probe's pick, its cache per machine, the resolved precision stored on
+every trial and shown by status, and the stage fingerprint keeping "auto" (a resume on another
+CPU, whose probe picks otherwise, is not refused). The probe's outcome is forced here; the real
+probe runs once on a tiny shape (its figures are the benchmark's business, not a test's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from hpo import cli
+from hpo.pipeline import Pipeline
+from hpo.settings import RunConfig
+from hpo.training import precision
+from hpo.tuning import records
+
+SHAPE = precision.Shape((90, 256, 256, 10), 128, 3)
+
+
+def _forced(
+    pick: precision.Resolved, calls: list[precision.Shape]
+) -> Callable[[precision.Shape], precision.Probe]:
+    def fake(shape: precision.Shape) -> precision.Probe:
+        calls.append(shape)
+        return precision.Probe(1.0, 0.5 if pick == "bf16" else 2.0, pick)
+
+    return fake
+
+
+@pytest.mark.parametrize("pick", ["bf16", "fp32"])
+def test_auto_takes_the_probe_pick_and_caches_it_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pick: precision.Resolved
+) -> None:
+    calls: list[precision.Shape] = []
+    fake = _forced(pick, calls)
+    assert precision.resolve("auto", device="cpu", shape=SHAPE, cache_dir=tmp_path, probe_fn=fake) == pick
+    assert precision.resolve("auto", device="cpu", shape=SHAPE, cache_dir=tmp_path, probe_fn=fake) == pick
+    assert len(calls) == 1  # the second answer came from the cache
+    cache = (tmp_path / precision.CACHE_FILE).read_text()
+    assert precision.machine_key() in cache and SHAPE.key() in cache
+    wider = precision.Shape((90, 256, 256, 10), 128, 25)
+    precision.resolve("auto", device="cpu", shape=wider, cache_dir=tmp_path, probe_fn=fake)
+    assert len(calls) == 2 and wider.key().endswith(f"/w{precision.PROBE_MAX_WIDTH}")
+    monkeypatch.setattr(precision, "machine_key", lambda: "another CPU")
+    precision.resolve("auto", device="cpu", shape=SHAPE, cache_dir=tmp_path, probe_fn=fake)
+    assert len(calls) == 3  # another machine probes for itself
+
+
+def test_explicit_precisions_are_not_probed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(shape: precision.Shape) -> precision.Probe:
+        raise AssertionError("probed")
+
+    for p in ("fp32", "bf16"):
+        assert precision.resolve(p, device="cpu", shape=SHAPE, cache_dir=tmp_path, probe_fn=never) == p
+    with pytest.raises(ValueError, match="precision = 'fp16'"):
+        precision.resolve("fp16", device="cpu", shape=SHAPE, cache_dir=tmp_path, probe_fn=never)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert precision.resolve("auto", device="cuda", shape=SHAPE, cache_dir=tmp_path, probe_fn=never) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert precision.resolve("auto", device="cuda", shape=SHAPE, cache_dir=tmp_path, probe_fn=never) == "fp32"
+
+
+def test_the_real_probe_times_both_precisions() -> None:
+    result = precision.probe(precision.Shape((8, 16, 3), 32, 2))
+    assert result.fp32_s > 0 and result.bf16_s > 0
+    assert result.pick == ("bf16" if result.gain >= precision.MIN_GAIN else "fp32")
+    cpu = precision.cpu_description()
+    assert cpu["model"] and cpu["bf16_flags"]
+
+
+def test_auto_must_be_resolved_before_training() -> None:
+    with pytest.raises(ValueError, match="must be resolved before training"):
+        RunConfig(precision="auto").train(epochs=1, device="cpu")
+    assert RunConfig(precision="auto").train(epochs=1, device="cpu", precision="bf16").precision == "bf16"
+    assert RunConfig(precision="fp32").train(epochs=1, device="cpu").precision == "fp32"
+
+
+STUDY = """
+[pipeline]
+name = "auto"
+
+[data]
+source = "synthetic"
+rows = 2000
+seed = 42
+
+[defaults]
+hidden = [16, 16]
+precision = "auto"
+
+[stages.lr_range]
+kind = "lr_range"
+num_iter = 20
+verify_epochs = 1
+
+[stages.init]
+kind = "sweep"
+choices = { init = ["default", "xavier_uniform"] }
+epochs = 1
+
+[stages.final]
+kind = "final"
+epochs = 1
+"""
+
+
+def test_a_pipeline_stores_the_resolved_precision_and_fingerprints_auto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "auto.toml"
+    cfg.write_text(STUDY)
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    calls: list[precision.Shape] = []
+    monkeypatch.setattr(precision, "probe", _forced("bf16", calls))
+    pipe = Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a")
+    pipe.run()
+    widths = sorted({s.width for s in calls})
+    assert calls and widths == [1, 2]  # one model (range test, verification, final); the 2-wide sweep
+    for stage in ("lr_range", "init", "final"):
+        study = optuna.load_study(study_name=f"auto.{stage}", storage=db)
+        assert all(t.user_attrs[records.TRAIN]["precision"] == "bf16" for t in study.trials), stage
+        assert study.user_attrs[records.SETTINGS]["carried_in"]["precision"] == "auto"
+    assert cli.main(["status", "--config", str(cfg), "--storage", db]) == 0
+    assert "(bf16)" in capsys.readouterr().out
+    # on another CPU the probe says fp32: the stored stages are complete and not refused as drifted
+    monkeypatch.setattr(precision, "probe", _forced("fp32", calls))
+    monkeypatch.setattr(precision, "machine_key", lambda: "another CPU")
+    result = Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a").run()
+    assert {r.status for r in result.runs} == {"already complete"}
