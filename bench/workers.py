@@ -10,12 +10,17 @@ machine's cores:
 * ``2_workers_all_cores``: two workers, each told ``HPO_THREADS`` = all cores (what every worker
   did before hpo set threads: torch takes every core it sees).
 
-All run the same stage (6 grid points x 2 folds, stacked as the faithful file stacks them, the
-live workers splitting the points between them) on a fresh database each time, after a warm-up
-run that prepares the data cache and loads the libraries, in rotating order; the median wall
-time of each is reported with every run's. Every run must complete all 6 points (checked) and
-the mean CV accuracy per point is printed per configuration. The JSON names the CPU and the
-precision (``--precision``, default auto: resolved by hpo's probe on this machine).
+Every configuration runs ``hpo worker`` processes on a fresh database: the LR range test (one
+point: one worker runs it while the other waits, so both are registered when it ends), then the
+weight-decay stage (6 grid points x 2 folds, stacked as the faithful file stacks them, the live
+workers splitting the points between them), after a warm-up run that prepares the data cache and
+loads the libraries, in rotating order. The stage's time is its trials' span (first start to
+last completion); the median of each configuration is reported with every run's, with the thread
+counts the workers logged. A run of two workers where one worker ran every point measured one
+worker; it is run again and counted as discarded. Every run must complete
+all 6 points (checked) and the mean CV accuracy per point is printed per configuration. The JSON
+names the CPU and the precision (``--precision``, default auto: resolved by hpo's probe on this
+machine, whose results it includes).
 
 Needs the PostgreSQL server on 127.0.0.1:5432 (trust auth).
 
@@ -31,8 +36,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +74,22 @@ stack = 6
 """
 
 
-def _hpo(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpo", "-q", *args], env=env, cwd=cwd, stdout=subprocess.DEVNULL
-    )
+def _hpo(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hpo", *args], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err
+        )
 
 
-def run(workers: int, threads: int | None, config: Path, work: Path) -> tuple[float, dict[str, float]]:
+@dataclass
+class Run:
+    seconds: float
+    accuracies: dict[str, float]
+    workers_with_trials: int
+    threads_logged: list[str]
+
+
+def run(workers: int, threads: int | None, config: Path, work: Path) -> Run:
     name = f"hpo_bench_{uuid.uuid4().hex[:8]}"
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(ADMIN, autocommit=True) as admin:
@@ -85,25 +99,28 @@ def run(workers: int, threads: int | None, config: Path, work: Path) -> tuple[fl
         env.update(HPO_STORAGE=url, HPO_ARTIFACTS=str(work / "artifacts"), HPO_DATA_DIR=str(work / "cache"))
         if threads is not None:
             env["HPO_THREADS"] = str(threads)
-        if _hpo(["run-stage", "lr_range", "--config", str(config)], env, work).wait() != 0:
-            raise SystemExit("stage lr_range failed")
-        start = time.perf_counter()
-        procs = [
-            _hpo(["run-stage", "weight_decay", "--config", str(config)], env, work) for _ in range(workers)
-        ]
+        # every worker starts at the LR range test (one point: one runs it while the others wait,
+        # all registered by the time it ends), then they split the weight-decay grid
+        logs = [work / f"worker{i}.log" for i in range(workers)]
+        procs = [_hpo(["worker", "--plain", "--config", str(config)], env, work, log) for log in logs]
         codes = [p.wait() for p in procs]
-        seconds = time.perf_counter() - start
         if any(codes):
             raise SystemExit(f"a worker failed: exit codes {codes}")
         trials = optuna.load_study(study_name="bench_workers.weight_decay", storage=url).get_trials()
-        done = {
-            f"{t.params['weight_decay']:g}": round(float(t.value or 0.0), 4)
-            for t in trials
-            if t.state == optuna.trial.TrialState.COMPLETE
-        }
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        done = {f"{t.params['weight_decay']:g}": round(float(t.value or 0.0), 4) for t in complete}
+        starts = [t.datetime_start for t in complete if t.datetime_start is not None]
+        ends = [t.datetime_complete for t in complete if t.datetime_complete is not None]
+        seconds = (max(ends) - min(starts)).total_seconds()  # the stage, from its trials' times
         if len(done) != 6:
             raise SystemExit(f"{len(done)} of 6 points completed")
-        return seconds, done
+        lines = [
+            line.split("training with ", 1)[1].strip()
+            for log in logs
+            for line in log.read_text().splitlines()
+            if "training with " in line
+        ]
+        return Run(seconds, done, len({t.user_attrs.get("hpo:worker") for t in complete}), lines)
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -126,6 +143,8 @@ def main() -> None:
     }
     seconds: dict[str, list[float]] = {k: [] for k in configs}
     values: dict[str, dict[str, float]] = {}
+    discarded = {k: 0 for k in configs}
+    logged: dict[str, list[str]] = {k: [] for k in configs}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = work / "bench.toml"
@@ -135,8 +154,18 @@ def main() -> None:
         for r in range(args.repeats):
             for key in order[r % len(order) :] + order[: r % len(order)]:
                 workers, n = configs[key]
-                took, values[key] = run(workers, n, config, work)
-                seconds[key].append(round(took, 1))
+                # two workers started together race to their first claim: where one claimed every
+                # point before the other registered, the run measured one worker; run it again
+                for _ in range(6):
+                    got = run(workers, n, config, work)
+                    if got.workers_with_trials == workers:
+                        break
+                    discarded[key] += 1
+                else:
+                    raise SystemExit(f"{key}: one worker took every point in 6 runs")
+                values[key] = got.accuracies
+                seconds[key].append(round(got.seconds, 1))
+                logged[key] = sorted(set(logged[key]) | set(got.threads_logged))
         probes = (
             json.loads((work / "cache" / precision.CACHE_FILE).read_text())
             if args.precision == "auto"
@@ -156,6 +185,8 @@ def main() -> None:
         "configurations": {
             k: {"workers": w, "threads_each": t or "hpo's choice"} for k, (w, t) in configs.items()
         },
+        "threads_logged": logged,
+        "runs_discarded_one_worker_took_all": discarded,
         "seconds_all": seconds,
         "seconds_median": median,
         "speed_against_1_worker": {k: round(one / v, 2) for k, v in median.items()},

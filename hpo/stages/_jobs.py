@@ -46,7 +46,10 @@ class Batch:
     ctx: StageContext
     datasets: Sequence[TensorData]
     label: str  # the stage's study name, for the progress display
-    width: int = 1  # how many jobs train as one stack (for precision "auto"'s probe)
+    # how many jobs the stage trains as one stack, for precision "auto"'s probe: the stage's
+    # nominal width (its batch setting), not this batch's, so that the precision does not depend
+    # on how the live workers split the stage (measured: it did, with the claimed width)
+    width: int = 1
     jobs: list[Job] = field(default_factory=list)
     callbacks: list[list[Callback]] = field(default_factory=list)
 
@@ -131,11 +134,13 @@ def train_claims(
     budget: Budget,
     seeds: int,
     stack: bool,
+    width: int,
 ) -> list[TrialScore]:
     """Train every claim's configuration on the training/validation rows (``seeds`` jobs each;
     stacked where shapes allow and ``stack``), record each trial's history of its first seed,
-    and return the scores in claim order for the caller to store or prune (sweeps, searches)."""
-    batch = Batch(ctx, [ctx.data().train_val()], label, width=len(claims) * seeds if stack else 1)
+    and return the scores in claim order for the caller to store or prune (sweeps, searches).
+    ``width``: the stage's nominal stack width, for precision "auto" (see :class:`Batch`)."""
+    batch = Batch(ctx, [ctx.data().train_val()], label, width=width)
     scores: list[TrialScore] = []
     for claim in claims:
         scored = score(claim)

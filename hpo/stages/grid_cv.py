@@ -99,7 +99,8 @@ class GridCv(GridStage):
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             folds = data.cv_folds(s.folds, cfg_in.seed)
             scorers = [Scorer(s.metric, data.task, f.y_val) for f in folds]
-            width = len(claims) * s.folds * s.seeds if s.stack > 1 else 1
+            nominal = min(self.batch_size(), len(self.points(cfg_in)))  # points a batch stacks
+            width = nominal * s.folds * s.seeds if s.stack > 1 else 1
             batch = Batch(ctx, folds, ctx.study_name(self.name), width=width)
             last: dict[int, float] = {}  # each job's metric after its last epoch
 

@@ -274,6 +274,7 @@ class Search:
                 budget=Budget(epochs=s.epochs),
                 seeds=s.seeds,
                 stack=s.stack,
+                width=s.batch * s.seeds if s.stack else 1,
             )
             outcomes: dict[int, runner.Outcome] = {}
             for i, (claim, scored) in enumerate(zip(claims, scores, strict=True)):

@@ -116,6 +116,7 @@ class Sweep(GridStage):
                 budget=Budget(epochs=s.epochs),
                 seeds=s.seeds,
                 stack=s.stack > 1,
+                width=min(s.stack, len(self.points(cfg_in))) * s.seeds if s.stack > 1 else 1,
             )
             out: list[runner.Outcome] = []
             for scored in scores:
