@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from hpo.families.mlp import Member, fit_stacked
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
 from hpo.training import TensorData
+from hpo.training.precision import cpu_description
 
 WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 ROWS = (100_000, 515_345, 2_000_000)
@@ -212,7 +212,7 @@ def main() -> None:
         "benchmark": "cost curve",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash
         "width": width_curve(args.width_rows),
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from hpo.families.mlp import stacked
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
 from hpo.training import TensorData
+from hpo.training.precision import cpu_description
 
 SEED = 42
 TASK = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))  # MSD's decades
@@ -172,7 +172,7 @@ def main() -> None:
         "epochs": args.epochs,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash
         "workloads": {},
     }
     for name, (members, datasets, callbacks) in loads.items():

@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from hpo.families.mlp import Member, fit_stacked
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
 from hpo.training import TensorData
+from hpo.training.precision import cpu_description
 
 BATCH, FEATURES, HIDDEN, CLASSES = 128, 90, 256, 10
 WIDTHS = (1, 3, 25)
@@ -213,7 +213,7 @@ def main() -> None:
                 "steps": args.steps,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "cpu": platform.processor() or platform.machine(),
+                "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash
             },
             indent=1,
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from hpo import training as train
 from hpo.families.mlp import model as models
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
+from hpo.training.precision import cpu_description
 
 
 def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
@@ -82,7 +82,7 @@ def main() -> None:
         "rows_per_epoch": int(x.shape[0]),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash
         "batches": {},
     }
     for batch_size in (128, 1024):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import resource
 import statistics
 import sys
@@ -43,6 +42,7 @@ from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
 from hpo.settings import TrainPrecision as Precision
 from hpo.tasks import Classification
 from hpo.training.optim import build_optimizer
+from hpo.training.precision import cpu_description
 
 DECADES = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))
 
@@ -162,7 +162,7 @@ def main() -> None:
         "repeats": args.repeats,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash
         "seconds_median": {k: round(v, 2) for k, v in median.items()},
         "seconds_all": {k: [round(s, 2) for s in v] for k, v in timings.items()},
         "model_samples_per_second": {k: round(samples / v) for k, v in median.items()},
