@@ -6,9 +6,10 @@ too. :func:`handle_sigterm` turns SIGTERM into :class:`Terminated` (a ``Keyboard
 the runner's interruption path applies: the claimed trials are told FAIL, marked interrupted and
 not held against their points, and the next claim of any worker runs them again, with no wait
 for their heartbeats to go stale). The exception is raised only where that is safe: inside an
-:func:`interruptible` region (the runner's training of a batch, its idle waits). Anywhere else
-(claiming, telling, writing a stage's results) the request is remembered and :func:`check`
-raises it at the next safe point, which comes within a batch's bookkeeping.
+:func:`interruptible` region (the runner's training of a batch, whose only writes belong to the
+trials it then fails, and its idle waits). Anywhere else (claiming, telling, writing a stage's
+results) the request is remembered and :func:`check` raises it at the next safe point, which
+comes within a batch's bookkeeping.
 
 A :class:`Deadline` is the time by which the worker must be done (its job's end): the runner
 does not claim a batch that its stage's longest finished trial says would not fit before it,
@@ -80,7 +81,10 @@ def check() -> None:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """A region where SIGTERM raises at once (no storage write in flight inside it)."""
+    """A region where SIGTERM raises at once. The runner's training region writes only what
+    belongs to the claimed trials (their attributes; the final stage's model artifact), and
+    those trials are told FAIL when it raises: a write it cuts short leaves nothing that is
+    read (at most an unreferenced artifact file)."""
     check()
     _state.depth += 1
     try:
