@@ -40,9 +40,19 @@ cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     sleep 1
     if [ "$status" -ne 0 ]; then
-        for log in "$root"/log/*.log; do [ -f "$log" ] && { echo "--- $log"; tail -n 20 "$log"; }; done
+        # the daemons' complaints first, the workers' logs last (CI shows the end of the output)
+        for log in "$root"/log/slurmctld.log "$root"/log/slurmd.log; do
+            [ -f "$log" ] && { echo "--- $log (errors)"; grep -iE "error|fail|requeue" "$log" | tail -n 15; }
+        done
+        for log in "$root"/log/init-*.log "$root"/log/worker-*.log; do
+            [ -f "$log" ] && { echo "--- $log"; tail -n 12 "$log" | cut -c1-240; }
+        done
     fi
-    rm -rf "$root"
+    if [ "$status" -ne 0 ] && [ -n "${HPO_CHECK_KEEP:-}" ]; then
+        echo "kept $root (HPO_CHECK_KEEP)"
+    else
+        rm -rf "$root"
+    fi
     exit "$status"
 }
 trap cleanup EXIT
