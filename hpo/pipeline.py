@@ -26,7 +26,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,23 @@ class Pipeline:
         joining whatever stage they are on and splitting its points with them."""
         start = time.perf_counter()
         with self.registered():
-            runs = [self.run_stage(stage.name, force=force) for stage in self.plan.stages]
+            self.announce(force=force)
+            runs = []
+            for stage in self.plan.stages:
+                runs.append(self.run_stage(stage.name, force=force))
+                self.progress.stage_done(stage.name)
         return RunResult(runs=runs, status=self.status(), seconds=round(time.perf_counter() - start, 1))
+
+    def announce(self, *, force: bool) -> None:
+        """Tell the progress display every stage's planned work, and which are complete already."""
+        rows = int(self.ctx.data().train_val().x_train.shape[0])
+        cfg = self.plan.defaults
+        planned = [(s.name, *astuple(s.planned(cfg, rows))) for s in self.plan.stages]
+        complete = [] if force else [s.name for s in self.plan.stages if self._complete(s)]
+        self.progress.pipeline(self.plan.name, planned, complete)
+
+    def _complete(self, stage: Stage) -> bool:
+        return records.is_complete(self.ctx.find_study(self.ctx.study_name(stage.name)))
 
     @contextlib.contextmanager
     def registered(self) -> Iterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -132,13 +133,17 @@ def test_data_calibrate_prints_the_three_references_and_the_nonlinearity_check(t
 
 def _on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
     """Run ``hpo ARGS`` with stdout and stderr on a pseudo-terminal; its exit code and output."""
+    import fcntl
     import os
     import pty
+    import struct
+    import termios
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: the terminal is its stdout and stderr
         os.chdir(cwd)
         os.execv(sys.executable, [sys.executable, "-m", "hpo", *args])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # an 80-column terminal
     chunks = []
     while True:
         try:
@@ -158,11 +163,16 @@ def test_a_terminal_gets_the_live_display_and_json_stays_clean(tmp_path: Path) -
     cfg.write_text(LONG.replace("EPOCHS", "3"))
     code, shown = _on_a_terminal(["run", "--config", str(cfg)], tmp_path)
     assert code == 0, shown
-    assert "model-epochs" in shown and "samples/s" in shown  # rich's bar: epochs done, throughput
-    assert "long.weight_decay" in shown and "\x1b[" in shown  # drawn with terminal control codes
+    rows = [r for r in re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)) if "━" in r]
+    assert rows and "\x1b[" in shown  # rich's bars, drawn with terminal control codes
+    assert all(len(r) <= 80 and "…" not in r for r in rows), max(rows, key=len)  # nothing cut
+    # the pipeline's row (stage k of n, share done, time left) and the stage's (epochs, rate, time left)
+    assert any(re.match(r"long 2/2 .* \d+% +\d:\d\d:\d\d$", r) for r in rows), rows[-6:]
+    assert any(re.match(r" weight_decay t\d.* 12/12 ep +\d+k/s .* \d:\d\d:\d\d$", r) for r in rows), rows[-6:]
     assert " INFO hpo.progress" not in shown  # no per-epoch log lines under the bar
     plain = _hpo("run", "--force", "--config", str(cfg), cwd=tmp_path)  # not a terminal: log lines
-    assert plain.returncode == 0 and "hpo.progress" in plain.stderr and "model-epochs" not in plain.stderr
+    assert plain.returncode == 0 and "hpo.progress" in plain.stderr and "━" not in plain.stderr
+    assert "pipeline long: stage 2/2 weight_decay done; 100% of the planned work" in plain.stderr
     quiet = _hpo("-q", "status", "--config", str(cfg), "--format", "json", cwd=tmp_path)
     assert json.loads(quiet.stdout)["stages"][1]["state"] == "complete"  # JSON only on stdout
     assert quiet.stderr == ""

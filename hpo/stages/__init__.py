@@ -17,7 +17,7 @@ final      retrain (N seeds), evaluate the test rows once per model, save the mo
 from __future__ import annotations
 
 from hpo.stages._context import StageContext, StageData
-from hpo.stages._protocol import GridStage, Stage
+from hpo.stages._protocol import GridStage, Stage, Work
 from hpo.stages.baseline import Baseline, BaselineSettings
 from hpo.stages.final import Final, FinalSettings
 from hpo.stages.grid_cv import GridCv, GridCvSettings
@@ -40,4 +40,5 @@ __all__ = [
     "StageContext",
     "StageData",
     "SweepSettings",
+    "Work",
 ]

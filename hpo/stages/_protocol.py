@@ -12,6 +12,7 @@ selection, the figures, the completion flag.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 import optuna
@@ -28,6 +29,14 @@ from hpo.tuning.records import Selection, point_key
 from hpo.tuning.workers import share
 
 Direction = Literal["minimize", "maximize"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a stage trains: model-epochs, and the training rows they go through (model-samples)."""
+
+    model_epochs: int
+    samples: int
 
 
 #: every family (the kinds that train through the family's fit_many and score evaluation records)
@@ -62,6 +71,11 @@ class Stage(Protocol):
     def pruner(self) -> optuna.pruners.BasePruner: ...
 
     def run(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None: ...
+
+    def planned(self, cfg: RunConfig, train_rows: int) -> Work:
+        """What the stage trains when it runs whole (no model stopped early), with ``train_rows``
+        training rows: what the progress display counts its stage and pipeline ETA against."""
+        ...
 
     def select(
         self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
@@ -151,6 +165,14 @@ class GridStage:
 
     def batch_size(self) -> int:
         return 1
+
+    def planned(self, cfg: RunConfig, train_rows: int) -> Work:
+        """Points x seeds x epochs of ``train_rows`` (the grid kinds with ``epochs``; see
+        :meth:`Stage.planned`)."""
+        model_epochs = (
+            len(self.points(cfg)) * getattr(self.settings, "seeds", 1) * getattr(self.settings, "epochs", 1)
+        )
+        return Work(model_epochs, model_epochs * train_rows)
 
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         raise NotImplementedError

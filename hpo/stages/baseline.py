@@ -26,7 +26,7 @@ from hpo.settings import (
 )
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
-from hpo.stages._protocol import TORCH_FAMILIES, GridStage
+from hpo.stages._protocol import TORCH_FAMILIES, GridStage, Work
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.stages._selection import Candidate, best_word, choose, how_compared
 from hpo.tuning import records, runner
@@ -59,6 +59,14 @@ class Baseline(GridStage):
 
     def _archs(self) -> list[str]:
         return [str(param_value("hidden", a)) for a in self.settings.architectures]
+
+    def planned(self, cfg: RunConfig, train_rows: int) -> Work:
+        s = self.settings
+        models = len(self.points(cfg)) * s.seeds
+        per_model = s.epochs * train_rows
+        if s.max_batches is not None:
+            per_model = min(per_model, s.max_batches * cfg.batch_size)
+        return Work(models * s.epochs, models * per_model)
 
     def points(self, cfg_in: RunConfig) -> list[runner.Point]:
         return [{"architecture": a} for a in self._archs()]

@@ -22,7 +22,7 @@ from hpo.present import figures
 from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
-from hpo.stages._protocol import GridStage
+from hpo.stages._protocol import GridStage, Work
 from hpo.stages._scoring import Scorer
 from hpo.stages._selection import Candidate, best_word, choose
 from hpo.training import Callback, EvalRecord
@@ -79,6 +79,11 @@ class GridCv(GridStage):
 
     def batch_size(self) -> int:
         return 1 if self.settings.pruner != "none" else self.settings.stack
+
+    def planned(self, cfg: RunConfig, train_rows: int) -> Work:
+        s = self.settings  # each fold trains on (k - 1) / k of the training rows
+        model_epochs = len(self.points(cfg)) * s.seeds * s.folds * s.epochs
+        return Work(model_epochs, model_epochs * train_rows * (s.folds - 1) // s.folds)
 
     def points(self, cfg_in: RunConfig) -> list[runner.Point]:
         names = list(self.settings.grid)

@@ -43,7 +43,7 @@ from hpo.settings import (
 )
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
-from hpo.stages._protocol import TORCH_FAMILIES, GridStage
+from hpo.stages._protocol import TORCH_FAMILIES, GridStage, Work
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.training import range_test, resolve_device
 from hpo.training.seeding import seeded
@@ -70,6 +70,11 @@ class LrRange(GridStage):
     settings_model: ClassVar[type[StageSettings]] = LrRangeSettings
     settings: LrRangeSettings
     families: ClassVar[frozenset[str]] = TORCH_FAMILIES
+
+    def planned(self, cfg: RunConfig, train_rows: int) -> Work:
+        s = self.settings  # the range test (one epoch of batches by default), then the verification
+        test = train_rows if s.num_iter is None else s.num_iter * cfg.batch_size
+        return Work(s.verify_epochs, test + s.verify_epochs * train_rows)
 
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings

@@ -43,7 +43,7 @@ from hpo.present import figures
 from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Budget, train_claims
-from hpo.stages._protocol import ALL_FAMILIES, Direction, metric_direction, validation_records
+from hpo.stages._protocol import ALL_FAMILIES, Direction, Work, metric_direction, validation_records
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.stages._selection import Candidate, best_word, choose, how_compared
 from hpo.tuning import records, runner
@@ -145,6 +145,11 @@ class Search:
     @property
     def direction(self) -> Direction:
         return metric_direction(self.settings.metric)
+
+    def planned(self, cfg: RunConfig, train_rows: int) -> Work:
+        s = self.settings  # every trial trained to the end: pruning only shortens it
+        model_epochs = s.n_trials * s.seeds * s.epochs
+        return Work(model_epochs, model_epochs * train_rows)
 
     def tuned(self) -> dict[str, dict[str, list[Any]]]:
         space = {}

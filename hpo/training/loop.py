@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -114,6 +114,23 @@ class EvalRecord:
 
 
 Callback = Callable[[EvalRecord], bool | None]
+
+
+@runtime_checkable
+class EpochCallback(Protocol):
+    """A callback that also hears of every epoch trained, evaluated or not (a progress display
+    counts the k-fold stage's epochs, which are evaluated only after the last one)."""
+
+    def __call__(self, record: EvalRecord) -> bool | None: ...
+
+    def epoch_done(self, epoch: int) -> None: ...
+
+
+def epoch_done(callbacks: Sequence[Callback], epoch: int) -> None:
+    """Tell the callbacks that hear of epochs that ``epoch`` (1-based) has been trained."""
+    for callback in callbacks:
+        if isinstance(callback, EpochCallback):
+            callback.epoch_done(epoch)
 
 
 @dataclass
@@ -270,6 +287,7 @@ def fit(
             if stop or at_limit:
                 stop = True
                 break
+        epoch_done(callbacks, epoch)
         if stop:
             break
         if cfg.eval_every is None and (not cfg.eval_last_only or epoch == cfg.epochs):

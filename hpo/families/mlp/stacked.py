@@ -49,7 +49,7 @@ from hpo.families.mlp import components
 from hpo.families.mlp.model import MLP, build_model, dropout_generator
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Task
-from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast
+from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast, epoch_done
 from hpo.training.optim import build_optimizer, optimizer_spec
 
 logger = logging.getLogger(__name__)
@@ -658,6 +658,9 @@ def fit_stacked(
                 run_loss += per_member.detach().double() * counts.double()
                 run_hits += hit.sum(1)
                 run_seen += counts.to(torch.int64)
+        for i in stack.order:
+            if not done[i]:
+                epoch_done(cbs[i], epoch)
         if cfg.eval_last_only and epoch < cfg.epochs:
             continue
         scores = _evaluate(stack, datasets, task, cfg.eval_batch_size, precision, opt.batched_eval)
