@@ -135,3 +135,18 @@ def test_every_stage_of_the_faithful_study_plans_its_work() -> None:
 
 def test_clock() -> None:
     assert clock(None) == "-:--:--" and clock(59.6) == "0:01:00" and clock(3 * 3600 + 61) == "3:01:01"
+    assert clock(99 * 3600 + 3599) == "99:59:59" and clock(164 * 3600) == "> 99 h"
+
+
+def test_no_pipeline_estimate_before_a_hundredth_of_its_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    log = LogProgress()
+    log.pipeline("p", [("a", 1, 50), ("b", 10, 10_000)], complete=[])
+    now[0] = 10.0
+    log.stage_done("a")  # 0.5 % of the plan in 10 s: no estimate yet
+    assert log.tally.pipeline_left() is None
+    b = log.member("p.b trial 0", epochs=10, rows=1000)
+    b.epoch_done(1)
+    now[0] = 20.0  # 1,050 of 10,050 model-samples in 20 s: 9,000 left at 52.5 a second
+    assert log.tally.pipeline_left() == pytest.approx(9_000 / 52.5)
