@@ -194,6 +194,8 @@ class TrainConfig:
     eval_last_only: bool = False  # evaluate after the last epoch only (k-fold CV needs no curve)
     eval_batch_size: PositiveInt = 16_384
     precision: TrainPrecision = "fp32"  # "bf16": autocast for forward passes (losses stay float32)
+    # torch.compile the stacked trainer's step, resolved by measurement (StageContext.compile)
+    compile: bool = False
     device: Literal["cpu", "cuda"] = "cpu"  # resolved (see hpo.training.device)
     label_smoothing: Probability = 0.0
     class_weights: ClassWeights | None = None  # per class, for a weighted cross-entropy
@@ -306,12 +308,15 @@ class RunConfig(BaseModel):
         seed: int | None = None,
         eval_last_only: bool = False,
         precision: TrainPrecision | None = None,
+        compile: bool = False,
     ) -> TrainConfig:
         """The trainer's settings: this configuration's plus the stage's budget. ``device`` is
         the resolved one (``cpu`` or ``cuda``), ``class_weights`` those of the rows trained on
         when ``class_weight = "balanced"``; ``seed`` overrides the configuration's (stages
         training several seeds); ``precision`` is the resolved one, required when this
-        configuration's is "auto" (see :meth:`hpo.stages.StageContext.precision`)."""
+        configuration's is "auto" (see :meth:`hpo.stages.StageContext.precision`); ``compile``
+        whether a stack of such models trains through ``torch.compile`` (measured, see
+        :meth:`hpo.stages.StageContext.compile`)."""
         if precision is None:
             if self.precision == "auto":
                 raise ValueError('precision "auto" must be resolved before training (StageContext.precision)')
@@ -324,6 +329,7 @@ class RunConfig(BaseModel):
             max_batches=max_batches,
             eval_every=eval_every,
             precision=precision,
+            compile=compile,
             device=device,
             label_smoothing=self.label_smoothing,
             class_weights=tuple(class_weights) if class_weights is not None else None,

@@ -5,17 +5,22 @@ probe runs once on a tiny shape (its figures are the benchmark's business, not a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
 
 from hpo import cli
+from hpo.families.mlp import stacked
 from hpo.pipeline import Pipeline
-from hpo.settings import RunConfig
-from hpo.training import precision
+from hpo.settings import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from hpo.stages import StageContext
+from hpo.tasks import Classification
+from hpo.training import TensorData, precision
 from hpo.tuning import records
 
 SHAPE = precision.Shape((90, 256, 256, 10), 128, 3)
@@ -116,13 +121,22 @@ def test_a_pipeline_stores_the_resolved_precision_and_fingerprints_auto(
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     calls: list[precision.Shape] = []
     monkeypatch.setattr(precision, "probe", _forced("bf16", calls))
+    compiles: list[int] = []
+
+    def no_gain(model: ModelConfig, *, batch: int, width: int, task: object) -> tuple[float, float]:
+        compiles.append(width)
+        return 1.0, 1.0
+
+    monkeypatch.setattr(stacked, "measure_compile", no_gain)
     pipe = Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a")
     pipe.run()
+    assert compiles == [2]  # the bf16 sweep's 2-wide stack is the one candidate; measured once, no gain
     widths = sorted({s.width for s in calls})
     assert calls and widths == [1, 2]  # one model (range test, verification, final); the 2-wide sweep
     for stage in ("lr_range", "init", "final"):
         study = optuna.load_study(study_name=f"auto.{stage}", storage=db)
         assert all(t.user_attrs[records.TRAIN]["precision"] == "bf16" for t in study.trials), stage
+        assert all(t.user_attrs[records.TRAIN]["compile"] is False for t in study.trials), stage
         assert study.user_attrs[records.SETTINGS]["carried_in"]["precision"] == "auto"
     assert cli.main(["status", "--config", str(cfg), "--storage", db]) == 0
     assert "(bf16)" in capsys.readouterr().out
@@ -131,3 +145,62 @@ def test_a_pipeline_stores_the_resolved_precision_and_fingerprints_auto(
     monkeypatch.setattr(precision, "machine_key", lambda: "another CPU")
     result = Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a").run()
     assert {r.status for r in result.runs} == {"already complete"}
+
+
+def _ctx(tmp_path: Path) -> StageContext:
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    pipe = Pipeline.load(
+        _study_file(tmp_path),
+        storage=db,
+        artifacts=tmp_path / "a",
+        data_dir=tmp_path,
+    )
+    return pipe.ctx
+
+
+def _study_file(tmp_path: Path) -> Path:
+    cfg = tmp_path / "auto.toml"
+    cfg.write_text(STUDY)
+    return cfg
+
+
+def test_compile_auto_takes_the_measured_pick_and_caches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = _ctx(tmp_path)
+    normed = RunConfig(hidden=(16, 16), norm="layernorm")
+    timed: list[tuple[str, int]] = []
+
+    def fake(model: ModelConfig, *, batch: int, width: int, task: object) -> tuple[float, float]:
+        timed.append((model.norm, width))
+        return (1.5, 1.0) if model.norm == "layernorm" else (1.0, 1.0)
+
+    monkeypatch.setattr(stacked, "measure_compile", fake)
+    assert ctx.compile(normed, 25, "bf16") and not ctx.compile(RunConfig(hidden=(16, 16)), 3, "bf16")
+    assert ctx.compile(normed, 12, "bf16")  # width capped at the probe's 8: the cached pick
+    assert timed == [("layernorm", 8), ("none", 3)]
+    cached = json.loads((tmp_path / precision.CACHE_FILE).read_text())[precision.machine_key()]
+    assert [v["pick"] for k, v in sorted(cached.items()) if k.startswith("compile ")] == [True, False]
+    # never a candidate: fp32 (stays equal to the one-model trainer), one model, another family
+    assert not ctx.compile(normed, 25, "fp32") and not ctx.compile(normed, 1, "bf16")
+    torch_family = RunConfig(family="torch", module="torch.nn:Identity")
+    assert not ctx.compile(torch_family, 25, "bf16")
+    assert len(timed) == 2
+
+
+def test_a_stack_compiles_where_its_members_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[object] = []
+
+    def spy(fn: object, **_: object) -> object:
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    x, y = np.zeros((64, 8), np.float32), np.zeros(64, np.int64)
+    data = [TensorData.from_numpy(x, y, x, y)]
+    model = ModelConfig(hidden=(8,), n_features=8, n_outputs=2)
+    for flag, want in ((False, 0), (True, 1)):
+        train = TrainConfig(epochs=1, batch_size=32, precision="bf16", compile=flag)
+        members = [stacked.Member(model, OptimConfig(), train, 0)] * 2
+        stacked.fit_stacked(members, data, task=Classification(("a", "b")))
+        assert len(compiled) == want

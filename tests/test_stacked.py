@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -411,15 +412,32 @@ def test_bf16_matches_fp32_on_the_real_architecture(tmp_path: Path) -> None:
     assert not np.array_equal(loss32, loss16)  # bf16 really ran
 
 
-def test_compile_auto_compiles_only_where_it_measured_a_gain() -> None:
-    """``compile="auto"``: bf16 stacks with a norm or another activation; never fp32 or plain ReLU."""
+def test_compile_auto_follows_the_members_measured_setting() -> None:
+    """``compile="auto"``: where a member's ``train.compile`` (set by a stage from a measurement)
+    says so; True and False as given."""
     plain = [_member("none", "relu", "default", 0.0, 0, seed=1)]
-    normed = [*plain, _member("layernorm", "relu", "default", 0.0, 0, seed=1)]
-    gelu = [_member("none", "gelu", "default", 0.0, 0, seed=1)]
-    assert stacked.wants_compile("auto", normed, "bf16") and stacked.wants_compile("auto", gelu, "bf16")
-    assert not stacked.wants_compile("auto", plain, "bf16")
-    assert not stacked.wants_compile("auto", normed, "fp32")  # fp32 stays equal to the one-model trainer
-    assert stacked.wants_compile(True, plain, "fp32") and not stacked.wants_compile(False, normed, "bf16")
+    marked = [*plain, dataclasses.replace(plain[0], train=dataclasses.replace(plain[0].train, compile=True))]
+    assert stacked.wants_compile("auto", marked) and not stacked.wants_compile("auto", plain)
+    assert stacked.wants_compile(True, plain) and not stacked.wants_compile(False, marked)
+
+
+def test_the_compile_probe_times_eager_and_compiled_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real probe on a tiny stack (torch.compile replaced by the eager function: the figures
+    are the benchmark's business); a compile that fails is measured as never faster."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    eager, compiled = stacked.measure_compile(
+        ModelConfig(hidden=(8,), norm="layernorm"), batch=16, width=3, task=TASK
+    )
+    assert 0 < eager < 1 and 0 < compiled < 1
+
+    def broken(fn: object, **_: object) -> object:
+        def call(*args: object) -> object:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert stacked.measure_compile(ModelConfig(hidden=(8,)), batch=16, width=2, task=TASK)[1] == float("inf")
 
 
 NORM_SWEEP = [
@@ -430,8 +448,8 @@ NORM_SWEEP = [
 
 
 def test_compiled_bf16_stack_matches_eager_within_bf16_noise(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The compiled step (auto, for this bf16 norm sweep) trains what the eager step trains: the
-    same histories to bf16 rounding, and the returned weights are the trained ones."""
+    """The compiled step (for this bf16 norm sweep) trains what the eager step trains: the same
+    histories to bf16 rounding, and the returned weights are the trained ones."""
     calls: list[object] = []
     real = torch.compile
 
@@ -440,8 +458,10 @@ def test_compiled_bf16_stack_matches_eager_within_bf16_noise(monkeypatch: pytest
         return real(fn, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(torch, "compile", spy)
-    compiled = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16", task=TASK)
-    assert len(calls) == 1  # auto compiled this stack
+    compiled = stacked.fit_stacked(
+        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=True), task=TASK
+    )
+    assert len(calls) == 1
     eager = stacked.fit_stacked(
         NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False), task=TASK
     )
@@ -467,7 +487,9 @@ def test_a_failing_compile_trains_on_eagerly(
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    got = stacked.fit_stacked(NORM_SWEEP, DATA, precision="bf16", task=TASK)
+    got = stacked.fit_stacked(
+        NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=True), task=TASK
+    )
     want = stacked.fit_stacked(
         NORM_SWEEP, DATA, precision="bf16", options=stacked.StackOptions(compile=False), task=TASK
     )

@@ -190,6 +190,45 @@ class StageContext:
             cache_dir=self.data_dir or data.default_data_dir(),
         )
 
+    def compile(self, cfg: RunConfig, width: int, resolved: TrainPrecision) -> bool:
+        """Whether stacks of ``width`` models like ``cfg`` (trained in ``resolved`` precision)
+        train through ``torch.compile`` here. Candidates: the MLP family's stacks of two or more
+        in bf16 on the CPU (fp32 stays eager, equal to the one-model trainer). Among them, where
+        :func:`~hpo.families.mlp.stacked.measure_compile` timed the compiled step at least
+        ``COMPILE_MIN_GAIN`` faster for these layers and this width; the compile takes seconds,
+        so the pick is measured once per machine and cached with the precision picks."""
+        if cfg.family != "mlp" or resolved != "bf16" or width < 2 or resolve_device(cfg.device) != "cpu":
+            return False
+        from hpo.families.mlp import stacked
+
+        stage_data = self.data()
+        model = cfg.model(n_features=stage_data.n_features, n_outputs=stage_data.n_outputs)
+        w = min(width, stacked.COMPILE_PROBE_MAX_WIDTH)
+        dims = "-".join(map(str, (model.n_features, *model.hidden, model.n_outputs)))
+        kinds = f"{model.norm}/{model.activation}/dropout {model.dropout > 0}"
+        key = f"compile {dims}/{kinds}/b{cfg.batch_size}/w{w}"
+        cache = self.data_dir or data.default_data_dir()
+        entry = precision.recall(cache, key)
+        if entry is None or not isinstance(entry.get("pick"), bool):
+            task = stage_data.task
+            eager, compiled = stacked.measure_compile(model, batch=cfg.batch_size, width=w, task=task)
+            gain = eager / compiled
+            entry = {
+                "eager_s": round(eager, 6),
+                "compiled_s": round(compiled, 6) if compiled < float("inf") else None,
+                "pick": gain >= stacked.COMPILE_MIN_GAIN,
+            }
+            precision.remember(cache, key, entry)
+            logger.info(
+                "compile auto -> %s for %s: eager %.2f ms, compiled %.2f ms a step (%.2fx)",
+                "torch.compile" if entry["pick"] else "eager",
+                key,
+                eager * 1e3,
+                compiled * 1e3,
+                gain,
+            )
+        return bool(entry["pick"])
+
     def study_name(self, stage: str) -> str:
         return f"{self.pipeline}.{stage}"
 

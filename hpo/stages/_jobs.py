@@ -75,6 +75,7 @@ class Batch:
         stage_data = self.ctx.data()
         device = resolve_device(cfg.device)
         precision = self.ctx.precision(cfg, self.width)
+        compiles = self.ctx.compile(cfg, self.width, precision)
         start = len(self.jobs)
         for d in data:
             tensors = self.datasets[d]
@@ -90,6 +91,7 @@ class Batch:
                     seed=seed,
                     eval_last_only=budget.eval_last_only,
                     precision=precision,
+                    compile=compiles,
                 )
                 self.jobs.append(Job(cfg, train, d))
                 shown = name or (

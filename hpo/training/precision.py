@@ -13,7 +13,9 @@ shape of its settings. Each probe takes well under a second where bf16 is fast, 
 its warm-up where a bf16 step costs :data:`HOPELESS` fp32 steps.
 
 Results are cached per machine (CPU model and flags, torch version, threads) in
-``<data dir>/precision.json``, so workers and later runs agree and do not probe again. On CUDA,
+``<data dir>/precision.json``, so workers and later runs agree and do not probe again; the same
+file keeps the stacked trainer's measured ``torch.compile`` picks (:func:`recall`,
+:func:`remember`; see :meth:`hpo.stages.StageContext.compile`). On CUDA,
 "auto" is bf16 where the GPU supports it (``torch.cuda.is_bf16_supported()``), without a probe.
 """
 
@@ -125,7 +127,7 @@ def _step(shape: Shape, precision: str) -> Callable[[], None]:
     return step
 
 
-def _seconds_per_step(step: Callable[[], None], *, limit: float | None = None) -> float:
+def seconds_per_step(step: Callable[[], None], *, limit: float | None = None) -> float:
     """Median seconds of timed steps after two warm-ups (first-call allocations and oneDNN's
     primitive creation make the first steps slow); stops after a step slower than ``limit``."""
     step()
@@ -145,8 +147,8 @@ def _seconds_per_step(step: Callable[[], None], *, limit: float | None = None) -
 
 def probe(shape: Shape) -> Probe:
     """Time fp32 against bf16 training steps of ``shape`` on this CPU."""
-    fp32 = _seconds_per_step(_step(shape, "fp32"))
-    bf16 = _seconds_per_step(_step(shape, "bf16"), limit=HOPELESS * fp32)
+    fp32 = seconds_per_step(_step(shape, "fp32"))
+    bf16 = seconds_per_step(_step(shape, "bf16"), limit=HOPELESS * fp32)
     pick: Resolved = "bf16" if fp32 / bf16 >= MIN_GAIN else "fp32"
     return Probe(round(fp32, 6), round(bf16, 6), pick)
 
@@ -168,6 +170,20 @@ def _write(path: Path, data: dict[str, dict[str, dict[str, object]]]) -> None:
     os.replace(tmp, path)
 
 
+def recall(cache_dir: Path, key: str) -> dict[str, object] | None:
+    """This machine's measured entry ``key`` (a precision or compile pick), if there is one."""
+    entry = _read(cache_dir / CACHE_FILE).get(machine_key(), {}).get(key)
+    return entry if isinstance(entry, dict) else None
+
+
+def remember(cache_dir: Path, key: str, entry: dict[str, object]) -> None:
+    """Store this machine's measured entry ``key``."""
+    path = cache_dir / CACHE_FILE
+    data = _read(path)
+    data.setdefault(machine_key(), {})[key] = entry
+    _write(path, data)
+
+
 def resolve(
     requested: str,
     *,
@@ -184,15 +200,12 @@ def resolve(
         raise ValueError(f'precision = {requested!r}; use "auto", "fp32" or "bf16"')
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    path = cache_dir / CACHE_FILE
-    machine, key = machine_key(), shape.key()
-    cached = _read(path).get(machine, {}).get(key)
-    if isinstance(cached, dict) and cached.get("pick") in ("fp32", "bf16"):
+    key = shape.key()
+    cached = recall(cache_dir, key)
+    if cached is not None and cached.get("pick") in ("fp32", "bf16"):
         return cached["pick"]  # type: ignore[return-value]
     result = (probe_fn or probe)(shape)
-    data = _read(path)
-    data.setdefault(machine, {})[key] = asdict(result)
-    _write(path, data)
+    remember(cache_dir, key, asdict(result))
     logger.info(
         "precision auto -> %s for %s on %s: fp32 %.2f ms, bf16 %.2f ms a step (bf16 %.2fx)",
         result.pick,

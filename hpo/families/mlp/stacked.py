@@ -29,7 +29,9 @@ synchronises to find out. Optional levers (:class:`StackOptions`): members that 
 and data order (a sweep's choices: same seed, same data) share one gathered batch and the first
 layer's input; evaluation runs all members of a dataset in one batched pass; members that stopped
 (early stopping, a pruner) leave the stack instead of being trained on; ``torch.compile`` of the
-step's forward and loss where it measured a gain (bf16 stacks with norms or other activations).
+step's forward and loss where :func:`measure_compile` measured a gain on this machine (bf16 stacks
+only). Every member's callbacks hear of each epoch trained (:func:`~hpo.training.epoch_done`),
+evaluated or not.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Task
 from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast, epoch_done
 from hpo.training.optim import build_optimizer, optimizer_spec
+from hpo.training.precision import seconds_per_step
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +75,15 @@ class Member:
 class StackOptions:
     """The stacked trainer's optional speed levers (see docs/benchmarks.md).
 
-    ``compile``: ``torch.compile`` the training step's forward and loss. ``"auto"`` compiles
-    only where it measured a gain: bf16 on the CPU, for stacks with a normalisation or an
-    activation other than ReLU (Xeon with AMX, 2026-11-25, one epoch of 300,000 rows after the
-    compile: the norm sweep's 3 models 1.50x, layernorm with three optimizers 1.20x, the
-    activation sweep 1.25x; plain ReLU stacks 1.00x for 3 models and 1.07x for 25, so not worth
-    the 5-10 s a compile costs). fp32 stays eager, so that it stays equal to the one-model trainer
-    to float tolerance. Where compiling fails (no C++ compiler), training goes on eagerly."""
+    ``compile``: ``torch.compile`` the training step's forward and loss. ``"auto"`` follows the
+    members' ``train.compile``, which a stage sets where :func:`measure_compile` found a gain on
+    this machine for the member's own layers and stack width (``StageContext.compile``; only bf16
+    stacks on the CPU are candidates: fp32 stays eager, so that it stays equal to the one-model
+    trainer to float tolerance). Why measured and not a rule: on a Xeon with AMX (2026-11-25, one
+    epoch of 300,000 rows after the compile) the norm sweep's 3 models ran 1.50x faster compiled,
+    layernorm with three optimizers 1.20x, the activation sweep 1.25x, plain ReLU stacks 1.00x for 3
+    models and 1.07x for 25 (not worth the 5-10 s a compile costs); other CPUs differ. Where
+    compiling fails (no C++ compiler), training goes on eagerly."""
 
     shared_batches: bool = True  # members with the same rows and order share one gathered batch
     batched_eval: bool = True  # evaluate all members of a dataset in one pass
@@ -86,15 +91,56 @@ class StackOptions:
     compile: bool | Literal["auto"] = "auto"  # torch.compile the forward and loss
 
 
-def wants_compile(option: bool | Literal["auto"], members: Sequence[Member], precision: str) -> bool:
-    """Whether a stack of ``members`` trains through ``torch.compile`` (see :class:`StackOptions`)."""
+def wants_compile(option: bool | Literal["auto"], members: Sequence[Member]) -> bool:
+    """Whether a stack of ``members`` trains through ``torch.compile`` (see :class:`StackOptions`):
+    ``option``, or for "auto" where a member's measured setting says so."""
     if option != "auto":
         return option
-    return (
-        precision == "bf16"
-        and members[0].train.device == "cpu"
-        and any(mb.model.norm != "none" or mb.model.activation != "relu" for mb in members)
-    )
+    return any(mb.train.compile for mb in members)
+
+
+#: a compiled step must be clearly faster to pay for its compile (seconds, once per process)
+COMPILE_MIN_GAIN = 1.1
+COMPILE_PROBE_MAX_WIDTH = 8
+
+
+def measure_compile(model: ModelConfig, *, batch: int, width: int, task: Task) -> tuple[float, float]:
+    """Seconds per bf16 training step (forward, loss, backward) on the CPU of a stack of ``width``
+    (at most :data:`COMPILE_PROBE_MAX_WIDTH`) models like ``model``: eager, and through
+    ``torch.compile`` once compiled (``inf`` where compiling fails). What ``compile = "auto"``
+    decides by; the compile itself takes seconds, so a stage caches the pick per machine."""
+    m = max(2, min(width, COMPILE_PROBE_MAX_WIDTH))
+    train = TrainConfig(batch_size=batch, precision="bf16")
+    members = [Member(model, OptimConfig(), dataclasses.replace(train, seed=s), 0) for s in range(m)]
+    stack = StackedMLP(members, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.randn(1, batch, model.n_features, generator=gen)
+    targets = torch.randint(0, model.n_outputs, (batch,), generator=gen)
+    yb = (targets if model.n_outputs > 1 else torch.randn(batch, generator=gen))[None].expand(m, -1)
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with autocast("bf16", "cpu"):
+            out = stack.forward(x, training=True)
+        out = out.float()
+        per_member, counts = task.stacked_losses(out, y, None, [mb.train for mb in stack.members])
+        return out, per_member, counts
+
+    def step(fn: _ForwardLoss) -> Callable[[], None]:
+        def run() -> None:
+            _, per_member, _ = fn(xb, yb)
+            per_member.sum().backward()  # type: ignore[no-untyped-call]
+            for leaf in stack.leaves():
+                leaf.grad = None
+
+        return run
+
+    eager = seconds_per_step(step(forward_loss))
+    try:
+        compiled = seconds_per_step(step(torch.compile(forward_loss, dynamic=False)))
+    except Exception as exc:  # e.g. no C++ compiler for inductor's CPU backend
+        logger.warning("torch.compile failed (%s); measured as never faster", first_line(exc, 200))
+        compiled = math.inf
+    return eager, compiled
 
 
 _ForwardLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -591,7 +637,7 @@ def fit_stacked(
         return out, per_member, counts
 
     compiled: _ForwardLoss = (
-        _CompiledOrEager(forward_loss) if wants_compile(opt.compile, members, precision) else forward_loss
+        _CompiledOrEager(forward_loss) if wants_compile(opt.compile, members) else forward_loss
     )
     for epoch in range(1, cfg.epochs + 1):
         m = stack.m
