@@ -1,7 +1,7 @@
 """The cost curve: throughput against stack width, one stage's wall time against rows, and two
 processes with half a stack each against one process with both cores.
 
-1. ``width``: model-samples per second of the stacked trainer (256x256, bf16, batch 128 per
+1. ``width``: model-samples per second of the stacked trainer (256x256, batch 128 per
    model, one epoch of ``--width-rows`` rows per model, evaluation included) for stacks of
    1, 2, 4, 8, 16, 32 and 64 models, in this process (intra-op threads: all cores); best of two.
 2. ``rows``: wall time of a one-epoch weight-decay stage (a ``grid_cv`` stage: 5 weight decays x
@@ -10,9 +10,11 @@ processes with half a stack each against one process with both cores.
 3. ``processes``: the 25-model stack of (2) at 515,345 rows in one process with 2 threads, and
    split 13 + 12 into two processes with 1 thread each, started together.
 
-Prints JSON; with matplotlib installed, ``--plot FILE`` draws (1) and (2) as an SVG.
+Every part trains at ``--precision`` (auto: in (1) hpo's probe on this machine at each width, in
+(2) and (3) the stage's own resolution). Prints JSON; with matplotlib installed, ``--plot FILE``
+draws (1) and (2) as an SVG.
 
-    python bench/cost_curve.py [--plot docs/cost_curve.svg] [--skip-rows 2000000]
+    python bench/cost_curve.py [--plot docs/cost_curve.svg] [--skip-rows 2000000] [--precision auto]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _precision import add_argument, resolve
 
 from hpo.families.mlp import Member, fit_stacked
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
@@ -50,7 +53,7 @@ seed = 42
 
 [defaults]
 hidden = [256, 256]
-precision = "bf16"
+precision = "{precision}"
 
 [stages.weight_decay]
 kind = "grid_cv"
@@ -74,23 +77,24 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 DECADES = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))
 
 
-def width_curve(rows: int) -> list[dict[str, Any]]:
+def width_curve(rows: int, precision: str) -> list[dict[str, Any]]:
     r = np.random.default_rng(0)
     x = r.normal(size=(rows, 90)).astype(np.float32)
     y = r.integers(0, 10, rows)
     data = TensorData.from_numpy(x, y, x[: rows // 5], y[: rows // 5])
     out = []
     fit_stacked(
-        [Member(ModelConfig(), OptimConfig(), TrainConfig(epochs=1, precision="bf16"), 0)],
+        [Member(ModelConfig(), OptimConfig(), TrainConfig(epochs=1, precision=resolve(precision, 1)), 0)],
         [data],
         task=DECADES,
     )
     for m in WIDTHS:
+        resolved = resolve(precision, m)
         members = [
             Member(
                 ModelConfig(),
                 OptimConfig(weight_decay=1e-4),
-                TrainConfig(epochs=1, precision="bf16", seed=s),
+                TrainConfig(epochs=1, precision=resolved, seed=s),
                 0,
             )
             for s in range(m)
@@ -99,16 +103,23 @@ def width_curve(rows: int) -> list[dict[str, Any]]:
         fit_stacked(members, [data], task=DECADES)
         seconds = time.perf_counter() - start
         out.append(
-            {"models": m, "seconds": round(seconds, 2), "model_samples_per_s": round(m * rows / seconds)}
+            {
+                "models": m,
+                "precision": resolved,
+                "seconds": round(seconds, 2),
+                "model_samples_per_s": round(m * rows / seconds),
+            }
         )
         print(json.dumps(out[-1]), file=sys.stderr)
     return out
 
 
-def _stage(rows: int, work: Path, *, grid: str | None = None, threads: int | None = None) -> float:
+def _stage(
+    rows: int, work: Path, precision: str, *, grid: str | None = None, threads: int | None = None
+) -> float:
     """Seconds of the weight-decay stage (data prepared beforehand) in a fresh process."""
     cfg = work / f"cost-{rows}-{grid or 'all'}.toml"
-    text = STAGE.format(rows=rows, members="")
+    text = STAGE.format(rows=rows, members="", precision=precision)
     if grid is not None:
         text = text.replace("[0.0, 1e-5, 1e-4, 1e-3, 1e-2]", grid)
     cfg.write_text(text)
@@ -126,7 +137,7 @@ def _stage(rows: int, work: Path, *, grid: str | None = None, threads: int | Non
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
 
 
-def rows_curve(work: Path, skip: set[int]) -> list[dict[str, Any]]:
+def rows_curve(work: Path, skip: set[int], precision: str) -> list[dict[str, Any]]:
     from hpo import data
     from hpo.settings import DataSettings
 
@@ -137,7 +148,7 @@ def rows_curve(work: Path, skip: set[int]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         data.prepare(DataSettings(rows=rows), data_dir=work / "data", progressbar=False)
         prep = time.perf_counter() - start
-        seconds = _stage(rows, work)
+        seconds = _stage(rows, work, precision)
         models_rows = 25 * 0.7 * 0.8 * rows  # 25 models, each on 4/5 of the 70 % training rows
         out.append(
             {
@@ -151,13 +162,13 @@ def rows_curve(work: Path, skip: set[int]) -> list[dict[str, Any]]:
     return out
 
 
-def processes(work: Path) -> dict[str, Any]:
+def processes(work: Path, precision: str) -> dict[str, Any]:
     rows = 515_345
-    one = _stage(rows, work)
+    one = _stage(rows, work, precision)
     results: list[float] = []
 
     def run(grid: str) -> None:
-        results.append(_stage(rows, work, grid=grid, threads=1))
+        results.append(_stage(rows, work, precision, grid=grid, threads=1))
 
     threads = [threading.Thread(target=run, args=(g,)) for g in ("[0.0, 1e-5, 1e-4]", "[1e-3, 1e-2]")]
     start = time.perf_counter()
@@ -187,7 +198,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     a.set_xscale("log", base=2)
     a.set_xlabel("models in the stack")
     a.set_ylabel("thousand model-samples / s")
-    a.set_title("Stacked trainer throughput (bf16, batch 128)")
+    a.set_title(f"Stacked trainer throughput ({result['precision']}, batch 128)")
     a.grid(alpha=0.3)
     r = result["rows"]
     if r:
@@ -206,6 +217,7 @@ def main() -> None:
     parser.add_argument("--skip-rows", type=int, nargs="*", default=[])
     parser.add_argument("--no-processes", action="store_true")
     parser.add_argument("--plot", type=Path)
+    add_argument(parser)
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     result: dict[str, Any] = {
@@ -213,13 +225,14 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash
-        "width": width_curve(args.width_rows),
+        "precision": args.precision,
+        "width": width_curve(args.width_rows, args.precision),
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        result["rows"] = rows_curve(work, set(args.skip_rows))
+        result["rows"] = rows_curve(work, set(args.skip_rows), args.precision)
         if not args.no_processes:
-            result["processes"] = processes(work)
+            result["processes"] = processes(work, args.precision)
     if args.plot:
         plot(result, args.plot)
     print(json.dumps(result, indent=2))

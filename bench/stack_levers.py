@@ -1,7 +1,8 @@
 """The stacked trainer's speed levers, each measured alone and all together, in one run.
 
-Workloads (the faithful protocol's stacks, on the full-size synthetic training split, bf16 as the
-faithful study file sets it, batch 128 per model):
+Workloads (the faithful protocol's stacks, on the full-size synthetic training split, at
+``--precision``: auto, the default, resolves by hpo's probe on this machine at each workload's
+stack width; batch 128 per model):
 
 * ``weight_decay``: 25 models (5 weight decays x 5 CV folds, each fold its own rows and scaler);
 * ``sweep``: 3 models of one sweep (the init sweep: same rows, same seed, so the same data order);
@@ -12,8 +13,8 @@ Variants: ``reference`` is the trainer before the levers (``bench/_reference_sta
 is today's trainer with every optional lever off (always on: no per-member slicing in the
 training step, fused per-group optimizers over views for mixed stacks, no per-step
 synchronisation); then each optional lever alone (``+compile`` twice: with its compile time, then
-with inductor's caches warm), then all (the defaults, where ``compile="auto"`` compiles the bf16
-stacks with norms or activations other than ReLU). Every variant trains
+with inductor's caches warm), then all, eager and compiled (a stage compiles where
+``StageContext.compile`` measured a gain on the machine for the stack's layers). Every variant trains
 the same members from the same seeds; the benchmark asserts that each variant's validation
 accuracies agree with the reference's (bf16: within 0.01 per model, the noise of a borderline
 row flip growing over an epoch) and prints the largest difference.
@@ -22,6 +23,7 @@ Prints JSON: seconds, model-samples per second and the ratio to the reference pe
 variant, with the torch version, threads and CPU.
 
     python bench/stack_levers.py [--rows 100000] [--epochs 1] [--workloads sweep,weight_decay]
+        [--precision auto]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +42,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _reference_stacked as reference
+from _precision import add_argument, resolve
 
 from hpo import data
 from hpo.families.mlp import stacked
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
 from hpo.training import TensorData
-from hpo.training.precision import cpu_description
+from hpo.training.precision import Resolved, cpu_description
 
 SEED = 42
 TASK = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))  # MSD's decades
@@ -69,7 +73,8 @@ VARIANTS: dict[str, stacked.StackOptions | None] = {
     "+compile, caches warm": stacked.StackOptions(
         shared_batches=False, batched_eval=False, compaction=False, compile=True
     ),
-    "all (defaults; compile auto)": stacked.StackOptions(),
+    "all, eager": stacked.StackOptions(compile=False),
+    "all, compiled": stacked.StackOptions(compile=True),
 }
 
 
@@ -86,8 +91,9 @@ def _folds(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], k: int) -> list[Ten
 
 
 def workloads(
-    rows: int, epochs: int
+    rows: int, epochs: int, precision_for: Callable[[int], Resolved]
 ) -> dict[str, tuple[list[stacked.Member], list[TensorData], list[list[Any]]]]:
+    """The workloads, each at ``precision_for(its stack width)``."""
     prepared = data.prepare(DataSettings(), progressbar=False)
     split, scaler = prepared.split, prepared.scaler
     train_idx, val_idx = split.train[:rows], split.val[: max(rows // 5, 2000)]
@@ -98,36 +104,36 @@ def workloads(
     )
     folds = _folds(x, y, 5)
 
-    def tcfg(patience: int | None = None) -> TrainConfig:
-        return TrainConfig(epochs=epochs, batch_size=128, seed=SEED, precision="bf16", patience=patience)
+    def tcfg(width: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, batch_size=128, seed=SEED, precision=precision_for(width))
 
     model = ModelConfig(hidden=(256, 256))
     out: dict[str, tuple[list[stacked.Member], list[TensorData], list[list[Any]]]] = {}
     wd = [
-        stacked.Member(model, OptimConfig(weight_decay=w), tcfg(), k)
+        stacked.Member(model, OptimConfig(weight_decay=w), tcfg(25), k)
         for w in (0, 1e-5, 1e-4, 1e-3, 1e-2)
         for k in range(5)
     ]
     out["weight_decay"] = (wd, folds, [[] for _ in wd])
     inits = [
-        stacked.Member(ModelConfig(hidden=(256, 256), init=i), OptimConfig(), tcfg(), 0)
+        stacked.Member(ModelConfig(hidden=(256, 256), init=i), OptimConfig(), tcfg(3), 0)
         for i in ("default", "xavier_uniform", "kaiming_normal")
     ]
     out["sweep"] = (inits, [tv], [[] for _ in inits])
     norms = [
-        stacked.Member(ModelConfig(hidden=(256, 256), norm=n), OptimConfig(), tcfg(), 0)
+        stacked.Member(ModelConfig(hidden=(256, 256), norm=n), OptimConfig(), tcfg(3), 0)
         for n in ("none", "batchnorm", "layernorm")
     ]
     out["norm_sweep"] = (norms, [tv], [[] for _ in norms])
     opts = [
-        stacked.Member(model, OptimConfig(name=o, lr=1e-3), tcfg(), 0) for o in ("adam", "sgd", "rmsprop")
+        stacked.Member(model, OptimConfig(name=o, lr=1e-3), tcfg(3), 0) for o in ("adam", "sgd", "rmsprop")
     ]
     out["optimizer_sweep"] = (opts, [tv], [[] for _ in opts])
     seeds = [
         stacked.Member(
             model,
             OptimConfig(),
-            TrainConfig(epochs=max(epochs, 2), batch_size=128, seed=s, precision="bf16"),
+            TrainConfig(epochs=max(epochs, 2), batch_size=128, seed=s, precision=precision_for(8)),
             0,
         )
         for s in range(8)
@@ -159,15 +165,24 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="training rows per model")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workloads", default="weight_decay,sweep,norm_sweep,optimizer_sweep,early_stop")
+    add_argument(parser)
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     wanted = args.workloads.split(",")
-    loads = {k: v for k, v in workloads(args.rows, args.epochs).items() if k in wanted}
+    loads = {
+        k: v
+        for k, v in workloads(args.rows, args.epochs, lambda m: resolve(args.precision, m)).items()
+        if k in wanted
+    }
     # warm-up: the first fused optimizer of a process imports PyTorch's compile machinery
     warm_members, warm_data, _ = loads[next(iter(loads))]
     stacked.fit_stacked(warm_members[:1], warm_data, options=VARIANTS["base"], task=TASK)
     out: dict[str, Any] = {
-        "benchmark": "stacked trainer levers (bf16, batch 128 per model, 256x256)",
+        "benchmark": "stacked trainer levers (batch 128 per model, 256x256)",
+        "precision": {
+            "requested": args.precision,
+            **{k: members[0].train.precision for k, (members, _, _) in loads.items()},
+        },
         "rows_per_model": args.rows,
         "epochs": args.epochs,
         "torch": torch.__version__,

@@ -1,8 +1,9 @@
 """How fast could the faithful stages be on this machine? A floor from the minimal stacked step.
 
 Measures, in one run, model-samples per second of three ways to train M same-shape MLPs
-(90-256-256-10, ReLU, batch 128 per model, bf16 autocast as the faithful study file sets it,
-Adam) at the stack widths the faithful stages use (1: LR range test and final; 3: a sweep; 25:
+(90-256-256-10, ReLU, batch 128 per model, at ``--precision``: auto, the default, resolves by
+hpo's probe on this machine at each width, as a run of the faithful study file does; Adam) at the
+stack widths the faithful stages use (1: LR range test and final; 3: a sweep; 25:
 the weight-decay grid x folds):
 
 * ``floor_autograd``: the least a stacked step can do with autograd: one gather of a shared
@@ -22,7 +23,7 @@ the trainer reaches it on this machine without changing the protocol (batch size
 
 Prints JSON.
 
-    python bench/stage_floor.py [--steps 600] [--rows 360741]
+    python bench/stage_floor.py [--steps 600] [--rows 360741] [--precision auto]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _precision import add_argument, resolve
 from torch.nn import functional as F
 
 from hpo import plan
@@ -45,7 +47,7 @@ from hpo.families.mlp import Member, fit_stacked
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
 from hpo.training import TensorData
-from hpo.training.precision import cpu_description
+from hpo.training.precision import Resolved, cpu_description
 
 BATCH, FEATURES, HIDDEN, CLASSES = 128, 90, 256, 10
 WIDTHS = (1, 3, 25)
@@ -55,9 +57,11 @@ STUDY = Path(__file__).resolve().parent.parent / "studies" / "msd_decade.toml"
 
 
 class _MinimalStack:
-    """M MLPs as stacked fp32 leaves; bf16 autocast forward; one fused Adam."""
+    """M MLPs as stacked fp32 leaves; forward under bf16 autocast (``precision`` bf16) or in
+    fp32; one fused Adam."""
 
-    def __init__(self, m: int) -> None:
+    def __init__(self, m: int, precision: str) -> None:
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         g = torch.Generator().manual_seed(0)
         dims = [FEATURES, HIDDEN, HIDDEN, CLASSES]
         self.m = m
@@ -69,7 +73,7 @@ class _MinimalStack:
         self.opt = torch.optim.Adam(self.leaves, lr=1e-3, fused=True)
 
     def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             h = torch.matmul(xb, self.w[0]) + self.b[0]
             h = F.relu(h)
             h = F.relu(torch.baddbmm(self.b[1], h, self.w[1]))
@@ -86,7 +90,7 @@ class _MinimalStack:
 
     @torch.no_grad()
     def step_manual(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        bf = torch.bfloat16
+        bf = self.dtype
         w = [t.to(bf) for t in self.w]
         x = xb.to(bf).expand(self.m, -1, -1)
         a1 = torch.baddbmm(self.b[0].to(bf), x, w[0])
@@ -114,8 +118,8 @@ class _MinimalStack:
 DECADES = Classification(tuple(f"{1920 + 10 * d}s" for d in range(10)))
 
 
-def floor(m: int, x: torch.Tensor, y: torch.Tensor, steps: int, how: str) -> float:
-    stack = _MinimalStack(m)
+def floor(m: int, x: torch.Tensor, y: torch.Tensor, steps: int, how: str, precision: str) -> float:
+    stack = _MinimalStack(m, precision)
     if how == "manual":
         step = stack.step_manual
     elif how == "compiled":
@@ -138,11 +142,13 @@ def floor(m: int, x: torch.Tensor, y: torch.Tensor, steps: int, how: str) -> flo
     return m * BATCH * steps / (time.perf_counter() - start)
 
 
-def hpo_rate(m: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+def hpo_rate(m: int, x: torch.Tensor, y: torch.Tensor, steps: int, precision: Resolved) -> float:
     rows = steps * BATCH
     data = TensorData(x[:rows], y[:rows], x[-2000:], y[-2000:])
     members = [
-        Member(ModelConfig(), OptimConfig(weight_decay=1e-5 * i), TrainConfig(epochs=1, precision="bf16"), 0)
+        Member(
+            ModelConfig(), OptimConfig(weight_decay=1e-5 * i), TrainConfig(epochs=1, precision=precision), 0
+        )
         for i in range(m)
     ]
     fit_stacked(members[:1], [TensorData(x[:6400], y[:6400], x[-2000:], y[-2000:])], task=DECADES)  # warm-up
@@ -178,16 +184,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="timed steps per measurement")
     train_rows = ROWS - round(TEST_FRACTION * ROWS) - round(VAL_FRACTION * ROWS)  # as the split counts
     ap.add_argument("--rows", type=int, default=train_rows, help="training rows of the split")
+    add_argument(ap)
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     r = np.random.default_rng(0)
     x = torch.as_tensor(r.normal(size=(args.rows, FEATURES)).astype(np.float32))
     y = torch.as_tensor(r.integers(0, CLASSES, args.rows))
     rates: dict[str, dict[int, float]] = {name: {} for name in [*(f"floor_{h}" for h in HOWS), "hpo"]}
+    precisions = {m: resolve(args.precision, m) for m in WIDTHS}
     for m in WIDTHS:
         for how in HOWS:
-            rates[f"floor_{how}"][m] = floor(m, x, y, args.steps, how)
-        rates["hpo"][m] = hpo_rate(m, x, y, args.steps)
+            rates[f"floor_{how}"][m] = floor(m, x, y, args.steps, how, precisions[m])
+        rates["hpo"][m] = hpo_rate(m, x, y, args.steps, precisions[m])
     work = faithful_work(args.rows)
     projection = {
         path: {name: round(samples / by_width[width], 1) for name, (width, samples) in work.items()}
@@ -211,6 +219,7 @@ def main() -> None:
                     sum(min(projection[f"floor_{h}"][n] for h in HOWS) for n in work), 1
                 ),
                 "steps": args.steps,
+                "precision": {"requested": args.precision, **{str(m): p for m, p in precisions.items()}},
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash

@@ -1,9 +1,11 @@
 """Training throughput of the 256x256 MLP: hpo's trainer vs a plain PyTorch DataLoader loop.
 
 Both run in this one process on the same scaled training rows of the prepared synthetic data,
-one epoch each (after a short warm-up), at batch 128 (the write-up's) and 1024. Prints JSON.
+one epoch each (after a short warm-up), at batch 128 (the write-up's) and 1024. hpo's trainer runs
+at ``--precision`` (auto: hpo's probe on this machine); the DataLoader loop in fp32, as a user
+writes it. Prints JSON.
 
-    python bench/train_throughput.py [--rows N] [--repeats K]
+    python bench/train_throughput.py [--rows N] [--repeats K] [--precision auto]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _precision import add_argument, resolve
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -23,7 +26,7 @@ from hpo import training as train
 from hpo.families.mlp import model as models
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
-from hpo.training.precision import cpu_description
+from hpo.training.precision import Resolved, cpu_description
 
 
 def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
@@ -45,8 +48,8 @@ def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: in
     return time.perf_counter() - start
 
 
-def hpo_epoch(tensors: train.TensorData, batch_size: int, seed: int) -> float:
-    config = TrainConfig(epochs=1, batch_size=batch_size, seed=seed)
+def hpo_epoch(tensors: train.TensorData, batch_size: int, seed: int, precision: Resolved = "fp32") -> float:
+    config = TrainConfig(epochs=1, batch_size=batch_size, seed=seed, precision=precision)
     start = time.perf_counter()
     model = models.build_model(ModelConfig(hidden=(256, 256)), seed=seed)
     train.fit(model, OptimConfig(), config, tensors, task=Classification(tuple(str(c) for c in range(10))))
@@ -57,7 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000, help="training rows per epoch")
     parser.add_argument("--repeats", type=int, default=2, help="best of K epochs per setting")
+    add_argument(parser)
     args = parser.parse_args()
+    precision = resolve(args.precision, width=1)
 
     prepared = data.prepare(DataSettings(), progressbar=False)
     split = prepared.split
@@ -83,10 +88,11 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_description(),  # model, bf16-relevant flags, flags hash
+        "precision": {"requested": args.precision, "hpo": precision, "dataloader": "fp32"},
         "batches": {},
     }
     for batch_size in (128, 1024):
-        t_hpo = min(hpo_epoch(tensors, batch_size, r) for r in range(args.repeats))
+        t_hpo = min(hpo_epoch(tensors, batch_size, r, precision) for r in range(args.repeats))
         t_dl = min(dataloader_epoch(x, y, batch_size, r) for r in range(args.repeats))
         n = int(x.shape[0])
         results["batches"][str(batch_size)] = {

@@ -12,9 +12,11 @@ So the ratios separate the two levers: stacking alone (plain_fp32 / stacked_fp32
 the same fold rows (each fold scaled by a scaler fit on its training part) for the same epochs, in
 this one process; the paths run ``--repeats`` times in alternating order (forward, then
 backward) and each path's median is reported. The mean held-out accuracy per weight decay of every
-path must lie within ``--tolerance`` of plain_fp32's (checked, exit 1 if not).
+path must lie within ``--tolerance`` of plain_fp32's (checked, exit 1 if not). ``--precision``
+fp32, bf16 or auto (hpo's probe on this machine at the stack's width) runs plain_fp32 (the user's
+code) against the stack at that precision only; ``both``, the default, runs all four.
 
-    python bench/weight_decay_stage.py [--epochs 1] [--repeats 2] [--rows N]
+    python bench/weight_decay_stage.py [--epochs 1] [--repeats 2] [--rows N] [--precision both]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _precision import resolve
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -111,6 +114,12 @@ def main() -> None:
     parser.add_argument(
         "--tolerance", type=float, default=0.01, help="largest accuracy gap to plain_fp32 per weight decay"
     )
+    parser.add_argument(
+        "--precision",
+        choices=("both", "auto", "fp32", "bf16"),
+        default="both",
+        help="the stack's precision (auto: hpo's probe here); both: all four paths (default)",
+    )
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # every path: denormals otherwise slow the decayed fits 2-3x
 
@@ -138,6 +147,9 @@ def main() -> None:
         "stacked_fp32": lambda: stacked_fits(folds, args.epochs, "fp32"),
         "stacked_bf16": lambda: stacked_fits(folds, args.epochs, "bf16"),
     }
+    if args.precision != "both":
+        stack = f"stacked_{resolve(args.precision, len(GRID) * FOLDS)}"
+        paths = {k: v for k, v in paths.items() if k in ("plain_fp32", stack)}
     # Process start-up, paid once per worker process, not per fit: the first fused optimizer
     # constructed in a process imports PyTorch's compile machinery (~0.8 s measured here).
     build_optimizer([torch.zeros(1, requires_grad=True)], OptimConfig())
@@ -166,11 +178,16 @@ def main() -> None:
         "seconds_median": {k: round(v, 2) for k, v in median.items()},
         "seconds_all": {k: [round(s, 2) for s in v] for k, v in timings.items()},
         "model_samples_per_second": {k: round(samples / v) for k, v in median.items()},
+        "precision": args.precision,
         "speedup": {
-            "stacking_alone_fp32": round(median["plain_fp32"] / median["stacked_fp32"], 2),
-            "bf16_alone_plain": round(median["plain_fp32"] / median["plain_bf16"], 2),
-            "bf16_on_the_stack": round(median["stacked_fp32"] / median["stacked_bf16"], 2),
-            "both": round(median["plain_fp32"] / median["stacked_bf16"], 2),
+            name: round(median[slow] / median[fast], 2)
+            for name, slow, fast in (
+                ("stacking_alone_fp32", "plain_fp32", "stacked_fp32"),
+                ("bf16_alone_plain", "plain_fp32", "plain_bf16"),
+                ("bf16_on_the_stack", "stacked_fp32", "stacked_bf16"),
+                ("both", "plain_fp32", "stacked_bf16"),
+            )
+            if slow in median and fast in median
         },
         "mean_cv_accuracy_by_weight_decay": accs,
         "largest_accuracy_gap_to_plain_fp32": gaps,
