@@ -305,13 +305,24 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
     pipe = _pipeline(args)
     artifact_id = pipe.final_model_artifact()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
         download_artifact(artifact_store=pipe.ctx.artifacts, file_path=str(path), artifact_id=artifact_id)
-        load_model_file(path)  # refuse to export anything but a model file
+        model_file = load_model_file(path)  # refuse to export anything but a model file
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.model_format == "onnx":
+            from hpo import onnx_export
+
+            written = onnx_export.export(model_file, args.out, trusted=pipe.trusted())
+            return {**written, "artifact_id": artifact_id, "format": "onnx"}
         shutil.copyfile(path, args.out)
-    return {"path": str(args.out), "artifact_id": artifact_id}
+    return {"path": str(args.out), "artifact_id": artifact_id, "format": "pt"}
+
+
+def _render_export(r: dict[str, Any]) -> str:
+    if r["format"] == "onnx":
+        return f"wrote {r['path']} (ONNX: {r['input']} -> {r['output']}; artifact {r['artifact_id']})"
+    return f"wrote {r['path']} (artifact {r['artifact_id']})"
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -467,7 +478,7 @@ def _set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pipeline_options(p: argparse.ArgumentParser) -> None:
+def _pipeline_options(p: argparse.ArgumentParser, *, output_format: bool = True) -> None:
     p.add_argument(
         "--config",
         help="study file, or a name in studies/ such as quick (default: msd_decade, the faithful protocol)",
@@ -478,7 +489,8 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         "--artifacts", type=Path, help="artifact directory (default $HPO_ARTIFACTS or ./artifacts)"
     )
     p.add_argument("--data-dir", type=Path, help="data cache (default $HPO_DATA_DIR or ~/.cache/hpo)")
-    _common(p)
+    if output_format:
+        _common(p)
 
 
 def _work_options(p: argparse.ArgumentParser) -> None:
@@ -642,12 +654,21 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=_positive_int, default=8080)
     dash.set_defaults(handler=_cmd_dashboard, render=str)
 
-    export = commands.add_parser("export-model", help="write the final model file (torch.load weights_only)")
-    export.add_argument("--out", type=Path, required=True)
-    _pipeline_options(export)
-    export.set_defaults(
-        handler=_cmd_export, render=lambda r: f"wrote {r['path']} (artifact {r['artifact_id']})"
+    export = commands.add_parser(
+        "export-model",
+        help="write the final model: hpo's model file (torch.load weights_only), or an ONNX graph",
     )
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument(
+        "--format",
+        dest="model_format",
+        choices=("pt", "onnx"),
+        default="pt",
+        help="pt: the model file hpo predict reads (default); onnx: one graph from raw feature rows "
+        "(float32 [N, n_features], the scaler inside) to class probabilities or values",
+    )
+    _pipeline_options(export, output_format=False)  # its --format is the model's
+    export.set_defaults(handler=_cmd_export, render=_render_export)
     return parser
 
 
