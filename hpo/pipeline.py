@@ -176,7 +176,7 @@ class Pipeline:
 
     def announce(self, *, force: bool) -> None:
         """Tell the progress display every stage's planned work, and which are complete already."""
-        rows = int(self.ctx.data().train_val().x_train.shape[0])
+        rows = self.ctx.data().train_rows
         cfg = self.plan.defaults
         planned = [(s.name, *astuple(s.planned(cfg, rows))) for s in self.plan.stages]
         complete = [] if force else [s.name for s in self.plan.stages if self._complete(s)]

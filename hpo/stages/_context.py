@@ -107,6 +107,11 @@ class StageData:
             self._y(s.val),
         )
 
+    @property
+    def train_rows(self) -> int:
+        """How many training rows the split has (without building their tensors)."""
+        return len(self._prepared.split.train)
+
     def train_val(self) -> TensorData:
         """Training and validation rows, scaled with the scaler fit on the training rows."""
         return self._train_val
