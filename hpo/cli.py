@@ -316,7 +316,12 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
             written = onnx_export.export(model_file, args.out, trusted=pipe.trusted())
             return {**written, "artifact_id": artifact_id, "format": "onnx"}
         shutil.copyfile(path, args.out)
-    return {"path": str(args.out), "artifact_id": artifact_id, "format": "pt"}
+    return {
+        "path": str(args.out),
+        "artifact_id": artifact_id,
+        "format": "pt",
+        "members": len(model_file.payloads),
+    }
 
 
 def _render_export(r: dict[str, Any]) -> str:
@@ -414,14 +419,22 @@ def _headline(m: dict[str, Any]) -> str:
 
 def _test_line(m: dict[str, Any]) -> str:
     if m.get("task") == "regression":
-        return (
+        line = (
             f"RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}, loss {m['loss']:.4f} "
             f"(predicting the training mean: RMSE {m['constant_rmse']:.4g})"
         )
-    return (
-        f"accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, balanced accuracy "
-        f"{m['balanced_accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}"
-    )
+        member = f"RMSE {m.get('rmse_mean', 0.0):.4g} ± {m.get('rmse_sd', 0.0):.2g}"
+    else:
+        line = (
+            f"accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, balanced accuracy "
+            f"{m['balanced_accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}"
+        )
+        member = f"accuracy {m.get('accuracy_mean', 0.0):.2%} ± {m.get('accuracy_sd', 0.0):.2%}"
+    if m.get("ensemble"):
+        return f"{line}; an ensemble of {m['ensemble']} models (the members: {member})"
+    if m.get("seeds", 1) > 1:
+        return f"{line}; the mean of {m['seeds']} seeds ({member})"
+    return line
 
 
 def _render_run_stage(r: dict[str, Any]) -> str:

@@ -1,13 +1,14 @@
 """The saved-model file (written and read here only): everything ``hpo predict`` needs, loadable
 with ``torch.load(..., weights_only=True)``.
 
-One file for every family and task: the family's payload (an MLP's or a user module's weights,
-a scikit-learn estimator as skops bytes), the carried configuration it was trained with, the
+One file for every family and task: the family's payload per member (an MLP's or a user module's
+weights, a scikit-learn estimator as skops bytes; one member, or the members of an ensemble, whose
+outputs the task combines: :meth:`hpo.tasks.Task.combine`), the carried configuration it was trained with, the
 task (classes, or the target's standardisation), the feature scaler, the feature and class names
 and how a target column maps to classes. Nothing in it is unpickled: tensors, strings, numbers,
 lists and dicts only (``weights_only``), and a scikit-learn estimator through skops with its
 types checked (:mod:`hpo.families.sklearn_api`). Files of format 2 (an MLP classifier, before
-families existed) still load.
+families existed) and 3 (one model) still load.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from hpo.errors import DataFileError, HpoError
 from hpo.settings import RunConfig, lookup
 from hpo.tasks import Task, from_record
 
-MODEL_FORMAT = "hpo-model/3"
+MODEL_FORMAT = "hpo-model/4"
+_FORMAT_3 = "hpo-model/3"  # one model: "payload" instead of "payloads"
 _FORMAT_2 = "hpo-model/2"  # an MLP classifier: state_dict and model_config at the top level
 
 
@@ -34,7 +36,7 @@ class ModelFile:
     """A trained model and what it needs to predict from raw feature rows."""
 
     family: str
-    payload: dict[str, Any]  # the family's (hpo.families.ModelFamily.payload)
+    payloads: list[dict[str, Any]]  # the family's, one per member (hpo.families.ModelFamily.payload)
     run_config: dict[str, Any]  # the carried configuration it was trained with (RunConfig record)
     task: dict[str, Any]  # hpo.tasks.Task.to_record()
     scaler_mean: npt.NDArray[np.float64]
@@ -52,8 +54,12 @@ class ModelFile:
     def task_of(self) -> Task:
         return from_record(self.task)
 
-    def model(self, *, trusted: Sequence[str] = ()) -> Any:
-        """The trained model (an ``nn.Module`` in eval mode, or a fitted estimator). A model of
+    @property
+    def ensemble(self) -> bool:
+        return len(self.payloads) > 1
+
+    def models(self, *, trusted: Sequence[str] = ()) -> list[Any]:
+        """The trained members (``nn.Module`` in eval mode, or fitted estimators). A model of
         your module or estimator is restored only where ``trusted`` (the study file's
         ``module`` or ``estimator``, :meth:`hpo.pipeline.Pipeline.trusted`) names the one it was
         trained with: the file itself does not choose what code runs."""
@@ -64,16 +70,31 @@ class ModelFile:
             raise HpoError(
                 f"{self.origin}: the model file says family {self.family!r} but was trained as {cfg.family!r}"
             )
+        if not self.payloads:
+            raise HpoError(f"{self.origin}: the model file holds no model; export it again")
+        family = lookup(FAMILIES, self.family, "family")
         try:
-            return lookup(FAMILIES, self.family, "family").restore(
-                self.payload,
-                cfg,
-                n_features=len(self.feature_names),
-                n_outputs=self.task_of().n_outputs,
-                trusted=trusted,
-            )
+            return [
+                family.restore(
+                    payload,
+                    cfg,
+                    n_features=len(self.feature_names),
+                    n_outputs=self.task_of().n_outputs,
+                    trusted=trusted,
+                )
+                for payload in self.payloads
+            ]
         except ValueError as exc:
             raise HpoError(f"{self.origin}: the model cannot be loaded: {exc}") from None
+
+    def model(self, *, trusted: Sequence[str] = ()) -> Any:
+        """The one trained model of a file that is not an ensemble (else :meth:`models`)."""
+        if self.ensemble:
+            raise HpoError(
+                f"{self.origin}: the model file holds an ensemble of {len(self.payloads)} models; "
+                "use models() or outputs()"
+            )
+        return self.models(trusted=trusted)[0]
 
     def scale(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         out = np.asarray(x, dtype=np.float32) - self.scaler_mean.astype(np.float32)
@@ -81,12 +102,15 @@ class ModelFile:
         return out
 
     def outputs(self, x: npt.NDArray[np.floating[Any]], *, trusted: Sequence[str] = ()) -> torch.Tensor:
-        """The model's raw outputs for raw (unscaled) feature rows."""
+        """The model's raw outputs for raw (unscaled) feature rows (an ensemble's: its members'
+        combined by the task)."""
         from hpo.families import FAMILIES
 
-        model = self.model(trusted=trusted)
         family = lookup(FAMILIES, self.family, "family")
-        return family.outputs(model, torch.as_tensor(self.scale(x)), self.task_of().n_outputs).cpu()
+        task = self.task_of()
+        rows = torch.as_tensor(self.scale(x))
+        outs = [family.outputs(m, rows, task.n_outputs).cpu() for m in self.models(trusted=trusted)]
+        return outs[0] if len(outs) == 1 else task.combine(outs)
 
 
 def save_model_file(path: Path, model_file: ModelFile) -> None:
@@ -94,7 +118,7 @@ def save_model_file(path: Path, model_file: ModelFile) -> None:
         "format": MODEL_FORMAT,
         "hpo_version": model_file.hpo_version,
         "family": model_file.family,
-        "payload": model_file.payload,
+        "payloads": list(model_file.payloads),
         "config": model_file.run_config,
         "task": model_file.task,
         "scaler_mean": torch.as_tensor(model_file.scaler_mean),
@@ -118,19 +142,23 @@ def load_model_file(path: Path) -> ModelFile:
             fix="export it with hpo export-model",
         ) from None
     fmt = raw.get("format") if isinstance(raw, dict) else None
-    if fmt not in (MODEL_FORMAT, _FORMAT_2):
+    if fmt not in (MODEL_FORMAT, _FORMAT_3, _FORMAT_2):
         raise DataFileError(
             str(path), f"is not an hpo model file ({MODEL_FORMAT})", fix="export it with hpo export-model"
         )
     assert isinstance(raw, dict)
     if fmt == _FORMAT_2:
-        family, payload = "mlp", {"state_dict": raw["state_dict"], "model_config": raw["model_config"]}
+        family = "mlp"
+        payloads = [{"state_dict": raw["state_dict"], "model_config": raw["model_config"]}]
         task = {"kind": "classification", "class_names": list(raw["class_names"])}
+    elif fmt == _FORMAT_3:
+        family, payloads, task = str(raw["family"]), [dict(raw["payload"])], dict(raw["task"])
     else:
-        family, payload, task = str(raw["family"]), dict(raw["payload"]), dict(raw["task"])
+        family, task = str(raw["family"]), dict(raw["task"])
+        payloads = [dict(p) for p in raw["payloads"]]
     return ModelFile(
         family=family,
-        payload=payload,
+        payloads=payloads,
         run_config=dict(raw["config"]),
         task=task,
         scaler_mean=raw["scaler_mean"].numpy(),

@@ -8,7 +8,10 @@ predict`` computes from the same rows. Torch families (``mlp``, ``torch``) expor
 ``torch.onnx.export`` (its default exporter, ``torch.export`` and onnxscript); a scikit-learn
 estimator through skl2onnx where it converts, with the scaler as a ``StandardScaler`` step and a
 regressor's target standardisation undone by two nodes after it; an estimator skl2onnx cannot
-convert gets one line saying so. The optional packages come with ``pip install 'hpo[onnx]'``.
+convert gets one line saying so. An ensemble (``[stages.final] ensemble = true``) is one graph
+too, averaging its members' probabilities or values inside it: the torch members in the exported
+module, scikit-learn members as a soft ``VotingClassifier`` or a ``VotingRegressor`` set up from
+the fitted members. The optional packages come with ``pip install 'hpo[onnx]'``.
 """
 
 from __future__ import annotations
@@ -40,14 +43,16 @@ def _require(*modules: str) -> None:
 
 
 class _Deployed(nn.Module):
-    """Scaler, model and the task's output transform as one module (what the graph computes)."""
+    """Scaler, model (or an ensemble's members) and the task's output transform as one module
+    (what the graph computes): a classifier's probabilities (an ensemble's: the members' mean),
+    a regressor's value in the target's units (an ensemble's: the members' mean)."""
 
     mean: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, model: nn.Module, model_file: ModelFile) -> None:
+    def __init__(self, members: Sequence[nn.Module], model_file: ModelFile) -> None:
         super().__init__()
-        self.model = model
+        self.members = nn.ModuleList(members)
         self.register_buffer("mean", torch.as_tensor(model_file.scaler_mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(model_file.scaler_scale, dtype=torch.float32))
         task = model_file.task_of()
@@ -56,27 +61,30 @@ class _Deployed(nn.Module):
         self.target_std = float(task.std) if isinstance(task, Regression) else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model((x - self.mean) / self.scale).float()
+        scaled = (x - self.mean) / self.scale
+        outs = [member(scaled).float() for member in self.members]
         if self.regression:
-            return out[:, 0] * self.target_std + self.target_mean
-        return torch.softmax(out, dim=1)
+            value = torch.stack([o[:, 0] for o in outs]).mean(dim=0)
+            return value * self.target_std + self.target_mean
+        return torch.stack([torch.softmax(o, dim=1) for o in outs]).mean(dim=0)
 
 
 def export(model_file: ModelFile, out: Path, *, trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``model_file``'s model as an ONNX graph to ``out``; what it wrote."""
     task = model_file.task_of()
     output = "values" if isinstance(task, Regression) else "probabilities"
-    model = model_file.model(trusted=trusted)
+    models = model_file.models(trusted=trusted)
     n_features = len(model_file.feature_names)
-    if isinstance(model, nn.Module):
+    if all(isinstance(m, nn.Module) for m in models):
         _require("onnx", "onnxscript")
-        _torch_graph(_Deployed(model, model_file).eval(), n_features, output, out)
+        _torch_graph(_Deployed(models, model_file).eval(), n_features, output, out)
     else:
         _require("onnx", "skl2onnx")
-        _sklearn_graph(model, model_file, n_features, output, out)
+        _sklearn_graph(_voting(models, model_file), model_file, n_features, output, out)
     return {
         "path": str(out),
         "family": model_file.family,
+        "members": len(models),
         "input": f"{INPUT} float32 [N, {n_features}]",
         "output": f"{output} float32 "
         + ("[N]" if output == "values" else f"[N, {len(model_file.class_names)}]"),
@@ -99,6 +107,38 @@ def _torch_graph(module: nn.Module, n_features: int, output: str, out: Path) -> 
         )
     assert program is not None
     program.save(str(out), external_data=False)
+
+
+def _voting(estimators: Sequence[Any], model_file: ModelFile) -> Any:
+    """One estimator, or an ensemble's fitted members as scikit-learn's soft ``VotingClassifier``
+    or ``VotingRegressor`` (set up as fitted: skl2onnx converts both), whose outputs are the
+    members' mean probabilities or values, what :meth:`hpo.tasks.Task.combine` computes."""
+    if len(estimators) == 1:
+        return estimators[0]
+    from sklearn.base import is_classifier
+    from sklearn.ensemble import VotingClassifier, VotingRegressor
+    from sklearn.preprocessing import LabelEncoder
+    from sklearn.utils import Bunch
+
+    named = [(f"member{i}", e) for i, e in enumerate(estimators)]
+    voting: Any
+    if is_classifier(estimators[0]):
+        classes = np.arange(len(model_file.class_names))
+        for e in estimators:
+            if not np.array_equal(np.asarray(e.classes_), classes):
+                raise ConfigError(
+                    f"a member of this ensemble ({type(e).__name__}) was fitted on "
+                    f"{len(e.classes_)} of the {len(classes)} classes; its ONNX graph cannot "
+                    "give every class a probability"
+                )
+        voting = VotingClassifier(named, voting="soft", flatten_transform=False)
+        voting.le_ = LabelEncoder().fit(classes)
+        voting.classes_ = voting.le_.classes_
+    else:
+        voting = VotingRegressor(named)
+    voting.estimators_ = list(estimators)
+    voting.named_estimators_ = Bunch(**dict(named))
+    return voting
 
 
 def _sklearn_graph(estimator: Any, model_file: ModelFile, n_features: int, output: str, out: Path) -> None:

@@ -579,7 +579,7 @@ def test_the_shipped_example_study_validates_from_the_repository_root(
 def test_the_model_file_refuses_what_it_cannot_restore(tmp_path: Path) -> None:
     mf = ModelFile(
         family="sklearn",
-        payload={"skops": torch.zeros(4, dtype=torch.uint8)},
+        payloads=[{"skops": torch.zeros(4, dtype=torch.uint8)}],
         run_config={"family": "sklearn", "estimator": "sklearn.linear_model.Ridge", "params": {}, "seed": 1},
         task={"kind": "regression", "mean": 0.0, "std": 1.0},
         scaler_mean=np.zeros(2),

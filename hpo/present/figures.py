@@ -415,8 +415,9 @@ def final_figures(study: optuna.Study) -> list[Figure]:
         f"{p}-learning-curves",
         learning_curves(trial, "Final run: learning curves (dashed: best epoch)"),
     )
+    members = _members_figure(trial, m, p)
     if m.get("task") == "regression":
-        return [curves, *regression_figures(m, p)]
+        return [curves, *members, *regression_figures(m, p)]
     names = list(m["per_class"])
     cm = np.asarray(m["confusion"], dtype=np.float64)
     row_share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -446,7 +447,27 @@ def final_figures(study: optuna.Study) -> list[Figure]:
     )
     scores.update_xaxes(type="category")
     scores.update_layout(yaxis2={"overlaying": "y", "side": "right", "type": "log", "title": "support"})
-    return [curves, (f"{p}-confusion", conf), (f"{p}-per-class", scores)]
+    return [curves, *members, (f"{p}-confusion", conf), (f"{p}-per-class", scores)]
+
+
+def _members_figure(trial: FrozenTrial, m: Mapping[str, Any], prefix: str) -> list[Figure]:
+    """Where the final stage trained several models: each member's test headline beside the
+    ensemble's (or their mean)."""
+    per_seed = trial.user_attrs.get(records.SEED_TEST_METRICS)
+    if not per_seed:
+        return []
+    key = "rmse" if m.get("task") == "regression" else "accuracy"
+    what = "the ensemble" if m.get("ensemble") else "their mean"
+    fig = _fig(f"Test {key}: each model and {what}", xaxis_title="model", yaxis_title=f"test {key}")
+    fig.add_bar(
+        x=[f"member {i}" for i in range(len(per_seed))],
+        y=[float(x[key]) for x in per_seed],
+        marker_color=OTHER,
+        name="members",
+    )
+    fig.add_hline(y=float(m[key]), line_dash="dash", line_color=SELECTED, annotation_text=what)
+    fig.update_xaxes(type="category")
+    return [(f"{prefix}-members", fig)]
 
 
 def recall_comparison(recalls: Mapping[str, Mapping[str, float]]) -> go.Figure:

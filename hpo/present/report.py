@@ -141,6 +141,7 @@ def result_section(pipe: Pipeline) -> Section:
             ],
             ["metric", "this run"],
         )
+        _members(section, m)
         return section
     msd_like = pipe.plan.data.source in ("msd", "synthetic")
     head = ["metric", "this run", *(["write-up (real data)"] if msd_like else [])]
@@ -151,12 +152,30 @@ def result_section(pipe: Pipeline) -> Section:
         ["macro-F1", f"{m['macro_f1']:.4f}", *(["not reported"] if msd_like else [])],
     ]
     section.table(rows, head)
+    _members(section, m)
     if pipe.plan.data.source == "synthetic":
         section.p(
             "The write-up's numbers are on the real YearPredictionMSD data; a run on the synthetic "
             "stand-in is comparable in scale only."
         )
     return section
+
+
+def _members(section: Section, m: dict[str, Any]) -> None:
+    """How the test figures above came about where the final stage trained several models."""
+    seeds = int(m.get("seeds", 1))
+    if seeds < 2:
+        return
+    shown = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "rmse", "mae", "r2") if f"{k}_sd" in m]
+    spread = ", ".join(f"{k} {m[f'{k}_mean']:.4f} ± {m[f'{k}_sd']:.4f}" for k in shown)
+    if m.get("ensemble"):
+        section.p(
+            f"The final model is an ensemble of {seeds} models (seeds trained alike, outputs "
+            f"averaged); the figures above are the ensemble's. Its members alone: {spread} "
+            "(mean ± sd over the members)."
+        )
+    else:
+        section.p(f"The figures above are the mean of {seeds} models (seeds); mean ± sd: {spread}.")
 
 
 def stage_sections(pipe: Pipeline) -> list[Section]:
@@ -287,6 +306,11 @@ def comparison_section(pipes: list[Pipeline]) -> Section:
                 cells.append("not run")
             elif key not in m:
                 cells.append("—")
+            elif m.get("ensemble") and f"{key}_sd" in m:
+                cells.append(
+                    f"{m[key]:.4f} (ensemble of {m['ensemble']}; members "
+                    f"{m[f'{key}_mean']:.4f} ± {m[f'{key}_sd']:.4f})"
+                )
             elif f"{key}_sd" in m:
                 cells.append(f"{m[key]:.4f} ± {m[f'{key}_sd']:.4f} ({m['seeds']} seeds)")
             else:

@@ -3,8 +3,13 @@ once per model, and save the model (the family's payload, configuration, task, s
 class names) as an Optuna artifact. It always runs last, whatever its place in the study file: it
 is the one stage that reads the test rows.
 
-With ``seeds = N`` it trains N models (stacked, from seeds ``seed, seed+1, ...``) and reports the
-test metrics as their mean and standard deviation; the first seed's model is the saved one.
+With ``seeds = N`` it trains N models (stacked, from seeds ``seed, seed+1, ...``). Without
+``ensemble`` the test metrics are their mean (``accuracy`` ...), with ``accuracy_mean`` and
+``accuracy_sd`` beside, and the first seed's model is the saved one. With ``ensemble = true`` the
+final model is the ensemble of the N members (the task combines their outputs: mean class
+probabilities, mean values) and is saved whole; the top-level test metrics are the ensemble's,
+each member's are kept (``seed_test_metrics``) with their mean and standard deviation beside
+(``accuracy_mean``, ``accuracy_sd``). Either way the test rows are read once per member.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import optuna
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from hpo import __version__
@@ -40,6 +45,16 @@ class FinalSettings(StageSettings):
     epochs: PositiveInt = 15  # torch families; an estimator is fitted once
     patience: PositiveInt | None = 5
     seeds: Annotated[int, Field(ge=1, le=64)] = 1  # models trained (stacked); test metrics as mean ± sd
+    ensemble: bool = False  # the final model is the seeds' ensemble (needs seeds >= 2)
+
+    @model_validator(mode="after")
+    def _ensemble_has_members(self) -> FinalSettings:
+        if self.ensemble and self.seeds < 2:
+            raise ValueError(
+                f"ensemble = true needs seeds >= 2 (got seeds = {self.seeds}); "
+                "set seeds to the number of members"
+            )
+        return self
 
 
 class Final(GridStage):
@@ -71,29 +86,26 @@ class Final(GridStage):
             results = batch.train(stack=True)
             trial.set_user_attr(records.HISTORY, results[0].history_dicts())
             trial.set_user_attr(records.BEST_EPOCH, results[0].best.epoch)
-            per_seed = []
+            outputs, per_seed, y_test = [], [], None
             for job, result in zip(batch.jobs, results, strict=True):
                 seed = job.train.seed
                 x_test, y_test = data.read_test_rows(
                     reader=f"stage {self.name}" + (f" seed {seed}" if s.seeds > 1 else "")
                 )
-                per_seed.append(
-                    task.test_metrics(family.outputs(result.model, x_test, task.n_outputs), y_test)
-                )
-            metrics = dict(per_seed[0])
+                outputs.append(family.outputs(result.model, x_test, task.n_outputs))
+                per_seed.append(task.test_metrics(outputs[-1], y_test))
+            assert y_test is not None
+            metrics = self.test_metrics(
+                per_seed, task.test_metrics(task.combine(outputs), y_test) if s.ensemble else None
+            )
+            metrics["task"] = task.kind
             if s.seeds > 1:
                 trial.set_user_attr(records.SEED_TEST_METRICS, per_seed)
-                for key in metrics_of(task.kind):
-                    values = [m[key] for m in per_seed]
-                    metrics[f"{key}_mean"] = float(np.mean(values))
-                    metrics[f"{key}_sd"] = float(np.std(values, ddof=1))
-                    metrics[key] = float(np.mean(values))
-                metrics["seeds"] = s.seeds
-            metrics["task"] = task.kind
             trial.set_user_attr(records.TEST_METRICS, metrics)
+            members = results if s.ensemble else results[:1]
             model_file = ModelFile(
                 family=family.name,
-                payload=family.payload(results[0].model),
+                payloads=[family.payload(r.model) for r in members],
                 run_config=cfg_in.to_record(),
                 task=task.to_record(),
                 scaler_mean=data.scaler.mean,
@@ -112,10 +124,29 @@ class Final(GridStage):
                 )
             trial.set_user_attr(records.MODEL_ARTIFACT, artifact_id)
             if isinstance(results[0].model, nn.Module):
-                trial.set_user_attr(records.PARAMETERS, count_parameters(results[0].model))
+                trial.set_user_attr(records.PARAMETERS, sum(count_parameters(r.model) for r in members))
             return [float(metrics[task.headline])]
 
         return objective
+
+    def test_metrics(
+        self, per_seed: Sequence[Mapping[str, Any]], ensemble: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """What the stage stores: one model's metrics; the members' mean (without an ensemble)
+        or the ensemble's (with one) at the top level, and the members' mean ± sd beside."""
+        s = self.settings
+        metrics = dict(ensemble if ensemble is not None else per_seed[0])
+        if s.seeds > 1:
+            for key in metrics_of(self.task):
+                values = [m[key] for m in per_seed]
+                metrics[f"{key}_mean"] = float(np.mean(values))
+                metrics[f"{key}_sd"] = float(np.std(values, ddof=1))
+                if ensemble is None:
+                    metrics[key] = float(np.mean(values))
+            metrics["seeds"] = s.seeds
+        if ensemble is not None:
+            metrics["ensemble"] = s.seeds
+        return metrics
 
     def select(
         self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
@@ -124,7 +155,15 @@ class Final(GridStage):
         m = trial.user_attrs[records.TEST_METRICS]
         headline = DEFAULT_METRIC[self.task]
         s = self.settings
-        seeds = f"; {s.seeds} seeds, test metrics their mean" if s.seeds > 1 else ""
+        if s.ensemble:
+            seeds = (
+                f"; an ensemble of {s.seeds} seeds, test metrics the ensemble's "
+                "(the members' mean ± sd beside)"
+            )
+        elif s.seeds > 1:
+            seeds = f"; {s.seeds} seeds, test metrics their mean, the first seed's model saved"
+        else:
+            seeds = ""
         how = (
             f"retrained {s.epochs} epochs, early stopping with patience {s.patience}"
             if cfg_in.family != "sklearn"

@@ -104,6 +104,11 @@ class Task(Protocol):
         """Everything the final stage stores about the test rows (JSON-ready)."""
         ...
 
+    def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """An ensemble's raw outputs from its members' ``[N, n_outputs]``: the log of the mean
+        class probabilities (classification), the mean value (regression)."""
+        ...
+
     def predictions(self, out: torch.Tensor) -> npt.NDArray[np.float64]:
         """What ``hpo predict`` writes: class probabilities ``[N, C]``; values ``[N]`` in the
         target's units."""

@@ -8,6 +8,7 @@ matching rows, balanced accuracy and macro-F1 as scikit-learn defines them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -188,6 +189,14 @@ class Classification:
             confusion=skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
             per_class={name: {k: float(v) for k, v in report[name].items()} for name in names},
         ).to_dict()
+
+    def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The log of the members' mean class probabilities (soft voting): its softmax is that
+        mean, its cross-entropy the ensemble's loss."""
+        if not outputs:
+            raise ValueError("an ensemble needs at least one member")
+        log_p = torch.stack([torch.log_softmax(o.double(), dim=-1) for o in outputs])
+        return (torch.logsumexp(log_p, dim=0) - math.log(len(outputs))).float()
 
     def predictions(self, out: torch.Tensor) -> npt.NDArray[np.float64]:
         return torch.softmax(out.double(), dim=-1).numpy()

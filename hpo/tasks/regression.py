@@ -143,6 +143,12 @@ class Regression:
             "residuals": {"edges": r_edges.tolist(), "counts": r_counts.astype(int).tolist()},
         }
 
+    def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The members' mean (standardised) value."""
+        if not outputs:
+            raise ValueError("an ensemble needs at least one member")
+        return torch.stack([o.double() for o in outputs]).mean(dim=0).float()
+
     def predictions(self, out: torch.Tensor) -> npt.NDArray[np.float64]:
         return self.units(_out(out.double()).numpy())
 
