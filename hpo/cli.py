@@ -398,6 +398,13 @@ def _render_state(st: dict[str, Any]) -> list[str]:
                 f"  [{verdict}: {ev['difference']:+.4f}, 95% CI {low:+.4f}..{high:+.4f} "
                 f"vs {_fmt_selected(ev['runner_up'])}]"
             )
+    stopped = st.get("stopped")
+    if stopped:
+        return [
+            line,
+            f"{'':<40}stopped asking after {stopped['trials']} of {stopped['n_trials']} trials "
+            f"({stopped['why']})",
+        ]
     return [line]
 
 
@@ -408,6 +415,15 @@ def _render_status(r: dict[str, Any]) -> str:
     m = r.get("test_metrics")
     if m:
         lines += ["", f"final test: {_test_line(m)}"]
+    tb = r.get("time_budget")
+    if tb:
+        from hpo.tuning.budget import describe
+
+        lines += [
+            "",
+            f"time budget: {describe(tb['spent'])} of {describe(tb['seconds'])} spent "
+            f"({tb['spent'] / tb['seconds']:.0%}; the stages' run time, from their trials)",
+        ]
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import optuna
 from optuna.artifacts import download_artifact
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo import data
 from hpo import plan as plan_mod
@@ -44,7 +44,7 @@ from hpo.present import dashboard, figures
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import FAMILY_KEY, RunConfig
 from hpo.stages import Stage, StageContext
-from hpo.tuning import records
+from hpo.tuning import budget, records
 from hpo.tuning.locks import exclusive_sqlite_worker
 from hpo.tuning.storage import artifact_store, open_storage, redact, storage_url
 from hpo.tuning.workers import Registry
@@ -83,6 +83,7 @@ class StudyState:
     trials: dict[str, int]
     selection: dict[str, Any] | None = None  # records.Selection.to_dict()
     precision: list[str] = field(default_factory=list)  # what its trials trained in ("auto" resolved)
+    stopped: dict[str, Any] | None = None  # a search stopped by its time limit (records.STOPPED_ASKING)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +96,7 @@ class PipelineStatus:
     storage: str
     stages: list[StudyState]
     test_metrics: dict[str, Any] | None
+    time_budget: dict[str, float] | None = None  # {"seconds": the budget, "spent": so far}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,7 +156,9 @@ class Pipeline:
             folds=plan.folds(),
             progress=progress or LogProgress(),
         )
-        return cls(plan=plan, ctx=ctx, progress=ctx.progress)
+        pipe = cls(plan=plan, ctx=ctx, progress=ctx.progress)
+        ctx.search_budget = pipe.search_budget
+        return pipe
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -359,7 +363,16 @@ class Pipeline:
                 precisions.add(train["precision"])
         selection = study.user_attrs.get(records.SELECTION)
         state = "complete" if records.is_complete(study) else "incomplete"
-        return StudyState(stage.name, stage.kind, name, state, counts, selection, sorted(precisions))
+        return StudyState(
+            stage.name,
+            stage.kind,
+            name,
+            state,
+            counts,
+            selection,
+            sorted(precisions),
+            study.user_attrs.get(records.STOPPED_ASKING),
+        )
 
     def status(self) -> PipelineStatus:
         states = [self.study_state(s) for s in self.plan.stages]
@@ -370,7 +383,57 @@ class Pipeline:
                 if records.is_complete(study):
                     assert study is not None
                     test_metrics = study.user_attrs.get(records.TEST_METRICS)
-        return PipelineStatus(self.plan.name, self.plan.path, self.ctx.storage_url, states, test_metrics)
+        total = self.plan.pipeline.time_budget
+        spent = {"seconds": total, "spent": round(self.time_spent(), 1)} if total is not None else None
+        return PipelineStatus(
+            self.plan.name, self.plan.path, self.ctx.storage_url, states, test_metrics, spent
+        )
+
+    # ------------------------------------------------------------------ the time budget
+
+    def _trials(self, stage: Stage) -> list[FrozenTrial]:
+        study = self.ctx.find_study(self.ctx.study_name(stage.name))
+        return study.get_trials(deepcopy=False) if study is not None else []
+
+    def time_spent(self) -> float:
+        """Seconds the pipeline's stages have run (each from its first trial's start to its last
+        one's end, or to now while it runs), the time a ``time_budget`` counts."""
+        return sum(budget.span(self._trials(s)) or 0.0 for s in self.plan.stages)
+
+    def search_budget(self, name: str, trials: Sequence[FrozenTrial]) -> budget.TimeLimit | None:
+        """Search ``name``'s share of ``[pipeline] time_budget``: what is left of it after the
+        stages before, less the estimated time of the stages after (their planned model-samples
+        at the rate its own finished trials trained, times :data:`budget.RESERVE_FACTOR`). None
+        without a budget, or before a trial of it finished (the first batch always runs)."""
+        total = self.plan.pipeline.time_budget
+        if total is None:
+            return None
+        names = [s.name for s in self.plan.stages]
+        i = names.index(name)
+        stage, before, after = self.plan.stages[i], self.plan.stages[:i], self.plan.stages[i + 1 :]
+        done = [
+            t
+            for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and t.datetime_start is not None
+            and t.datetime_complete is not None
+        ]
+        seconds = budget.span(done)
+        if not done or not seconds:
+            return None
+        rows = self.ctx.data().train_rows
+        seeds = int(getattr(stage.settings, "seeds", 1))
+        trained = sum(len(t.user_attrs.get(records.HISTORY, [])) for t in done) * seeds * rows
+        if trained == 0:
+            return None
+        spent = sum(budget.span(self._trials(s)) or 0.0 for s in before)
+        later = sum(s.planned(self.plan.defaults, rows).samples for s in after)
+        keep = later * seconds / trained * budget.RESERVE_FACTOR
+        return budget.TimeLimit(
+            total - spent - keep,
+            f"time_budget = {total:g} s: {spent:.0f} s spent before it, "
+            f"{keep:.{0 if keep >= 10 else 1}f} s kept for {', '.join(names[i + 1 :]) or 'nothing after it'}",
+        )
 
     def dataset(self) -> data.Prepared:
         """The prepared dataset, all of it (for the report and the data explorer, not for stages)."""

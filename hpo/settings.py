@@ -17,6 +17,7 @@ Pure data, no torch: loading and checking a study file never imports a trainer.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -408,9 +409,38 @@ class Section(BaseModel):
     model_config = _STRICT
 
 
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
+)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or a string such as ``"90m"``, ``"1h30m"``, ``"45s"``
+    (what ``time_budget`` and ``timeout`` take); above zero."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)) and any(m.groups()):
+        h, mins, sec = (float(g) if g else 0.0 for g in m.groups())
+        seconds = h * 3600 + mins * 60 + sec
+    if seconds is None:
+        raise ValueError(
+            f'{value!r} is not a duration; give seconds (5400) or a string such as "90m", "1h30m"'
+        )
+    if not seconds > 0:
+        raise ValueError(f"{value!r} must be above zero")
+    return seconds
+
+
+#: Seconds, from a number or a string such as "90m" (:func:`parse_duration`).
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
 class PipelineSection(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=80)]
     description: str = ""
+    # wall-clock seconds for the whole pipeline: searches stop asking so the stages after them fit
+    time_budget: Duration | None = None
 
 
 SourceName = Literal["synthetic", "msd", "csv", "parquet"]

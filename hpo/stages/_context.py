@@ -8,7 +8,7 @@ caller, so a test can prove that no other stage saw them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,12 +19,14 @@ import numpy.typing as npt
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import FrozenTrial
 
 from hpo import data
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings, RunConfig, TrainPrecision
 from hpo.tasks import Regression, Task, balanced_class_weights
 from hpo.training import TensorData, precision, resolve_device
+from hpo.tuning.budget import TimeLimit
 from hpo.tuning.stopping import Deadline
 
 logger = logging.getLogger(__name__)
@@ -167,6 +169,10 @@ class StageContext:
     workers_on_host: Callable[[], int] = field(default=lambda: 1, repr=False)  # of them, on this host
     before_claim: Callable[[], None] = field(default=lambda: None, repr=False)  # e.g. share the cores
     deadline: Deadline | None = None  # claim nothing that would not finish before it
+    # a search's share of the pipeline's time budget, given its stage name and trials
+    search_budget: Callable[[str, Sequence[FrozenTrial]], TimeLimit | None] = field(
+        default=lambda name, trials: None, repr=False
+    )
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:

@@ -40,13 +40,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hpo.errors import HpoError
 from hpo.families import family_of
 from hpo.present import figures
-from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
+from hpo.settings import (
+    Duration,
+    PositiveInt,
+    RunConfig,
+    SelectingSettings,
+    StageSettings,
+    param_value,
+    setting_value,
+)
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Budget, train_claims
 from hpo.stages._protocol import ALL_FAMILIES, Direction, Work, metric_direction, validation_records
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.stages._selection import Candidate, best_word, choose, how_compared
-from hpo.tuning import records, runner
+from hpo.tuning import budget, records, runner
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.records import Selection
 from hpo.tuning.workers import share
@@ -98,6 +106,7 @@ class SearchSettings(SelectingSettings):
     epochs: PositiveInt = 15
     min_epochs: PositiveInt = 1  # the pruner's first rung
     stack: bool = True  # False: a batch's trials train one after another (same decisions, slower)
+    timeout: Duration | None = None  # seconds (or "10m"): ask no batch that would end past it
 
     @model_validator(mode="after")
     def _valid_space(self) -> SearchSettings:
@@ -238,13 +247,19 @@ class Search:
         runner.run(
             study,
             ctx.storage,
-            work=runner.Budget(self.settings.n_trials),
+            work=runner.Budget(self.settings.n_trials, limit=lambda trials: self.time_limit(ctx, trials)),
             distributions=self.distributions(),
             objective=self.objective(ctx, cfg_in),
             batch_size=share(self.settings.batch, ctx.live_workers),
             deadline=ctx.deadline,
             before_claim=ctx.before_claim,
         )
+
+    def time_limit(self, ctx: StageContext, trials: Sequence[FrozenTrial]) -> budget.TimeLimit | None:
+        """The tighter of the stage's ``timeout`` and its share of the pipeline's time budget."""
+        timeout = self.settings.timeout
+        own = budget.TimeLimit(timeout, f"timeout = {timeout:g} s") if timeout is not None else None
+        return budget.tightest(own, ctx.search_budget(self.name, trials))
 
     def _enqueue_incumbent(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:
         """The carried-in configuration runs as the first trial, so challengers face it."""
@@ -310,6 +325,12 @@ class Search:
             study_attrs=study_attrs,
         )
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        stopped = study_attrs.get(records.STOPPED_ASKING)
+        if stopped:
+            note += (
+                f"; stopped asking after {stopped['trials']} of {stopped['n_trials']} trials "
+                f"({stopped['why']})"
+            )
         return Selection(
             selected={**chosen.label, f"peak_val_{s.metric}": chosen.score},
             reason=f"{best_word(s.metric)} peak validation "

@@ -71,6 +71,8 @@ MAJORITY_SHARE = "hpo:majority_share"  # what studies made before tasks existed 
 BEST_EPOCH = "hpo:best_epoch"
 PARAMETERS = "hpo:parameters"
 SEED_TEST_METRICS = "hpo:seed_test_metrics"
+# study attribute: why a search asked fewer than n_trials (hpo.tuning.budget)
+STOPPED_ASKING = "hpo:stopped_asking"
 
 
 def point_key(point: Mapping[str, Any]) -> str:

@@ -39,7 +39,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError, StorageError, first_line
-from hpo.tuning import records, stopping
+from hpo.tuning import budget, records, stopping
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.storage import outages_of
 
@@ -81,9 +81,11 @@ class Grid:
 
 @dataclass(frozen=True)
 class Budget:
-    """Run ``n_trials`` trials suggested by the study's sampler."""
+    """Run ``n_trials`` trials suggested by the study's sampler; ``limit`` (given the study's
+    trials): ask no batch past it (:mod:`hpo.tuning.budget`), and call the search done."""
 
     n_trials: int
+    limit: Callable[[Sequence[FrozenTrial]], budget.TimeLimit | None] | None = None
 
 
 class PointFailed(HpoError):
@@ -191,10 +193,52 @@ class _Runner:
         with claim_lock(self.storage, self.name):
             self._fail_stale()
             trials = self.study.get_trials(deepcopy=False)
+            if isinstance(self.work, Budget) and self._out_of_time(trials, self.work):
+                return self._stop_asking(trials, self.work)
             self._check_time(trials)
             if isinstance(self.work, Grid):
                 return self._claim_points(trials, self.work.points)
             return self._claim_budget(trials, self.work.n_trials)
+
+    def _out_of_time(self, trials: list[FrozenTrial], work: Budget) -> bool:
+        if work.limit is None or sum(t.state in DONE for t in trials) >= work.n_trials:
+            return False
+        limit = work.limit(trials)
+        now = budget.clock(trials)
+        return limit is not None and now is not None and now.passes(limit)
+
+    def _stop_asking(self, trials: list[FrozenTrial], work: Budget) -> list[Claim] | None:
+        """The time limit is reached: wait for running trials, then call the search done and
+        record why (once, by the worker that finds nothing left running)."""
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return []
+        self._retire_waiting(trials)
+        if records.STOPPED_ASKING not in self.study.user_attrs:
+            limit = work.limit(trials) if work.limit is not None else None
+            now = budget.clock(trials)
+            assert limit is not None and now is not None
+            finished = sum(t.state in DONE for t in trials)
+            self.study.set_user_attr(
+                records.STOPPED_ASKING,
+                {
+                    "why": limit.why,
+                    "limit_seconds": round(limit.seconds, 1),
+                    "elapsed_seconds": round(now.elapsed, 1),
+                    "next_batch_seconds": round(now.batch, 1),
+                    "trials": finished,
+                    "n_trials": work.n_trials,
+                },
+            )
+            logger.info(
+                "%s: stopped asking after %d of %d trials (%s): %.0f s so far, a batch takes about %.0f s",
+                self.name,
+                finished,
+                work.n_trials,
+                limit.why,
+                now.elapsed,
+                now.batch,
+            )
+        return None
 
     def _check_time(self, trials: list[FrozenTrial]) -> None:
         """Raise OutOfTime when work is left and the next batch would not end before the deadline
