@@ -396,9 +396,9 @@ class Pipeline:
         return study.get_trials(deepcopy=False) if study is not None else []
 
     def time_spent(self) -> float:
-        """Seconds the pipeline's stages have run (each from its first trial's start to its last
-        one's end, or to now while it runs), the time a ``time_budget`` counts."""
-        return sum(budget.span(self._trials(s)) or 0.0 for s in self.plan.stages)
+        """Seconds the pipeline's stages have run (the time some trial of theirs was running,
+        :func:`hpo.tuning.budget.busy`), the time a ``time_budget`` counts."""
+        return sum(budget.busy(self._trials(s)) or 0.0 for s in self.plan.stages)
 
     def search_budget(self, name: str, trials: Sequence[FrozenTrial]) -> budget.TimeLimit | None:
         """Search ``name``'s share of ``[pipeline] time_budget``: what is left of it after the
@@ -418,7 +418,7 @@ class Pipeline:
             and t.datetime_start is not None
             and t.datetime_complete is not None
         ]
-        seconds = budget.span(done)
+        seconds = budget.busy(done)
         if not done or not seconds:
             return None
         rows = self.ctx.data().train_rows
@@ -426,7 +426,7 @@ class Pipeline:
         trained = sum(len(t.user_attrs.get(records.HISTORY, [])) for t in done) * seeds * rows
         if trained == 0:
             return None
-        spent = sum(budget.span(self._trials(s)) or 0.0 for s in before)
+        spent = sum(budget.busy(self._trials(s)) or 0.0 for s in before)
         later = sum(s.planned(self.plan.defaults, rows).samples for s in after)
         keep = later * seconds / trained * budget.RESERVE_FACTOR
         return budget.TimeLimit(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -48,7 +49,7 @@ def _pipe(tmp_path: Path, cfg: Path) -> Pipeline:
 
 def _span(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
     """The stage's run time and its longest trial (a batch)."""
-    seconds = budget.span(trials)
+    seconds = budget.busy(trials)
     assert seconds is not None
     longest = max(
         (t.datetime_complete - t.datetime_start).total_seconds()
@@ -136,12 +137,22 @@ def test_a_time_budget_shorter_than_the_stages_still_ends_with_a_tested_model(
     assert f"stopped asking after {stopped['trials']} of 10000 trials (time_budget = 40 s: " in out
 
 
-def test_stage_spans_count_running_trials_to_now() -> None:
+def test_running_time_is_the_union_of_the_trials_intervals() -> None:
     t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
-    running = optuna.trial.create_trial(state=TrialState.RUNNING)
-    running.datetime_start = t0
-    assert budget.span([running], now=t0 + dt.timedelta(seconds=30)) == 30.0
-    assert budget.span([]) is None
+
+    def trial(start: float, end: float | None) -> optuna.trial.FrozenTrial:
+        if end is None:
+            t = optuna.trial.create_trial(state=TrialState.RUNNING)
+        else:
+            t = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0)
+        t.datetime_start = t0 + dt.timedelta(seconds=start)
+        t.datetime_complete = None if end is None else t0 + dt.timedelta(seconds=end)
+        return t
+
+    # a batch of two (0-10, 2-9), a night without trials, then one running for 30 s
+    trials = [trial(0, 10), trial(2, 9), trial(86400, None)]
+    assert budget.busy(trials, now=t0 + dt.timedelta(seconds=86430)) == 40.0
+    assert budget.busy([]) is None
     assert budget.describe(59.6) == "60 s" and budget.describe(725) == "12 min 5 s"
     assert budget.describe(5400) == "1 h 30 min"
 
@@ -168,3 +179,17 @@ def test_a_bad_time_limit_is_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not db.exists()
+
+
+def test_a_search_resumes_under_another_timeout() -> None:
+    """A timeout decides how long a search asks, not what its trials mean: give it more time."""
+
+    def search(n_trials: int, timeout: float | None) -> dict[str, Any]:
+        stage: dict[str, Any] = {"kind": "search", "n_trials": n_trials}
+        if timeout is not None:
+            stage["timeout"] = timeout
+        return {"stage": stage}
+
+    assert records.settings_drift(search(24, 600.0), search(24, 1200.0)) is None
+    assert records.settings_drift(search(24, None), search(24, 600.0)) is None
+    assert records.settings_drift(search(24, 600.0), search(30, 600.0)) == ("stage.n_trials", 24, 30)

@@ -176,3 +176,13 @@ def test_the_dashboard_shows_each_member_beside_the_ensemble(tmp_path: Path) -> 
         round(x["accuracy"], 6) for x in pipe.final_study().trials[0].user_attrs[records.SEED_TEST_METRICS]
     ]
     assert "the ensemble" in fig.layout.title.text
+
+
+def test_a_final_study_made_before_ensembles_resumes_unless_it_becomes_one() -> None:
+    stored = {"stage": {"kind": "final", "seeds": 3}}
+    assert records.settings_drift(stored, {"stage": {"kind": "final", "seeds": 3, "ensemble": False}}) is None
+    assert records.settings_drift(stored, {"stage": {"kind": "final", "seeds": 3, "ensemble": True}}) == (
+        "stage.ensemble",
+        False,
+        True,
+    )

@@ -2,10 +2,11 @@
 
 A search is the elastic part of a pipeline: its trials are suggestions, and fewer of them still
 select something. So both limits act there, as Optuna's ``optimize(timeout=)`` does, but on
-hpo's ask/tell batches and shared by every worker: a :class:`TimeLimit` is counted from the
-search's first trial's start (stored, the same for every worker), and the runner asks no further
-batch when the time since then plus the longest finished trial (a batch's trials train together)
-would pass it; trials already running finish and are told. The first batch always runs, so a
+hpo's ask/tell batches and shared by every worker: a :class:`TimeLimit` counts the time the
+search's stored trials have been running (the union of their intervals, the same for every
+worker; a search interrupted overnight is not charged for the night), and the runner asks no
+further batch when that plus the longest finished trial (a batch's trials train together) would
+pass it; trials already running finish and are told. The first batch always runs, so a
 search always selects. Grid stages (every point is needed to select) and the final stage are not
 cut: a pipeline's budget keeps the estimated time of the stages after a search (their planned
 model-samples at the rate measured so far, with :data:`RESERVE_FACTOR` to spare), so the pipeline
@@ -29,7 +30,7 @@ _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 @dataclass(frozen=True)
 class TimeLimit:
-    """Ask no batch that would end more than ``seconds`` after the search's first trial started."""
+    """Ask no batch that would take the search's running time (:func:`busy`) past ``seconds``."""
 
     seconds: float
     why: str  # "timeout = 60 s", "time_budget = 600 s: ..."
@@ -39,7 +40,7 @@ class TimeLimit:
 class Clock:
     """Where a search stands against its limit (from its stored trials)."""
 
-    elapsed: float  # seconds since its first trial started
+    elapsed: float  # seconds some trial of it was running (:func:`busy`)
     batch: float  # the longest finished trial: what the next batch is expected to take
     finished: int
     running: int
@@ -52,34 +53,43 @@ class Clock:
         return self.elapsed + self.batch > limit.seconds
 
 
+def busy(trials: Sequence[FrozenTrial], now: dt.datetime | None = None) -> float | None:
+    """Seconds in which at least one of ``trials`` was running (the union of their intervals,
+    a running one's to now); None before any started."""
+    now = now or dt.datetime.now()  # Optuna stores naive local times
+    intervals = sorted(
+        (t.datetime_start, t.datetime_complete or now) for t in trials if t.datetime_start is not None
+    )
+    if not intervals:
+        return None
+    total = 0.0
+    start, end = intervals[0]
+    for a, b in intervals[1:]:
+        if a > end:
+            total += (end - start).total_seconds()
+            start, end = a, b
+        else:
+            end = max(end, b)
+    return total + max(0.0, (end - start).total_seconds())
+
+
 def clock(trials: Sequence[FrozenTrial], now: dt.datetime | None = None) -> Clock | None:
     """The search's clock; None before any of its trials started."""
-    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    if not starts:
+    now = now or dt.datetime.now()
+    elapsed = busy(trials, now)
+    if elapsed is None:
         return None
-    now = now or dt.datetime.now()  # Optuna stores naive local times
     spans = [
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
         if t.state in _DONE and t.datetime_start is not None and t.datetime_complete is not None
     ]
     return Clock(
-        elapsed=(now - min(starts)).total_seconds(),
+        elapsed=elapsed,
         batch=max(spans, default=0.0),
         finished=len(spans),
         running=sum(t.state == TrialState.RUNNING for t in trials),
     )
-
-
-def span(trials: Sequence[FrozenTrial], now: dt.datetime | None = None) -> float | None:
-    """Seconds from a stage's first trial's start to its last one's end (to now while some run)."""
-    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    if not starts:
-        return None
-    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
-    if any(t.state == TrialState.RUNNING for t in trials) or not ends:
-        ends.append(now or dt.datetime.now())
-    return max(0.0, (max(ends) - min(starts)).total_seconds())
 
 
 def tightest(*limits: TimeLimit | None) -> TimeLimit | None:

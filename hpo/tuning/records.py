@@ -200,11 +200,17 @@ def _range_precision(current: Mapping[str, Any]) -> Any:
 #: made before meant: a stored study without the key is refused only if the current value means
 #: something else. ``data.task`` came with regression (before: classification); an LR range
 #: test's ``range_precision`` came when the range test began to honour precision (before, it
-#: ran in fp32 whatever the configuration said).
+#: ran in fp32 whatever the configuration said); a final stage's ``ensemble`` came with
+#: ensembles (before: the first seed's model alone).
 ADDED_LATER: dict[str, tuple[Any, Callable[[Mapping[str, Any]], Any]]] = {
     "data.task": ("classification", lambda current: current.get("data.task")),
     "stage.range_precision": ("fp32", _range_precision),
+    "stage.ensemble": (False, lambda current: current.get("stage.ensemble")),
 }
+
+#: Settings that decide how long a stage runs, not what its trials mean: a study resumes under
+#: any value of them (a search given more time goes on asking).
+NOT_COMPARED = frozenset({"stage.timeout"})
 
 
 def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
@@ -214,6 +220,8 @@ def settings_drift(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tup
     _flatten("", stored, a)
     _flatten("", current, b)
     for key in sorted(set(a) | set(b)):
+        if key in NOT_COMPARED:
+            continue
         if key not in a and key in ADDED_LATER:
             before, meaning = ADDED_LATER[key]
             now = meaning(b)
