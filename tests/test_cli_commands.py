@@ -77,13 +77,16 @@ def _running(db: Path, study: str) -> bool:
 @pytest.mark.slow
 def test_ctrl_c_exits_130_marks_the_trial_and_the_rerun_finishes(tmp_path: Path) -> None:
     cfg = tmp_path / "long.toml"
-    cfg.write_text(LONG.replace("EPOCHS", "800"))  # a trial of seconds (about 7 s on a Zen 4)
+    cfg.write_text(LONG.replace("EPOCHS", "400"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo", "run", "--plain", "--config", str(cfg)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job (CI started with "&") ignores SIGINT, and a child inherits
+        # that: Python then installs no KeyboardInterrupt handler and Ctrl-C would do nothing
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 300

@@ -3,10 +3,10 @@
 A search is the elastic part of a pipeline: its trials are suggestions, and fewer of them still
 select something. So both limits act there, as Optuna's ``optimize(timeout=)`` does, but on
 hpo's ask/tell batches and shared by every worker: a :class:`TimeLimit` counts the time the
-search's stored trials have been running (the union of their intervals, the same for every
-worker; a search interrupted overnight is not charged for the night), and the runner asks no
-further batch when that plus the longest finished trial (a batch's trials train together) would
-pass it; trials already running finish and are told. The first batch always runs, so a
+search's stored trials have been running (the union of their intervals, gaps of up to a minute
+bridged; the same for every worker; a search stopped overnight is not charged for the night),
+and the runner asks no further batch when that plus the longest finished trial (a batch's trials
+train together) would pass it; trials already running finish and are told. The first batch always runs, so a
 search always selects. Grid stages (every point is needed to select) and the final stage are not
 cut: a pipeline's budget keeps the estimated time of the stages after a search (their planned
 model-samples at the rate measured so far, with :data:`RESERVE_FACTOR` to spare), so the pipeline
@@ -24,6 +24,10 @@ from optuna.trial import FrozenTrial, TrialState
 #: A budget keeps this multiple of the later stages' estimated time: the estimate is a rate
 #: measured on stacked batches, and a final stage trains fewer models at once (a slower rate).
 RESERVE_FACTOR = 1.5
+
+#: A gap longer than this with no trial running is a pause (the pipeline was stopped), not
+#: charged; shorter ones (claiming, telling, a worker starting) are.
+PAUSE_SECONDS = 60.0
 
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -54,8 +58,9 @@ class Clock:
 
 
 def busy(trials: Sequence[FrozenTrial], now: dt.datetime | None = None) -> float | None:
-    """Seconds in which at least one of ``trials`` was running (the union of their intervals,
-    a running one's to now); None before any started."""
+    """Seconds in which ``trials`` were running: the union of their intervals (a running one's
+    to now), gaps of up to :data:`PAUSE_SECONDS` between them counted too (claiming and telling
+    between batches); None before any started."""
     now = now or dt.datetime.now()  # Optuna stores naive local times
     intervals = sorted(
         (t.datetime_start, t.datetime_complete or now) for t in trials if t.datetime_start is not None
@@ -65,7 +70,7 @@ def busy(trials: Sequence[FrozenTrial], now: dt.datetime | None = None) -> float
     total = 0.0
     start, end = intervals[0]
     for a, b in intervals[1:]:
-        if a > end:
+        if (a - end).total_seconds() > PAUSE_SECONDS:
             total += (end - start).total_seconds()
             start, end = a, b
         else:
