@@ -362,13 +362,18 @@ def _cmd_dashboard(args: argparse.Namespace) -> None:
     st = storage.open_storage(url)
     artifacts = storage.artifact_store(args.artifacts)
     try:
-        server = dashboard.make_server(st, artifacts=artifacts, host=args.host, port=args.port)
+        server = dashboard.make_server(
+            st, artifacts=artifacts, host=args.host, port=args.port, allow_writes=args.allow_writes
+        )
     except OSError as exc:
         raise HpoError(
             f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another with --port"
         ) from None
     shown = "[" + args.host + "]" if ":" in args.host else args.host
-    print(f"optuna-dashboard for {storage.redact(url)} on http://{shown}:{args.port}/ (Ctrl-C to stop)")
+    mode = "writes allowed" if args.allow_writes else "read-only; --allow-writes to change studies"
+    print(
+        f"optuna-dashboard for {storage.redact(url)} on http://{shown}:{args.port}/ ({mode}; Ctrl-C to stop)"
+    )
     sys.stdout.flush()
     with server:
         server.serve_forever()
@@ -681,6 +686,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
     dash.add_argument("--port", type=_positive_int, default=8080)
+    dash.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="let the dashboard delete studies, tell trials and edit notes and attributes "
+        "(default: read-only, every method but GET and HEAD answered 405)",
+    )
     dash.set_defaults(handler=_cmd_dashboard, render=str)
 
     export = commands.add_parser(
