@@ -8,13 +8,15 @@ for any dataset size. Figure ids are namespaced by stage name so a pipeline's id
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import optuna
 import plotly.graph_objects as go
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
@@ -24,7 +26,9 @@ Figure = tuple[str, go.Figure]  # (id usable as an HTML id, figure)
 
 SELECTED = "#d62728"
 OTHER = "#1f77b4"
+PRUNED = "#ff7f0e"
 _LAYOUT: dict[str, Any] = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50}}
+_SUBTITLED = {"margin": {**_LAYOUT["margin"], "t": 90}}  # a title with a second line
 
 
 def _fig(title: str, **layout: Any) -> go.Figure:
@@ -244,45 +248,76 @@ def lr_range_figures(study: optuna.Study) -> list[Figure]:
     return [(f"{p}-curve", fig), (f"{p}-verification", learning_curves(trial, "LR verification run"))]
 
 
-def grid_cv_figures(study: optuna.Study, settings: Sequence[str], *, metric: str) -> list[Figure]:
-    trials = _complete(study)
+def grid_cv_figures(
+    study: optuna.Study, settings: Sequence[str], *, metric: str, folds: int = 0, fold_curves: bool = False
+) -> list[Figure]:
+    """The cross-validated score of every grid point (mean ± std, folds as dots); points the
+    pruner stopped between folds are marked at the mean of the folds they ran. ``fold_curves``
+    (a stage that prunes): each point's score fold by fold, as the pruner saw it."""
     chosen = _selected(study)
+    trials = sorted(_finished(study), key=lambda t: [t.params[s] for s in settings])
     labels = [", ".join(f"{t.params[s]}" for s in settings) for t in trials]
-    is_chosen = [all(t.params[s] == chosen.get(s) for s in settings) for t in trials]
-    order = sorted(range(len(trials)), key=lambda i: [trials[i].params[s] for s in settings])
-    trials = [trials[i] for i in order]
-    labels = [labels[i] for i in order]
-    is_chosen = [is_chosen[i] for i in order]
     name = metric.replace("_", " ")
     fig = _fig(
         f"{' x '.join(settings)}: cross-validated {name} (mean ± std, folds as dots)",
         xaxis_title=" x ".join(settings),
         yaxis_title=f"validation {name}",
     )
+    done = [(lab, t) for lab, t in zip(labels, trials, strict=True) if t.state == TrialState.COMPLETE]
     fig.add_scatter(
-        x=labels,
-        y=[t.user_attrs[records.MEAN] for t in trials],
-        error_y={"type": "data", "array": [t.user_attrs[records.STD] for t in trials]},
+        x=[lab for lab, _ in done],
+        y=[t.user_attrs[records.MEAN] for _, t in done],
+        error_y={"type": "data", "array": [t.user_attrs[records.STD] for _, t in done]},
         mode="markers+lines",
-        marker={"size": 12, "color": [SELECTED if c else OTHER for c in is_chosen]},
+        marker={
+            "size": 12,
+            "color": [SELECTED if _is_chosen(t, chosen, settings) else OTHER for _, t in done],
+        },
         name="mean",
     )
-    folds = max((len(t.user_attrs.get(records.FOLD_SCORES, [])) for t in trials), default=0)
-    for k in range(folds):
+    stopped = [(lab, t) for lab, t in zip(labels, trials, strict=True) if t.state == TrialState.PRUNED]
+    shown = [(lab, t, _fold_scores(t)) for lab, t in stopped]
+    shown = [(lab, t, scores) for lab, t, scores in shown if scores]
+    if shown:
+        of = f" of {folds}" if folds else ""
+        fig.add_scatter(
+            x=[lab for lab, _, _ in shown],
+            y=[float(np.mean(scores)) for _, _, scores in shown],
+            mode="markers",
+            marker={"size": 12, "color": PRUNED, "symbol": "x"},
+            name="pruned (mean of its folds)",
+            text=[f"pruned after fold {len(scores)}{of}" for _, _, scores in shown],
+            hovertemplate="%{x}: %{y:.4f}<br>%{text}<extra></extra>",
+        )
+    per_trial = [(lab, _fold_scores(t)) for lab, t in zip(labels, trials, strict=True)]
+    for k in range(max((len(scores) for _, scores in per_trial), default=0)):
         fig.add_scatter(
             x=labels,
-            y=[
-                t.user_attrs[records.FOLD_SCORES][k] if k < len(t.user_attrs[records.FOLD_SCORES]) else None
-                for t in trials
-            ],
+            y=[scores[k] if k < len(scores) else None for _, scores in per_trial],
             mode="markers",
             marker={"size": 6, "opacity": 0.6, "color": "gray"},
             name="single folds",
             legendgroup="folds",
             showlegend=k == 0,
         )
-    fig.update_xaxes(type="category")
-    return [(f"{_prefix(study)}-cv", fig)]
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=labels)
+    out = [(f"{_prefix(study)}-cv", fig)]
+    if fold_curves:
+        curves = intermediate_figure(
+            trials,
+            title=f"{' x '.join(settings)}: validation {name} fold by fold, every point{_marks(False)}",
+            y_title=f"validation {name}",
+            unit="fold",
+            shift=1,  # folds report steps 0, 1, ...: shown as folds 1, 2, ...
+            label=lambda t: ", ".join(f"{t.params[s]}" for s in settings),
+            chosen=lambda t: _is_chosen(t, chosen, settings),
+        )
+        out.append((f"{_prefix(study)}-folds", curves))
+    return out
+
+
+def _fold_scores(t: FrozenTrial) -> list[float]:
+    return [float(v) for v in t.user_attrs.get(records.FOLD_SCORES, [])]
 
 
 def sweep_figures(study: optuna.Study, setting: str, *, metric: str) -> list[Figure]:
@@ -314,29 +349,366 @@ def sweep_figures(study: optuna.Study, setting: str, *, metric: str) -> list[Fig
     return [(f"{p}-bar", bar), (f"{p}-curves", curves)]
 
 
-def search_figures(study: optuna.Study, space: Sequence[str], *, metric: str) -> list[Figure]:
-    """Optuna's own plots of a search: its history, the parameters' importances (fANOVA), and
-    parallel coordinates."""
+def search_figures(
+    study: optuna.Study, space: Sequence[str], *, metric: str, rungs: Sequence[int] = ()
+) -> list[Figure]:
+    """A search's every trial, complete and pruned (these at their last reported value, marked,
+    with the epoch where they stopped): its history, every trial's learning curve with the
+    pruner's ``rungs`` (epochs; :func:`pruner_rungs`), the parameters' importances (fANOVA, over
+    the complete trials) and parallel coordinates. Axes span the data, not a fixed range."""
     import optuna.visualization as vis
 
     p = _prefix(study)
-    name = metric.replace("_", " ")
-    history = vis.plot_optimization_history(study, target_name=f"peak validation {name}")
-    history.update_layout(title=f"Search: peak validation {name} by trial", **_LAYOUT)
-    out = [(f"{p}-history", history)]
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    out = [(f"{p}-history", search_history(study, space, metric=metric, rungs=rungs))]
+    trials = _finished(study)
+    if trials:
+        out.append((f"{p}-curves", search_curves(study, space, metric=metric, rungs=rungs)))
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if len(complete) >= 2 and len(space) >= 2:
         try:
+            name = metric.replace("_", " ")
             importance = vis.plot_param_importances(study, target_name=name)
-            importance.update_layout(title="Search: parameter importances (fANOVA)", **_LAYOUT)
+            importance.update_layout(
+                title="Search: parameter importances (fANOVA, complete trials)", **_LAYOUT
+            )
             out.append((f"{p}-importance", importance))
         except (RuntimeError, ValueError):  # too few distinct values to rank
             pass
-    if complete:
-        parallel = vis.plot_parallel_coordinate(study, params=list(space), target_name=name)
-        parallel.update_layout(title="Search: parallel coordinates", **_LAYOUT)
-        out.append((f"{p}-parallel", parallel))
+    if trials:
+        out.append((f"{p}-parallel", search_parallel(study, space, metric=metric, rungs=rungs)))
     return out
+
+
+# ----------------------------------------------------------------- every trial of a search
+
+
+def _finished(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete and pruned trials, by number."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return sorted(study.get_trials(deepcopy=False, states=states), key=lambda t: t.number)
+
+
+def rung_steps(
+    min_resource: int, reduction_factor: int, max_step: int, min_early_stopping_rate: int = 0
+) -> list[int]:
+    """The steps where successive halving compares trials: ``min_resource * reduction_factor **
+    (min_early_stopping_rate + rung)`` for rungs 0, 1, ..., up to ``max_step``."""
+    if min_resource < 1 or reduction_factor < 2:
+        return []
+    out: list[int] = []
+    step = min_resource * reduction_factor**min_early_stopping_rate
+    while step <= max_step:
+        out.append(step)
+        step *= reduction_factor
+    return out
+
+
+def pruner_rungs(pruner: optuna.pruners.BasePruner, max_step: int) -> list[int]:
+    """The rungs (steps) of a successive-halving pruner, or of all of a Hyperband pruner's
+    brackets (bracket ``b`` is successive halving with ``min_early_stopping_rate = b``, so their
+    rungs together are every ``min_resource * reduction_factor ** k``), up to ``max_step``;
+    none for other pruners, or before an "auto" resource is known."""
+    if isinstance(pruner, optuna.pruners.HyperbandPruner):
+        top = pruner._max_resource
+        limit = min(max_step, top) if isinstance(top, int) else max_step
+        return rung_steps(pruner._min_resource, pruner._reduction_factor, limit)
+    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner):
+        if pruner._min_resource is None:
+            return []
+        return rung_steps(
+            pruner._min_resource, pruner._reduction_factor, max_step, pruner._min_early_stopping_rate
+        )
+    return []
+
+
+def _fitted(values: Sequence[float | None], share: float = 0.05) -> list[float] | None:
+    """An axis range around ``values``: their minimum and maximum, ``share`` of the span beyond
+    each (of the value itself where all are equal); None without a finite value."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    lo, hi = min(finite), max(finite)
+    pad = (hi - lo) * share if hi > lo else max(abs(hi) * share, 1e-3)
+    return [lo - pad, hi + pad]
+
+
+def _curve(t: FrozenTrial, metric: str) -> tuple[list[int], list[float]]:
+    """A trial's intermediate values by step (what the pruner compared; a search reports its
+    metric every epoch, the mean over seeds); without any, its history's ``val_<metric>``."""
+    if t.intermediate_values:
+        steps = sorted(t.intermediate_values)
+        return steps, [float(t.intermediate_values[s]) for s in steps]
+    key = f"val_{metric}"
+    h = [r for r in _history(t) if key in r]
+    return [int(r["epoch"]) for r in h], [float(r[key]) for r in h]
+
+
+def _shown_value(t: FrozenTrial, metric: str) -> float | None:
+    """A complete trial's value (its peak), a pruned one's last reported value."""
+    if t.state == TrialState.COMPLETE:
+        return t.value
+    _, values = _curve(t, metric)
+    return values[-1] if values else None
+
+
+def _is_chosen(t: FrozenTrial, chosen: Mapping[str, Any], names: Sequence[str]) -> bool:
+    return (
+        t.state == TrialState.COMPLETE
+        and bool(chosen)
+        and all(n in chosen and t.params.get(n) == chosen[n] for n in names)
+    )
+
+
+def _stopped(t: FrozenTrial, metric: str, rungs: Sequence[int], unit: str = "epoch", shift: int = 0) -> str:
+    """Where a trial ended: ``complete``, or ``pruned at epoch 3 (rung 1 of 2)``."""
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    steps, _ = _curve(t, metric)
+    if not steps:
+        return "pruned before its first report"
+    last = steps[-1]
+    rung = f" (rung {list(rungs).index(last) + 1} of {len(rungs)})" if last in rungs else ""
+    return f"pruned at {unit} {last + shift}{rung}"
+
+
+def _marks(rungs: bool) -> str:
+    """A curves figure's key, as a subtitle."""
+    text = "orange, dotted: pruned (x where it stopped); red: selected"
+    return f"<br><sup>{text}{'; dashed: the rungs of the pruner' if rungs else ''}</sup>"
+
+
+def _hover(t: FrozenTrial, space: Sequence[str], name: str, value: float | None, stopped: str) -> str:
+    lines = [f"trial {t.number}: {stopped}"]
+    if value is not None:
+        lines.append(f"{name} {value:.4f}")
+    lines += [f"{n} = {_fmt(t.params[n])}" for n in space if n in t.params]
+    return "<br>".join(lines)
+
+
+def search_history(
+    study: optuna.Study, space: Sequence[str], *, metric: str, rungs: Sequence[int] = ()
+) -> go.Figure:
+    """Every trial by number: complete ones at their peak validation score, pruned ones (marked)
+    at their last reported value, the best so far of the complete ones as a line."""
+    name = metric.replace("_", " ")
+    chosen = _selected(study)
+    shown = [(t, _shown_value(t, metric)) for t in _finished(study)]
+    trials = [(t, v) for t, v in shown if v is not None]
+    fig = _fig(
+        f"Search: peak validation {name} by trial, every trial"
+        "<br><sup>pruned (orange x): the last value reported before the pruner stopped it</sup>",
+        xaxis_title="trial",
+        yaxis_title=f"validation {name}",
+        **_SUBTITLED,
+    )
+
+    def kind(t: FrozenTrial) -> str:
+        if t.state == TrialState.PRUNED:
+            return "pruned"
+        return "selected" if _is_chosen(t, chosen, space) else "complete"
+
+    groups = (("complete", OTHER, "circle"), ("pruned", PRUNED, "x"), ("selected", SELECTED, "star"))
+    for label, color, symbol in groups:
+        picked = [(t, v) for t, v in trials if kind(t) == label]
+        if not picked:
+            continue
+        fig.add_scatter(
+            x=[t.number for t, _ in picked],
+            y=[v for _, v in picked],
+            mode="markers",
+            name=label,
+            marker={"color": color, "symbol": symbol, "size": 11 if label != "pruned" else 9},
+            text=[_hover(t, space, name, v, _stopped(t, metric, rungs)) for t, v in picked],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    complete = [(t, v) for t, v in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        best: list[float] = []
+        for _, v in complete:
+            best.append(v if not best else pick(best[-1], v))
+        fig.add_scatter(
+            x=[t.number for t, _ in complete],
+            y=best,
+            mode="lines",
+            line={"shape": "hv", "color": "gray"},
+            name="best so far",
+        )
+    y = _fitted([v for _, v in trials])
+    if y is not None:
+        fig.update_yaxes(range=y)
+    if trials:
+        numbers = [t.number for t, _ in trials]
+        fig.update_xaxes(range=[min(numbers) - 0.5, max(numbers) + 0.5])
+    return fig
+
+
+def search_curves(
+    study: optuna.Study, space: Sequence[str], *, metric: str, rungs: Sequence[int] = ()
+) -> go.Figure:
+    """Every trial's validation score epoch by epoch, the pruner's rungs drawn."""
+    name = metric.replace("_", " ")
+    chosen = _selected(study)
+    return intermediate_figure(
+        _finished(study),
+        title=f"Search: validation {name} per epoch, every trial{_marks(bool(rungs))}",
+        y_title=f"validation {name}",
+        unit="epoch",
+        rungs=rungs,
+        metric=metric,
+        chosen=lambda t: _is_chosen(t, chosen, space),
+    )
+
+
+def intermediate_figure(
+    trials: Sequence[FrozenTrial],
+    *,
+    title: str,
+    y_title: str,
+    unit: str,
+    rungs: Sequence[int] = (),
+    metric: str = "",
+    shift: int = 0,
+    label: Callable[[FrozenTrial], str] | None = None,
+    chosen: Callable[[FrozenTrial], bool] | None = None,
+) -> go.Figure:
+    """Trials' intermediate values (Optuna's ``plot_intermediate_values``, pruned trials
+    included and marked): a line per trial, x the step plus ``shift`` in ``unit``s, dashed
+    vertical lines at the pruner's ``rungs``, axes spanning the data. ``label`` and ``chosen``
+    (callables of a trial) name a trial and mark the selected one."""
+    fig = _fig(title, xaxis_title=unit, yaxis_title=y_title, height=480, **_SUBTITLED)
+    xs: list[float] = [float(r + shift) for r in rungs]
+    ys: list[float] = []
+    for t in trials:
+        steps, values = _curve(t, metric)
+        if not steps:
+            continue
+        pruned = t.state == TrialState.PRUNED
+        selected = chosen is not None and chosen(t)
+        color = PRUNED if pruned else SELECTED if selected else OTHER
+        x = [s + shift for s in steps]
+        xs += [float(v) for v in x]
+        ys += values
+        stopped = _stopped(t, metric, rungs, unit, shift)
+        what = f"trial {t.number}" + (f" ({label(t)})" if label is not None else "")
+        fig.add_scatter(
+            x=x,
+            y=values,
+            mode="lines+markers",
+            name=f"{what}{' pruned' if pruned else ' selected' if selected else ''}",
+            line={"color": color, "dash": "dot" if pruned else "solid", "width": 3 if selected else 1.5},
+            marker={
+                "color": color,
+                "size": [5] * (len(x) - 1) + [11 if pruned else 5],
+                "symbol": ["circle"] * (len(x) - 1) + ["x" if pruned else "circle"],
+            },
+            opacity=1.0 if selected else 0.8,
+            hovertemplate=f"{what}: {stopped}<br>{unit} %{{x}}: %{{y:.4f}}<extra></extra>",
+        )
+    for i, r in enumerate(rungs):
+        fig.add_vline(
+            x=r + shift,
+            line_dash="dash",
+            line_color="gray",
+            annotation_text=f"rung {i + 1}",
+            annotation_position="top",
+        )
+    if xs:
+        fig.update_xaxes(range=[min(xs) - 0.5, max(xs) + 0.5])
+    y = _fitted(ys)
+    if y is not None:
+        fig.update_yaxes(range=y)
+    return fig
+
+
+def _dimension(trials: Sequence[FrozenTrial], name: str) -> dict[str, Any]:
+    """One parameter's axis of the parallel coordinates: categories as ticks, log ranges in
+    log10 with their values as ticks, the rest as they are; each spanning the data."""
+    dist = trials[0].distributions.get(name)
+    values = [t.params[name] for t in trials]
+    if isinstance(dist, CategoricalDistribution) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        choices = list(dist.choices) if isinstance(dist, CategoricalDistribution) else []
+        for v in values:
+            if v not in choices:
+                choices.append(v)
+        return {
+            "label": name,
+            "values": [choices.index(v) for v in values],
+            "tickvals": list(range(len(choices))),
+            "ticktext": [str(c) for c in choices],
+            "range": [-0.25, len(choices) - 0.75] if len(choices) > 1 else [-0.5, 0.5],
+        }
+    numbers = [float(v) for v in values]
+    if isinstance(dist, FloatDistribution | IntDistribution) and dist.log and min(numbers) > 0:
+        logs = [math.log10(v) for v in numbers]
+        span = _fitted(logs, share=0.02) or [0.0, 1.0]
+        ticks = np.linspace(span[0], span[1], 5)
+        return {
+            "label": f"{name} (log)",
+            "values": logs,
+            "range": span,
+            "tickvals": [float(v) for v in ticks],
+            "ticktext": [f"{10**v:.2g}" for v in ticks],
+        }
+    return {"label": name, "values": numbers, "range": _fitted(numbers, share=0.02)}
+
+
+def search_parallel(
+    study: optuna.Study, space: Sequence[str], *, metric: str, rungs: Sequence[int] = ()
+) -> go.Figure:
+    """Parallel coordinates of every trial (Optuna's shows complete trials only): its
+    parameters, the epochs it trained, and its score (complete: peak; pruned: last reported),
+    coloured by how it ended."""
+    name = metric.replace("_", " ")
+    chosen = _selected(study)
+    trials = [
+        t
+        for t in _finished(study)
+        if all(n in t.params for n in space) and _shown_value(t, metric) is not None
+    ]
+    fig = _fig(
+        "Search: parallel coordinates, every trial"
+        "<br><sup>orange: pruned (at its last reported value), blue: complete, red: selected</sup>",
+        height=500,
+        margin={**_LAYOUT["margin"], "t": 120},
+    )
+    if not trials:
+        return fig
+    shown = [_shown_value(t, metric) for t in trials]
+    reached = [float(_curve(t, metric)[0][-1]) if _curve(t, metric)[0] else 0.0 for t in trials]
+    ticks = sorted({*map(int, reached), *(r for r in rungs if min(reached) <= r <= max(reached))})
+    code = [0 if t.state == TrialState.PRUNED else 2 if _is_chosen(t, chosen, space) else 1 for t in trials]
+    dimensions = [_dimension(trials, n) for n in space]
+    dimensions.append(
+        {
+            "label": "epochs trained",
+            "values": reached,
+            "range": _fitted(reached, share=0.02),
+            "tickvals": ticks,
+        }
+    )
+    dimensions.append({"label": f"validation {name}", "values": shown, "range": _fitted(shown)})
+    fig.add_trace(
+        go.Parcoords(
+            dimensions=dimensions,
+            line={
+                "color": code,
+                "cmin": 0,
+                "cmax": 2,
+                "colorscale": [
+                    [0.0, PRUNED],
+                    [1 / 3, PRUNED],
+                    [1 / 3, OTHER],
+                    [2 / 3, OTHER],
+                    [2 / 3, SELECTED],
+                    [1.0, SELECTED],
+                ],
+            },
+        )
+    )
+    return fig
 
 
 def learning_curves(trial: FrozenTrial, title: str) -> go.Figure:
@@ -502,7 +874,8 @@ def stage_note(study: optuna.Study, title: str) -> str:
                 "",
             ]
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    lines += [f"**Trials:** {n} complete", ""]
+    pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+    lines += [f"**Trials:** {n} complete" + (f", {pruned} pruned" if pruned else ""), ""]
     if selection is not None:
         lines += ["| setting | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in selection.config_out.to_record().items()]

@@ -192,9 +192,13 @@ def stage_sections(pipe: Pipeline) -> list[Section]:
         selection = records.read_selection(study.user_attrs)
         assert selection is not None
         seconds = pipe.trial_seconds(stage)
-        n = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        n = sum(t.state.name == "COMPLETE" for t in trials)
+        pruned = sum(t.state.name == "PRUNED" for t in trials)
         section.p(
-            f"Study {name}: {n} complete trial(s)" + (f", {seconds:.0f} s of trials" if seconds else "")
+            f"Study {name}: {n} complete trial(s)"
+            + (f", {pruned} pruned" if pruned else "")
+            + (f", {seconds:.0f} s of trials" if seconds else "")
         )
         section.table([[k, fmt(v)] for k, v in selection.selected.items()], ["selected", "value"])
         section.p(f"Why: {selection.reason}", "why")

@@ -205,7 +205,10 @@ class GridCv(GridStage):
         )
 
     def figures(self, study: optuna.Study) -> list[figures.Figure]:
-        return figures.grid_cv_figures(study, list(self.settings.grid), metric=self.settings.metric)
+        s = self.settings
+        return figures.grid_cv_figures(
+            study, list(s.grid), metric=s.metric, folds=s.folds, fold_curves=s.pruner != "none"
+        )
 
 
 def _record(trial: optuna.Trial, scores: list[float], per_seed: list[list[float]]) -> float:

@@ -341,4 +341,6 @@ class Search:
         )
 
     def figures(self, study: optuna.Study) -> list[figures.Figure]:
-        return figures.search_figures(study, list(self.settings.space), metric=self.settings.metric)
+        s = self.settings
+        rungs = figures.pruner_rungs(self.pruner(), s.epochs)  # where the pruner compared trials
+        return figures.search_figures(study, list(s.space), metric=s.metric, rungs=rungs)
