@@ -3,14 +3,19 @@ its last), the pipeline's planned work and time left, and rows that fit an 80-co
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import re
 import time
+from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from helpers import classes, fit_mlp
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from hpo import plan as plan_mod
@@ -18,8 +23,11 @@ from hpo import training as train
 from hpo.families.mlp import stacked
 from hpo.pipeline import resolve_study_file
 from hpo.present.progress import LiveProgress, LogProgress, clock
-from hpo.settings import ModelConfig, OptimConfig, TrainConfig
+from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.stages._context import StageContext
+from hpo.stages.search import Dimension, Search, SearchSettings
 from hpo.training import EvalRecord
+from hpo.tuning.budget import TimeLimit
 
 TASK = classes(4)
 
@@ -150,3 +158,119 @@ def test_no_pipeline_estimate_before_a_hundredth_of_its_work(monkeypatch: pytest
     b.epoch_done(1)
     now[0] = 20.0  # 1,050 of 10,050 model-samples in 20 s: 9,000 left at 52.5 a second
     assert log.tally.pipeline_left() == pytest.approx(9_000 / 52.5)
+
+
+def _limited(monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], LogProgress]:
+    """A pipeline of a search (16 trials of 15 epochs, 1,000 rows) and a final stage, the search
+    10 s into its first batch of 4 trials (one epoch each: 0.4 model-epochs a second)."""
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    log = LogProgress()
+    log.pipeline("p", [("search", 240, 240_000), ("final", 10, 10_000)], complete=[])
+    members = [log.member(f"p.search trial {t}", epochs=15, rows=1000) for t in range(4)]
+    now[0] = 10.0
+    for m in members:
+        m.epoch_done(1)
+    return now, log
+
+
+def test_a_time_limited_search_counts_only_the_time_it_may_still_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    now, log = _limited(monkeypatch)
+    t = log.tally
+    # by its plan: 236 model-epochs left at 0.4 a second; the pipeline 246,000 model-samples at 400
+    assert t.stage_left("search", 240) == pytest.approx(590.0)
+    assert t.pipeline_left() == pytest.approx(615.0)
+    log.limit("search", 110.0)  # e.g. timeout = 120 s, 10 s of it used
+    assert t.stage_left("search", 240) == pytest.approx(110.0)
+    # the search's 590 s of plan count 110 s; the final stage's 25 s stay
+    assert t.pipeline_left() == pytest.approx(135.0)
+    now[0] = 70.0  # the limit's clock runs on
+    assert t.stage_left("search", 240) == pytest.approx(50.0)
+    now[0] = 200.0  # past it (the batch in training still finishes): nothing left to count
+    assert t.stage_left("search", 240) == 0.0
+    log.limit("search", 20_000.0)  # a limit beyond the plan: the plan's estimate stands
+    assert t.stage_left("search", 240) == pytest.approx((240 - 4) / (4 / 200))
+    log.stage_done("search")  # a finished stage's limit counts no more
+    assert t.limit_left("search") is None
+
+
+def test_a_limit_told_before_any_epoch_is_the_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "perf_counter", lambda: 5.0)
+    log = LogProgress()
+    log.pipeline("p", [("search", 240, 240_000)], complete=[])
+    assert log.tally.stage_left("search", 240) is None
+    log.limit("search", 120.0)
+    assert log.tally.stage_left("search", 240) == 120.0
+
+
+def test_the_live_rows_show_a_searchs_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    with LiveProgress(console) as live:
+        live.pipeline("p", [("search", 240, 240_000), ("final", 10, 10_000)], complete=[])
+        members = [live.member(f"p.search trial {t}", epochs=15, rows=1000) for t in range(4)]
+        now[0] = 10.0
+        for m in members:
+            m.epoch_done(1)
+        live.limit("search", 110.0)
+        live._bar.refresh()
+        shown = out.getvalue()
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+    lines = [line for line in re.split(r"[\r\n]", plain) if line.strip()]
+    last_stage = [line for line in lines if line.startswith(" search")][-1]
+    assert re.search(r" 4/240 ep .* 0:01:50$", last_stage), last_stage  # not the plan's 0:09:50
+    last_pipeline = [line for line in lines if line.startswith("p ")][-1]
+    assert re.search(r"^p 1/2 .* 0:02:15$", last_pipeline), last_pipeline  # not 0:10:15
+
+
+def test_a_search_tells_the_display_the_time_its_limit_leaves(tmp_path: Path) -> None:
+    told: list[tuple[str, float]] = []
+
+    class Heard(LogProgress):
+        def limit(self, stage: str, seconds: float) -> None:
+            told.append((stage, seconds))
+
+    start = dt.datetime(2026, 1, 1, 12, 0, 0)
+    trials = [
+        FrozenTrial(
+            number=i,
+            state=TrialState.COMPLETE,
+            value=0.5,
+            datetime_start=start,
+            datetime_complete=start + dt.timedelta(seconds=30),
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=i,
+        )
+        for i in range(2)
+    ]
+    budget: list[TimeLimit | None] = [None]
+    ctx = StageContext(
+        pipeline="p",
+        study_file="p.toml",
+        data_settings=DataSettings(source="synthetic"),
+        storage=optuna.storages.InMemoryStorage(),
+        storage_url="",
+        artifacts=FileSystemArtifactStore(str(tmp_path)),
+        progress=Heard(),
+        search_budget=lambda name, trials: budget[0],
+    )
+    space = {"lr": Dimension(low=1e-4, high=1e-2, log=True)}
+    search = Search("search", SearchSettings(space=space, timeout=120.0))
+    assert search.time_limit(ctx, []) is not None and told == [("search", 120.0)]  # nothing run yet
+    search.time_limit(ctx, trials)  # the first batch took 30 s
+    assert told[-1][0] == "search" and told[-1][1] == pytest.approx(90.0)
+    budget[0] = TimeLimit(60.0, "time_budget = 600 s: ...")  # the pipeline's budget is tighter
+    search.time_limit(ctx, trials)
+    assert told[-1][1] == pytest.approx(30.0)
+    told.clear()
+    Search("search", SearchSettings(space=space)).time_limit(ctx, trials)  # budget only
+    assert len(told) == 1 and told[0][1] == pytest.approx(30.0)
+    budget[0] = None
+    assert Search("search", SearchSettings(space=space)).time_limit(ctx, trials) is None
+    assert len(told) == 1  # no limit: nothing to tell

@@ -17,7 +17,11 @@ left. Either way it goes to stderr, never into ``--format json`` output.
 
 Times left are estimates: the rate so far (per stage, and over the pipeline) applied to the planned
 work, which counts every model trained to its last epoch (early stopping and pruning end stages
-sooner) and only this process's training (with other workers on the stage it ends sooner).
+sooner) and only this process's training (with other workers on the stage it ends sooner). A
+search under a time limit (its ``timeout``, or its share of the pipeline's ``time_budget``) says
+how long it may still run (:meth:`Progress.limit`, whenever it works the limit out, before each
+batch): its row's time left is the smaller of the estimate and that, and the pipeline's counts
+no more than that for it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ class Progress(Protocol):
         ...
 
     def stage_done(self, name: str) -> None: ...
+
+    def limit(self, stage: str, seconds: float) -> None:
+        """Search ``stage`` may run at most ``seconds`` more (its time limit less the time it has
+        run): its time left and the pipeline's count no more than that for it."""
+        ...
 
 
 #: the pipeline's time left is estimated once this share of its planned work is done (the first
@@ -133,6 +142,7 @@ class _Tally:
         self.stage_start: dict[str, float] = {}
         self.started = time.perf_counter()
         self.best: dict[str, float] = {}
+        self.limits: dict[str, float] = {}  # stage -> when its time limit ends (the clock's time)
 
     def pipeline(self, name: str, stages: Sequence[tuple[str, int, int]], complete: Sequence[str]) -> None:
         self.name, self.order = name, [s for s, _, _ in stages]
@@ -147,6 +157,16 @@ class _Tally:
         stage = member.stage
         self.epochs[stage] = self.epochs.get(stage, 0) + epochs
         self.samples[stage] = self.samples.get(stage, 0) + epochs * member.rows
+
+    def limit(self, stage: str, seconds: float) -> None:
+        self.limits[stage] = time.perf_counter() + max(seconds, 0.0)
+
+    def limit_left(self, stage: str) -> float | None:
+        """Seconds the stage's time limit leaves it (None without a limit, or once it is done)."""
+        end = self.limits.get(stage)
+        if end is None or stage in self.done:
+            return None
+        return max(end - time.perf_counter(), 0.0)
 
     def evaluated(self, member: _Member, record: EvalRecord) -> None:
         better = max if greater_is_better(record.metric) else min
@@ -164,10 +184,19 @@ class _Tally:
         return sum(n for _, n in self.plan.values())
 
     def pipeline_left(self) -> float | None:
+        """The planned work left at the pipeline's rate so far, each time-limited stage's part of
+        it at most what its limit leaves."""
         done, elapsed = self.pipeline_done(), time.perf_counter() - self.started
         if done <= MIN_SHARE_FOR_ETA * self.pipeline_total() or elapsed <= 0:
             return None
-        return (self.pipeline_total() - done) / (done / elapsed)
+        rate = done / elapsed
+        left = (self.pipeline_total() - done) / rate
+        for stage, (_, planned) in self.plan.items():
+            limit = self.limit_left(stage)
+            if limit is not None:
+                own = max(planned - self.samples.get(stage, 0), 0) / rate
+                left -= own - min(own, limit)
+        return left
 
     def position(self, stage: str) -> str:
         return f"{self.order.index(stage) + 1}/{len(self.order)}" if stage in self.order else ""
@@ -180,11 +209,15 @@ class _Tally:
         return max(planned[0], registered) if planned else registered
 
     def stage_left(self, stage: str, total: int) -> float | None:
+        """The stage's planned model-epochs left at its rate so far, at most what its time limit
+        leaves (that alone before there is a rate)."""
+        limit = self.limit_left(stage)
         done, start = self.epochs.get(stage, 0), self.stage_start.get(stage)
-        if not done or start is None:
-            return None
-        elapsed = time.perf_counter() - start
-        return max(total - done, 0) / (done / elapsed) if elapsed > 0 else None
+        elapsed = time.perf_counter() - start if start is not None else 0.0
+        if not done or elapsed <= 0:
+            return limit
+        left = max(total - done, 0) / (done / elapsed)
+        return left if limit is None else min(left, limit)
 
     def rate(self, stage: str) -> float | None:
         start = self.stage_start.get(stage)
@@ -227,6 +260,9 @@ class LogProgress:
 
     def member(self, label: str, *, epochs: int, rows: int = 0) -> _Member:
         return _Member(self.tally, label, _stage_of(label), epochs, rows, self._heard)
+
+    def limit(self, stage: str, seconds: float) -> None:
+        self.tally.limit(stage, seconds)
 
     @staticmethod
     def _heard(member: _Member, record: EvalRecord | None) -> None:
@@ -315,6 +351,12 @@ class LiveProgress:
         self._registered[stage] = self._registered.get(stage, 0) + epochs
         self._refresh_stage(stage)
         return _Member(self.tally, label, stage, epochs, rows, self._heard)
+
+    def limit(self, stage: str, seconds: float) -> None:
+        self.tally.limit(stage, seconds)
+        if stage in self._stages:
+            self._refresh_stage(stage)
+        self._refresh_pipeline(stage)
 
     def _trials(self, stage: str) -> str:
         trials = sorted(self._batch.get(stage, ()))

@@ -259,7 +259,10 @@ class Search:
         """The tighter of the stage's ``timeout`` and its share of the pipeline's time budget."""
         timeout = self.settings.timeout
         own = budget.TimeLimit(timeout, f"timeout = {timeout:g} s") if timeout is not None else None
-        return budget.tightest(own, ctx.search_budget(self.name, trials))
+        limit = budget.tightest(own, ctx.search_budget(self.name, trials))
+        if limit is not None:  # the live display counts what the search may still use
+            ctx.progress.limit(self.name, limit.seconds - (budget.busy(trials) or 0.0))
+        return limit
 
     def _enqueue_incumbent(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:
         """The carried-in configuration runs as the first trial, so challengers face it."""
