@@ -677,18 +677,20 @@ def search_parallel(
     if not trials:
         return fig
     shown = [_shown_value(t, metric) for t in trials]
-    reached = [float(_curve(t, metric)[0][-1]) if _curve(t, metric)[0] else 0.0 for t in trials]
-    ticks = sorted({*map(int, reached), *(r for r in rungs if min(reached) <= r <= max(reached))})
     code = [0 if t.state == TrialState.PRUNED else 2 if _is_chosen(t, chosen, space) else 1 for t in trials]
     dimensions = [_dimension(trials, n) for n in space]
-    dimensions.append(
-        {
-            "label": "epochs trained",
-            "values": reached,
-            "range": _fitted(reached, share=0.02),
-            "tickvals": ticks,
-        }
-    )
+    steps = [_curve(t, metric)[0] for t in trials]
+    if any(steps):  # where each trial stopped (none where trials report no epochs)
+        reached = [float(s[-1]) if s else 0.0 for s in steps]
+        ticks = sorted({*map(int, reached), *(r for r in rungs if min(reached) <= r <= max(reached))})
+        dimensions.append(
+            {
+                "label": "epochs trained",
+                "values": reached,
+                "range": _fitted(reached, share=0.02),
+                "tickvals": ticks,
+            }
+        )
     dimensions.append({"label": f"validation {name}", "values": shown, "range": _fitted(shown)})
     fig.add_trace(
         go.Parcoords(
