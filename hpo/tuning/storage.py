@@ -4,6 +4,13 @@ Default: a SQLite file ``hpo.db`` in the working directory and artifacts in ``./
 Any SQLAlchemy URL (PostgreSQL for many workers) via ``--storage`` or ``$HPO_STORAGE``; the
 artifact directory via ``--artifacts`` or ``$HPO_ARTIFACTS``.
 
+**Passwords.** A URL may carry its password (``user:PASSWORD@host``; percent-escapes decoded, any
+other character as written, ``@`` included), or be written without one and take it from
+``$HPO_STORAGE_PASSWORD`` (taken literally: the compose file and the Kubernetes manifest pass it
+so, and no one has to percent-encode a generated password). Either way the password reaches the
+driver as a connection argument and is registered with :func:`hpo.errors.keep_secret`, and every
+URL shown is :func:`redact`-ed, so it is never printed, logged or stored.
+
 **Outages.** :class:`ResilientRDBStorage` is Optuna's ``RDBStorage`` whose every storage call
 waits out a lost database: a call that fails because the server is unreachable (a connection
 refused or dropped, the server restarting) is retried by tenacity with back-off (0.5 s doubling
@@ -24,12 +31,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import optuna
 import sqlalchemy
@@ -38,7 +47,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
-from hpo.errors import StorageError, first_line
+from hpo.errors import HIDDEN, StorageError, first_line, keep_secret
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ DEFAULT_ARTIFACTS = "artifacts"
 HEARTBEAT_INTERVAL = 20  # seconds; $HPO_HEARTBEAT_INTERVAL
 GRACE_PERIOD = 60  # seconds without a heartbeat before a RUNNING trial is stale; $HPO_GRACE_PERIOD
 MAX_RETRY = 3  # re-runs of a trial whose worker died
+PASSWORD_ENV = "HPO_STORAGE_PASSWORD"  # the password of a URL written without one
 OUTAGE_LIMIT = 180.0  # seconds a storage call waits for an unreachable database; $HPO_STORAGE_OUTAGE_LIMIT
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 5.0
 
@@ -74,13 +84,51 @@ def artifact_dir(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("HPO_ARTIFACTS") or DEFAULT_ARTIFACTS)
 
 
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of ``url`` is written: everything between ``scheme://user:`` and the
+    last ``@``, or None when it has none.
+
+    Read by hand, not with SQLAlchemy's parser: that parser ends the password at its first ``@``
+    and reads the rest as the host, so a password with an unencoded ``@`` was partly shown (and
+    connected to as a host name). A password may hold ``@ : / ? %``; the user holds no ``:``,
+    ``/`` or ``?``; a URL with no user (``sqlite:///...``) has none. A query value with an
+    unencoded ``@`` behind a user and a ``:`` is read as part of a password, which hides too much
+    rather than too little: write such an ``@`` as ``%40``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or rest.startswith("/"):
+        return None
+    at = rest.rfind("@")
+    if at < 0:
+        return None
+    user, colon, _ = rest[:at].partition(":")
+    if not colon or "/" in user or "?" in user:
+        return None
+    start = len(scheme) + len(sep) + len(user) + 1
+    return start, len(scheme) + len(sep) + at
+
+
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with its password hidden; a URL that cannot be parsed is hidden after the scheme."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        scheme, sep, _ = url.partition("://")
-        return f"{scheme}{sep}***" if sep else "***"
+    """The URL with its password hidden (and a ``password=`` query value); the user, host, port,
+    database and the rest of the query stay. Text without ``://`` is hidden whole: it is no URL,
+    so nothing says which part of it is secret."""
+    if "://" not in url:
+        return HIDDEN
+    span = _password_span(url)
+    if span is not None:
+        url = url[: span[0]] + HIDDEN + url[span[1] :]
+    return _QUERY_PASSWORD.sub(lambda m: m.group(1) + HIDDEN, url)
+
+
+def _without_password(url: str) -> tuple[str, str | None]:
+    """``url`` with its password (and the ``:`` before it) taken out, and the password as written."""
+    span = _password_span(url)
+    if span is None:
+        return url, None
+    return url[: span[0] - 1] + url[span[1] :], url[span[0] : span[1]]
 
 
 # --------------------------------------------------------------------------- outages
@@ -265,42 +313,76 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
-def parse_url(url: str) -> sqlalchemy.engine.URL:
-    """The URL parsed, or one line naming the problem (never the password)."""
+def _parse(url: str) -> tuple[sqlalchemy.engine.URL, str | None]:
+    """The URL parsed without its password, and the password (decoded) it connects with: the
+    URL's own, or ``$HPO_STORAGE_PASSWORD``; or one line naming the problem (never the password).
+
+    SQLAlchemy parses only the password-less rest: what it parses of a password can be wrong (an
+    ``@`` in it, see :func:`_password_span`), and its messages quote what they failed to parse.
+    """
     shown = redact(url)
+    bare, written = _without_password(url)
+    password = unquote(written) if written is not None else None  # %40 is "@", as in any URL
+    env_password = os.environ.get(PASSWORD_ENV) or None
+    keep_secret(written, password, env_password)
     example = "use e.g. sqlite:///hpo.db or postgresql+psycopg://user@127.0.0.1:5432/db"
     try:
-        parsed = make_url(url)
+        parsed = make_url(bare)
         port = parsed.port  # a malformed port is only noticed here
     except (sqlalchemy.exc.ArgumentError, ValueError):
         raise StorageError(f"storage URL {shown!r} is not a SQLAlchemy URL; {example}") from None
+    for key in ("password", "passwd", "pwd"):
+        value = parsed.query.get(key)
+        keep_secret(*((value,) if isinstance(value, str) else value or ()))
     if port is not None and not 0 < port < 65536:
         raise StorageError(f"storage URL {shown!r} has port {port}; use 1-65535")
     if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
         raise StorageError(
             f"storage URL {shown!r}: unsupported database {parsed.get_backend_name()!r}; {example}"
         )
-    return parsed
+    if env_password is not None and parsed.get_backend_name() != "sqlite":
+        if password is not None:
+            raise StorageError(
+                f"storage URL {shown!r} has a password and ${PASSWORD_ENV} is set too; "
+                f"take the password out of the URL (or unset ${PASSWORD_ENV})"
+            )
+        password = env_password
+    return parsed, password
+
+
+def parse_url(url: str) -> sqlalchemy.engine.URL:
+    """The URL parsed, with the password it connects with (see :func:`_parse`), or one line
+    naming the problem (never the password)."""
+    parsed, password = _parse(url)
+    return parsed if password is None else parsed.set(password=password)
 
 
 def open_storage(url: str | None = None) -> ResilientRDBStorage:
-    """Open (and create the schema of) an RDB storage, with heartbeats for stale-trial recovery."""
+    """Open (and create the schema of) an RDB storage, with heartbeats for stale-trial recovery.
+
+    The password goes to the driver as a connection argument, never inside the URL Optuna and
+    SQLAlchemy hold: so no message of theirs that quotes the URL can show it."""
     url = storage_url(url)
     shown = redact(url)
-    parsed = parse_url(url)
+    parsed, password = _parse(url)
     engine_kwargs: dict[str, Any] = {}
+    connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             parent = Path(parsed.database).expanduser().resolve().parent
             if not parent.is_dir():
                 raise StorageError(f"storage {shown}: directory {parent} does not exist; create it first")
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        connect_args["timeout"] = 60
     else:
         engine_kwargs["pool_pre_ping"] = True
+        if password is not None:
+            connect_args["password"] = password
     if parsed.get_backend_name() == "postgresql":
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        connect_args["connect_timeout"] = 10
+    engine_kwargs["connect_args"] = connect_args
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    url = parsed.render_as_string(hide_password=False)  # has no password: it was parsed without
     outages = Outages(shown, env_seconds("HPO_STORAGE_OUTAGE_LIMIT", OUTAGE_LIMIT))
     for attempt in range(1, 6):
         try:
@@ -322,8 +404,8 @@ def open_storage(url: str | None = None) -> ResilientRDBStorage:
                 time.sleep(0.2 * attempt)
                 continue
             raise StorageError(
-                f"cannot open storage {shown} ({_first_line(exc)}); check the URL, that the server is "
-                "running, and the --storage / HPO_STORAGE setting"
+                f"cannot open storage {shown} ({_first_line(exc)}); check the URL and its password "
+                f"(or ${PASSWORD_ENV}), that the server is running, and the --storage / HPO_STORAGE setting"
             ) from None
     raise AssertionError("unreachable")
 
