@@ -69,10 +69,12 @@ def test_explicit_precisions_are_not_probed(tmp_path: Path, monkeypatch: pytest.
     assert precision.resolve("auto", device="cuda", shape=SHAPE, cache_dir=tmp_path, probe_fn=never) == "fp32"
 
 
-def test_the_real_probe_times_both_precisions() -> None:
+def test_the_real_probe_times_both_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
     result = precision.probe(precision.Shape((8, 16, 3), 32, 2))
     assert result.fp32_s > 0 and result.bf16_s > 0
-    assert result.pick == ("bf16" if result.gain >= precision.MIN_GAIN else "fp32")
+    for bar, pick in ((0.0, "bf16"), (float("inf"), "fp32")):  # the pick: the timed gain against MIN_GAIN
+        monkeypatch.setattr(precision, "MIN_GAIN", bar)
+        assert precision.probe(precision.Shape((8, 16, 3), 32, 2)).pick == pick
     cpu = precision.cpu_description()
     assert cpu["model"] and cpu["bf16_flags"]
 
