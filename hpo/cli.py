@@ -415,6 +415,10 @@ def _render_state(st: dict[str, Any]) -> list[str]:
 
 def _render_status(r: dict[str, Any]) -> str:
     lines = [f"pipeline {r['pipeline']} ({r['study_file']}) in {r['storage']}", ""]
+    if r.get("numerics"):
+        from hpo.tuning.numerics import Numerics
+
+        lines[-1:] = [f"numerics: {Numerics.from_dict(r['numerics']).describe()}", ""]
     for st in r["stages"]:
         lines.extend(_render_state(st))
     m = r.get("test_metrics")

@@ -33,6 +33,7 @@ from typing import Any
 import optuna
 from optuna.artifacts import download_artifact
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 
 from hpo import data
 from hpo import plan as plan_mod
@@ -42,10 +43,21 @@ from hpo.model_file import ModelFile, load_model_file
 from hpo.plan import Plan
 from hpo.present import dashboard, figures
 from hpo.present.progress import LogProgress, Progress
-from hpo.settings import FAMILY_KEY, RunConfig
+from hpo.settings import (
+    FAMILY_KEY,
+    FAMILY_KEYS,
+    UNTUNED,
+    RunConfig,
+    describe_error,
+    error_path,
+    format_input,
+)
 from hpo.stages import Stage, StageContext
+from hpo.training import precision, resolve_device
 from hpo.tuning import budget, records
+from hpo.tuning import numerics as numerics_mod
 from hpo.tuning.locks import exclusive_sqlite_worker
+from hpo.tuning.numerics import Numerics
 from hpo.tuning.storage import artifact_store, open_storage, redact, storage_url
 from hpo.tuning.workers import Registry
 
@@ -97,6 +109,7 @@ class PipelineStatus:
     stages: list[StudyState]
     test_metrics: dict[str, Any] | None
     time_budget: dict[str, float] | None = None  # {"seconds": the budget, "spent": so far}
+    numerics: dict[str, Any] | None = None  # hpo.tuning.numerics.Numerics, once decided
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +252,7 @@ class Pipeline:
             if records.is_complete(existing):
                 return StageRun(stage.name, "already complete", None, self.study_state(stage))
         start = time.perf_counter()
+        self.ctx.numerics = self.numerics()
         study = existing or self.create_study(stage, cfg_in)
         stage.run(self.ctx, study, cfg_in)
         self.finish(stage, study, cfg_in)
@@ -278,15 +292,77 @@ class Pipeline:
 
     def input_config(self, stage: Stage) -> RunConfig:
         """What the stage starts from: the configuration the stage it builds on handed on, read
-        from the storage, else the study file's ``[defaults]``."""
+        from the storage, else the study file's ``[defaults]``.
+
+        What is read is not trusted whole: whoever can write the storage must not choose the
+        code every worker imports and runs. The handed-on family, module and estimator must be
+        the study file's (else one line, nothing imported), and the configuration is rebuilt
+        from ``[defaults]`` plus the handed-on values of the settings a stage may tune, each
+        checked by the study file's family; the untuned ones (seed, precision, compile, device)
+        are the study file's."""
         source = self.plan.input_stage(stage.name)
         if source is None:
             return self.plan.defaults
         study = self.ctx.find_study(self.ctx.study_name(source))
         assert study is not None
-        selection = records.read_selection(study.user_attrs)
+        where = f"stage {source!r} in {self.ctx.storage_url} hands on"
+        fix = (
+            f"start that stage over (hpo run-stage {source} --force --config {self.plan.path}) and check "
+            "who can write the storage"
+        )
+        try:
+            selection = records.read_selection(study.user_attrs)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = error_path(tuple(error["loc"]))
+            value = format_input(error.get("input"))
+            raise ConfigError(f"{where} {key} = {value}: {describe_error(error)}; {fix}") from None
         assert selection is not None
-        return selection.config_out
+        return self._rebuild(selection.config_out, where, fix)
+
+    def _rebuild(self, carried: RunConfig, where: str, fix: str) -> RunConfig:
+        cfg = self.plan.defaults
+        for key in FAMILY_KEYS[:3]:
+            if getattr(carried, key) != getattr(cfg, key):
+                raise ConfigError(
+                    f"{where} {key} = {getattr(carried, key)!r}, and {self.plan.path} says "
+                    f"{getattr(cfg, key)!r}: a storage does not choose what runs; {fix}"
+                )
+        family = family_of(cfg)
+        point: dict[str, Any] = {}
+        for name, value in carried.settings().items():
+            if name in UNTUNED:
+                continue
+            try:
+                point[name] = family.check_value(cfg, name, value)
+            except ValueError as exc:
+                raise ConfigError(f"{where} {name} = {value!r}: {exc}; {fix}") from None
+        return cfg.with_point(point)
+
+    def numerics(self) -> Numerics | None:
+        """The pipeline's numerics (precision, compile): stored by the first worker that needed
+        them, else measured here now and stored (:mod:`hpo.tuning.numerics`); values pinned in
+        ``[defaults]`` win. None for a family that trains no torch model."""
+        cfg = self.plan.defaults
+        if not family_of(cfg).torch_based:
+            return None
+        width = max(s.stack_width(cfg) for s in self.plan.stages)
+        decided = numerics_mod.decide(
+            self.ctx.storage, self.plan.name, lambda: self.ctx.measure_numerics(cfg, width)
+        )
+        if cfg.precision != "auto" and cfg.precision != decided.precision:
+            source = {**decided.source, "precision": "study file"}
+            decided = dataclasses.replace(decided, precision=cfg.precision, source=source)
+        if cfg.compile != "auto" and cfg.compile != decided.compile:
+            source = {**decided.source, "compile": "study file"}
+            decided = dataclasses.replace(decided, compile=cfg.compile, source=source)
+        numerics_mod.check_runnable(
+            decided,
+            has_bf16=precision.has_bf16(),
+            device=resolve_device(cfg.device),
+            pipeline=self.plan.name,
+        )
+        return decided
 
     def _material(self, stage: Stage, cfg_in: RunConfig) -> dict[str, Any]:
         return {**self.plan.fingerprint_material(stage), "carried_in": cfg_in.to_record()}
@@ -385,8 +461,15 @@ class Pipeline:
                     test_metrics = study.user_attrs.get(records.TEST_METRICS)
         total = self.plan.pipeline.time_budget
         spent = {"seconds": total, "spent": round(self.time_spent(), 1)} if total is not None else None
+        decided = numerics_mod.stored(self.ctx.storage, self.plan.name)
         return PipelineStatus(
-            self.plan.name, self.plan.path, self.ctx.storage_url, states, test_metrics, spent
+            self.plan.name,
+            self.plan.path,
+            self.ctx.storage_url,
+            states,
+            test_metrics,
+            spent,
+            decided.to_dict() if decided is not None else None,
         )
 
     # ------------------------------------------------------------------ the time budget

@@ -38,6 +38,7 @@ Norm = Literal["none", "batchnorm", "layernorm"]
 Init = Literal["default", "xavier_uniform", "kaiming_normal"]
 OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop"]
 Precision = Literal["auto", "fp32", "bf16"]  # "auto": the faster here (hpo.training.precision)
+Compile = Literal["auto"] | bool  # "auto": where measured clearly faster (hpo.tuning.numerics)
 TrainPrecision = Literal["fp32", "bf16"]  # what a training run uses: "auto" resolved
 Device = Literal["auto", "cpu", "cuda"]
 ClassWeight = Literal["none", "balanced"]
@@ -111,6 +112,7 @@ TRAINING_SETTINGS = (
     "class_weight",
     "seed",
     "precision",
+    "compile",
     "device",
 )
 #: Which of hpo's settings apply to each family; every other setting of a family is one of its
@@ -236,6 +238,9 @@ class RunConfig(BaseModel):
     class_weight: ClassWeight = "none"
     seed: NonNegativeInt = 42
     precision: Precision = "auto"  # bf16 autocast where measured faster here, else fp32
+    # torch.compile the stacked MLP trainer's step: "auto" where measured clearly faster, once
+    # per pipeline (hpo.tuning.numerics); true / false pin it
+    compile: Compile = "auto"
     device: Device = "auto"  # "auto": a CUDA GPU when present, else the CPU
 
     @model_validator(mode="after")
@@ -339,9 +344,10 @@ class RunConfig(BaseModel):
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready form, for the storage: the settings of this family only (an MLP's record is
-        the one hpo wrote before families existed, so stored fingerprints still match)."""
+        the one hpo wrote before families existed, and ``compile`` appears only where it is
+        pinned, so stored fingerprints still match)."""
         full = self.model_dump(mode="json")
-        keys = [k for k in full if k in self.own]
+        keys = [k for k in full if k in self.own and not (k == "compile" and full[k] == "auto")]
         if self.family != "mlp":
             keys = ["family", FAMILY_KEY[self.family], "params", *keys]
         return {k: full[k] for k in keys}
@@ -356,7 +362,7 @@ def is_json_value(value: Any) -> bool:
 
 SETTINGS: tuple[str, ...] = tuple(k for k in RunConfig.model_fields if k not in FAMILY_KEYS)
 #: Settings that describe how to train, not what: set in [defaults], never tuned by a stage.
-UNTUNED: tuple[str, ...] = ("seed", "precision", "device")
+UNTUNED: tuple[str, ...] = ("seed", "precision", "compile", "device")
 #: The MLP's settings a stage may tune (other families: :func:`hpo.families.tunable`).
 TUNABLE: tuple[str, ...] = tuple(s for s in SETTINGS if s not in UNTUNED)
 _SETTING_TYPES: dict[str, TypeAdapter[Any]] = {

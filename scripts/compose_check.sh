@@ -2,7 +2,8 @@
 # The compose topology run for real: build the images, bring up PostgreSQL (healthcheck), the
 # one-shot `prepare`, three `hpo worker` replicas on the quick pipeline and the dashboard; check
 # that the pipeline completed with every grid point run once, that the dashboard answers on
-# 127.0.0.1 and on no other address; tear everything down.
+# 127.0.0.1 and on no other address, refuses a DELETE (405), and that its database role
+# (hpo_reader) reads and may not write; tear everything down.
 #
 # Works where no image registry is reachable: the base image is built with debootstrap and
 # `docker import`, PostgreSQL from Debian's packages on it (docker/postgres.Dockerfile), Python
@@ -59,7 +60,9 @@ if [ ! -d build/wheels ] || [ -z "$(ls build/wheels/hpo-*.whl 2>/dev/null)" ] ||
 fi
 
 project=hpo-check-$$
-export POSTGRES_PASSWORD="check-$RANDOM-$RANDOM" HPO_CONFIG=quick HPO_BASE_IMAGE=$BASE HPO_POSTGRES_IMAGE=$PG_IMAGE
+# passwords with the characters a URL would misread: they travel as HPO_STORAGE_PASSWORD, not in a URL
+export POSTGRES_PASSWORD="check@$RANDOM:w/$RANDOM%40" HPO_READER_PASSWORD="read@$RANDOM:r/$RANDOM%2F"
+export HPO_CONFIG=quick HPO_BASE_IMAGE=$BASE HPO_POSTGRES_IMAGE=$PG_IMAGE
 export HPO_DASHBOARD_PORT=${HPO_DASHBOARD_PORT:-18080} HPO_THREADS_PER_WORKER=1
 compose() { "${COMPOSE[@]}" --project-name "$project" "$@"; }
 cleanup() { compose down -v --remove-orphans >/dev/null 2>&1 || true; }
@@ -107,6 +110,15 @@ EOF
 
 for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$HPO_DASHBOARD_PORT/api/studies" -o /tmp/hpo-studies.json 2>/dev/null && break; sleep 1; done
 python3 -c "import json; n = len(json.load(open('/tmp/hpo-studies.json'))['study_summaries']); assert n >= 8, n; print('== compose check: dashboard on 127.0.0.1 lists', n, 'studies')"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "http://127.0.0.1:$HPO_DASHBOARD_PORT/api/studies/1")
+if [ "$code" != "405" ]; then echo "FAIL: DELETE /api/studies/1 on the dashboard answered $code, not 405"; exit 1; fi
+say "dashboard is read-only (DELETE answered 405)"
+# the dashboard's database role reads and may not write
+reader() { compose exec -T -e PGPASSWORD="$HPO_READER_PASSWORD" postgres psql -h 127.0.0.1 -U hpo_reader -d hpo -Atc "$1" 2>&1; }
+n=$(reader "SELECT count(*) FROM studies")
+[ "$n" -ge 8 ] 2>/dev/null || { echo "FAIL: hpo_reader cannot read the studies: $n"; exit 1; }
+if ! reader "DELETE FROM studies" | grep -q "permission denied"; then echo "FAIL: hpo_reader may delete studies"; exit 1; fi
+say "hpo_reader reads $n studies and may not delete them"
 other=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -v '^127\.' | grep -v ':' | head -n 1 || true)
 if [ -n "$other" ]; then
     if curl -fsS -m 3 "http://$other:$HPO_DASHBOARD_PORT/" >/dev/null 2>&1; then

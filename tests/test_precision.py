@@ -1,27 +1,20 @@
-"""precision = "auto": the probe's pick, its cache per machine, the resolved precision stored on
-every trial and shown by status, and the stage fingerprint keeping "auto" (a resume on another
-CPU, whose probe picks otherwise, is not refused). The probe's outcome is forced here; the real
-probe runs once on a tiny shape (its figures are the benchmark's business, not a test's)."""
+"""precision = "auto": the probe's pick and its cache per machine (a pipeline deciding its
+numerics once: tests/test_numerics.py). The probe's outcome is forced here; the real probe runs
+once on a tiny shape (its figures are the benchmark's business, not a test's)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 import torch
 
-from hpo import cli
 from hpo.families.mlp import stacked
-from hpo.pipeline import Pipeline
 from hpo.settings import ModelConfig, OptimConfig, RunConfig, TrainConfig
-from hpo.stages import StageContext
 from hpo.tasks import Classification
 from hpo.training import TensorData, precision
-from hpo.tuning import records
 
 SHAPE = precision.Shape((90, 256, 256, 10), 128, 3)
 
@@ -31,7 +24,7 @@ def _forced(
 ) -> Callable[[precision.Shape], precision.Probe]:
     def fake(shape: precision.Shape) -> precision.Probe:
         calls.append(shape)
-        return precision.Probe(1.0, 0.5 if pick == "bf16" else 2.0, pick)
+        return precision.Probe(1.0, 0.5 if pick == "bf16" else 2.0, pick, 2.0 if pick == "bf16" else 0.5)
 
     return fake
 
@@ -69,6 +62,7 @@ def test_explicit_precisions_are_not_probed(tmp_path: Path, monkeypatch: pytest.
     assert precision.resolve("auto", device="cuda", shape=SHAPE, cache_dir=tmp_path, probe_fn=never) == "fp32"
 
 
+@pytest.mark.real_probe
 def test_the_real_probe_times_both_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
     result = precision.probe(precision.Shape((8, 16, 3), 32, 2))
     assert result.fp32_s > 0 and result.bf16_s > 0
@@ -84,110 +78,6 @@ def test_auto_must_be_resolved_before_training() -> None:
         RunConfig(precision="auto").train(epochs=1, device="cpu")
     assert RunConfig(precision="auto").train(epochs=1, device="cpu", precision="bf16").precision == "bf16"
     assert RunConfig(precision="fp32").train(epochs=1, device="cpu").precision == "fp32"
-
-
-STUDY = """
-[pipeline]
-name = "auto"
-
-[data]
-source = "synthetic"
-rows = 2000
-seed = 42
-
-[defaults]
-hidden = [16, 16]
-precision = "auto"
-
-[stages.lr_range]
-kind = "lr_range"
-num_iter = 20
-verify_epochs = 1
-
-[stages.init]
-kind = "sweep"
-choices = { init = ["default", "xavier_uniform"] }
-epochs = 1
-
-[stages.final]
-kind = "final"
-epochs = 1
-"""
-
-
-def test_a_pipeline_stores_the_resolved_precision_and_fingerprints_auto(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    cfg = tmp_path / "auto.toml"
-    cfg.write_text(STUDY)
-    db = f"sqlite:///{tmp_path / 'hpo.db'}"
-    calls: list[precision.Shape] = []
-    monkeypatch.setattr(precision, "probe", _forced("bf16", calls))
-    compiles: list[int] = []
-
-    def no_gain(model: ModelConfig, *, batch: int, width: int, task: object) -> tuple[float, float]:
-        compiles.append(width)
-        return 1.0, 1.0
-
-    monkeypatch.setattr(stacked, "measure_compile", no_gain)
-    pipe = Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a")
-    pipe.run()
-    assert compiles == [2]  # the bf16 sweep's 2-wide stack is the one candidate; measured once, no gain
-    widths = sorted({s.width for s in calls})
-    assert calls and widths == [1, 2]  # one model (range test, verification, final); the 2-wide sweep
-    for stage in ("lr_range", "init", "final"):
-        study = optuna.load_study(study_name=f"auto.{stage}", storage=db)
-        assert all(t.user_attrs[records.TRAIN]["precision"] == "bf16" for t in study.trials), stage
-        assert all(t.user_attrs[records.TRAIN]["compile"] is False for t in study.trials), stage
-        assert study.user_attrs[records.SETTINGS]["carried_in"]["precision"] == "auto"
-    assert cli.main(["status", "--config", str(cfg), "--storage", db]) == 0
-    assert "(bf16)" in capsys.readouterr().out
-    # on another CPU the probe says fp32: the stored stages are complete and not refused as drifted
-    monkeypatch.setattr(precision, "probe", _forced("fp32", calls))
-    monkeypatch.setattr(precision, "machine_key", lambda: "another CPU")
-    result = Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a").run()
-    assert {r.status for r in result.runs} == {"already complete"}
-
-
-def _ctx(tmp_path: Path) -> StageContext:
-    db = f"sqlite:///{tmp_path / 'c.db'}"
-    pipe = Pipeline.load(
-        _study_file(tmp_path),
-        storage=db,
-        artifacts=tmp_path / "a",
-        data_dir=tmp_path,
-    )
-    return pipe.ctx
-
-
-def _study_file(tmp_path: Path) -> Path:
-    cfg = tmp_path / "auto.toml"
-    cfg.write_text(STUDY)
-    return cfg
-
-
-def test_compile_auto_takes_the_measured_pick_and_caches_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ctx = _ctx(tmp_path)
-    normed = RunConfig(hidden=(16, 16), norm="layernorm")
-    timed: list[tuple[str, int]] = []
-
-    def fake(model: ModelConfig, *, batch: int, width: int, task: object) -> tuple[float, float]:
-        timed.append((model.norm, width))
-        return (1.5, 1.0) if model.norm == "layernorm" else (1.0, 1.0)
-
-    monkeypatch.setattr(stacked, "measure_compile", fake)
-    assert ctx.compile(normed, 25, "bf16") and not ctx.compile(RunConfig(hidden=(16, 16)), 3, "bf16")
-    assert ctx.compile(normed, 12, "bf16")  # width capped at the probe's 8: the cached pick
-    assert timed == [("layernorm", 8), ("none", 3)]
-    cached = json.loads((tmp_path / precision.CACHE_FILE).read_text())[precision.machine_key()]
-    assert [v["pick"] for k, v in sorted(cached.items()) if k.startswith("compile ")] == [True, False]
-    # never a candidate: fp32 (stays equal to the one-model trainer), one model, another family
-    assert not ctx.compile(normed, 25, "fp32") and not ctx.compile(normed, 1, "bf16")
-    torch_family = RunConfig(family="torch", module="torch.nn:Identity")
-    assert not ctx.compile(torch_family, 25, "bf16")
-    assert len(timed) == 2
 
 
 def test_a_stack_compiles_where_its_members_say_so(monkeypatch: pytest.MonkeyPatch) -> None:

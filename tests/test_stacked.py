@@ -434,23 +434,23 @@ def test_bf16_matches_fp32_on_the_real_architecture(tmp_path: Path) -> None:
     assert not np.array_equal(loss32, loss16)  # bf16 really ran
 
 
-def test_compile_auto_follows_the_members_measured_setting() -> None:
-    """``compile="auto"``: where a member's ``train.compile`` (set by a stage from a measurement)
-    says so; True and False as given."""
+def test_compile_auto_follows_the_members_setting_and_never_mixes_in_a_stack() -> None:
+    """``compile="auto"``: the members' ``train.compile`` (the pipeline's numerics); True and
+    False as given; members that differ in it never share a stack."""
     plain = [_member("none", "relu", "default", 0.0, 0, seed=1)]
-    marked = [*plain, dataclasses.replace(plain[0], train=dataclasses.replace(plain[0].train, compile=True))]
+    marked = [dataclasses.replace(plain[0], train=dataclasses.replace(plain[0].train, compile=True))]
     assert stacked.wants_compile("auto", marked) and not stacked.wants_compile("auto", plain)
     assert stacked.wants_compile(True, plain) and not stacked.wants_compile(False, marked)
+    assert stacked.stack_key(plain[0]) != stacked.stack_key(marked[0])
 
 
+@pytest.mark.real_probe
 def test_the_compile_probe_times_eager_and_compiled_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real probe on a tiny stack (torch.compile replaced by the eager function: the figures
     are the benchmark's business); a compile that fails is measured as never faster."""
     monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
-    eager, compiled = stacked.measure_compile(
-        ModelConfig(hidden=(8,), norm="layernorm"), batch=16, width=3, task=TASK
-    )
-    assert 0 < eager < 1 and 0 < compiled < 1
+    timing = stacked.measure_compile(ModelConfig(hidden=(8,), norm="layernorm"), batch=16, width=3, task=TASK)
+    assert 0 < timing.a_s < 1 and 0 < timing.b_s < 1 and timing.gain == timing.a_s / timing.b_s
 
     def broken(fn: object, **_: object) -> object:
         def call(*args: object) -> object:
@@ -459,7 +459,8 @@ def test_the_compile_probe_times_eager_and_compiled_steps(monkeypatch: pytest.Mo
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    assert stacked.measure_compile(ModelConfig(hidden=(8,)), batch=16, width=2, task=TASK)[1] == float("inf")
+    failed = stacked.measure_compile(ModelConfig(hidden=(8,)), batch=16, width=2, task=TASK)
+    assert failed.b_s == float("inf") and failed.gain == 0.0
 
 
 NORM_SWEEP = [

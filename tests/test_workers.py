@@ -114,9 +114,37 @@ def test_compose_services_and_safety() -> None:
     assert ".env" in (REPO / ".gitignore").read_text().split()
     example = (REPO / ".env.example").read_text()
     assert re.search(r"^POSTGRES_PASSWORD=$", example, re.M)
+    assert re.search(r"^HPO_READER_PASSWORD=$", example, re.M)
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "--no-index --find-links /wheels hpo" in dockerfile and "USER hpo" in dockerfile
     assert '"torch==2.13.0"' in (REPO / "scripts" / "wheelhouse.sh").read_text()
+
+
+def test_compose_passwords_stay_out_of_urls_and_the_dashboard_reads_only() -> None:
+    """HPO_STORAGE names a role only (the password is HPO_STORAGE_PASSWORD); the dashboard uses
+    the read-only role that PostgreSQL's init script makes, after ``prepare`` made the tables."""
+    from sqlalchemy.engine import make_url
+
+    from hpo.tuning.storage import redact
+
+    services = COMPOSE["services"]
+    roles = {}
+    for name in ("prepare", "worker", "dashboard"):
+        env = services[name]["environment"]
+        assert redact(env["HPO_STORAGE"]) == env["HPO_STORAGE"]  # nothing to hide: no password
+        roles[name] = (make_url(env["HPO_STORAGE"]).username, env["HPO_STORAGE_PASSWORD"].split(":")[0])
+    assert roles == {
+        "prepare": ("hpo", "${POSTGRES_PASSWORD"),
+        "worker": ("hpo", "${POSTGRES_PASSWORD"),
+        "dashboard": ("hpo_reader", "${HPO_READER_PASSWORD"),
+    }
+    dashboard = services["dashboard"]
+    assert dashboard["depends_on"]["prepare"]["condition"] == "service_completed_successfully"
+    assert "--allow-writes" not in " ".join(dashboard["command"])
+    pg = services["postgres"]
+    assert pg["environment"]["HPO_READER_PASSWORD"].startswith("${HPO_READER_PASSWORD:?")
+    assert "./docker/initdb:/docker-entrypoint-initdb.d:ro" in pg["volumes"]
+    assert os.access(REPO / "docker" / "initdb" / "10-hpo-reader.sh", os.X_OK)  # run, not sourced
 
 
 @pytest.mark.parametrize("service", ["prepare", "worker", "dashboard"])
@@ -139,7 +167,7 @@ def test_compose_file_parses_with_docker_compose() -> None:
         pytest.skip("docker-compose is not installed")
     proc = subprocess.run(
         [exe, "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
-        env={**os.environ, "POSTGRES_PASSWORD": "x"},
+        env={**os.environ, "POSTGRES_PASSWORD": "x", "HPO_READER_PASSWORD": "y"},
         capture_output=True,
         text=True,
         check=False,

@@ -22,11 +22,13 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpo import data
+from hpo.families import family_of
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings, RunConfig, TrainPrecision
 from hpo.tasks import Regression, Task, balanced_class_weights
 from hpo.training import TensorData, precision, resolve_device
 from hpo.tuning.budget import TimeLimit
+from hpo.tuning.numerics import Numerics
 from hpo.tuning.stopping import Deadline
 
 logger = logging.getLogger(__name__)
@@ -173,6 +175,7 @@ class StageContext:
     search_budget: Callable[[str, Sequence[FrozenTrial]], TimeLimit | None] = field(
         default=lambda name, trials: None, repr=False
     )
+    numerics: Numerics | None = None  # the pipeline's, decided before its first training
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:
@@ -185,31 +188,75 @@ class StageContext:
             self._data = StageData(prepared)
         return self._data
 
-    def precision(self, cfg: RunConfig, width: int) -> TrainPrecision:
-        """The precision ``cfg`` trains in here: its own, or for "auto" the faster one on this
-        machine for its layer shapes in stacks of ``width`` (probed once, cached in the data dir)."""
+    def precision(self, cfg: RunConfig) -> TrainPrecision:
+        """The precision ``cfg`` trains in: its own, or for "auto" the pipeline's numerics
+        (decided once, :mod:`hpo.tuning.numerics`)."""
         if cfg.precision != "auto":
             return cfg.precision
-        if cfg.family == "sklearn":
+        if not family_of(cfg).torch_based:
             return "fp32"  # an estimator has no precision setting; nothing is autocast
-        stage_data = self.data()
-        dims = (stage_data.n_features, *cfg.hidden, stage_data.n_outputs)
-        return precision.resolve(
-            "auto",
-            device=resolve_device(cfg.device),
-            shape=precision.probe_shape(dims, cfg.batch_size, width),
-            cache_dir=self.data_dir or data.default_data_dir(),
-        )
+        return self._numerics().precision
 
-    def compile(self, cfg: RunConfig, width: int, resolved: TrainPrecision) -> bool:
-        """Whether stacks of ``width`` models like ``cfg`` (trained in ``resolved`` precision)
-        train through ``torch.compile`` here. Candidates: the MLP family's stacks of two or more
-        in bf16 on the CPU (fp32 stays eager, equal to the one-model trainer). Among them, where
-        :func:`~hpo.families.mlp.stacked.measure_compile` timed the compiled step at least
-        ``COMPILE_MIN_GAIN`` faster for these layers and this width; the compile takes seconds,
-        so the pick is measured once per machine and cached with the precision picks."""
-        if cfg.family != "mlp" or resolved != "bf16" or width < 2 or resolve_device(cfg.device) != "cpu":
+    def compile(self, cfg: RunConfig, resolved: TrainPrecision) -> bool:
+        """Whether stacks of models like ``cfg`` (trained in ``resolved`` precision) train through
+        ``torch.compile``: as ``cfg.compile`` pins it, or for "auto" the pipeline's numerics for
+        the MLP family's bf16 stacks on the CPU (fp32 stays eager, equal to the one-model
+        trainer; a model trained alone never compiles)."""
+        if cfg.compile != "auto":
+            return cfg.compile
+        if cfg.family != "mlp" or resolved != "bf16" or resolve_device(cfg.device) != "cpu":
             return False
+        return self._numerics().compile
+
+    def _numerics(self) -> Numerics:
+        if self.numerics is None:
+            raise RuntimeError(
+                "the pipeline's numerics are not decided; a stage runs through hpo.Pipeline, which "
+                "decides them before training (hpo.tuning.numerics)"
+            )
+        return self.numerics
+
+    def measure_numerics(self, cfg: RunConfig, width: int) -> Numerics:
+        """Probe this machine for ``cfg``'s "auto" numerics, at the pipeline's model shape (the
+        MLP of ``cfg``'s layers) and nominal stack ``width``: bf16 where clearly faster
+        (:func:`hpo.training.precision.probe`), then for the MLP family's bf16 stacks whether a
+        compiled step is clearly faster (:func:`hpo.families.mlp.stacked.measure_compile`).
+        What :func:`hpo.tuning.numerics.decide` stores for the whole pipeline."""
+        stage_data = self.data()
+        device = resolve_device(cfg.device)
+        cpu = precision.cpu_description()
+        machine = {"model": cpu["model"], "bf16_flags": cpu["bf16_flags"], "torch": torch.__version__}
+        source = {"precision": "measured" if cfg.precision == "auto" else "study file"}
+        measured: dict[str, Any] = {}
+        resolved: TrainPrecision
+        if cfg.precision != "auto":
+            resolved = cfg.precision
+        elif device == "cuda":
+            resolved = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            measured["cuda_bf16_supported"] = resolved == "bf16"
+        else:
+            dims = (stage_data.n_features, *cfg.hidden, stage_data.n_outputs)
+            shape = precision.probe_shape(dims, cfg.batch_size, width)
+            probe = precision.measured(shape, self.data_dir or data.default_data_dir())
+            resolved = probe.pick
+            measured.update(
+                shape=shape.key(),
+                fp32_ms=round(probe.fp32_s * 1e3, 4),
+                bf16_ms=round(probe.bf16_s * 1e3, 4),
+                bf16_gain=round(probe.gain, 4),
+                bf16_min_gain=precision.MIN_GAIN,
+            )
+        source["compile"] = "measured" if cfg.compile == "auto" else "study file"
+        if cfg.compile != "auto":
+            compiles = cfg.compile
+        elif cfg.family != "mlp" or resolved != "bf16" or device != "cpu" or width < 2:
+            compiles = False
+            source["compile"] = "not a candidate"
+        else:
+            compiles = self._measure_compile(cfg, width, measured)
+        return Numerics(resolved, compiles, source, machine, measured)
+
+    def _measure_compile(self, cfg: RunConfig, width: int, measured: dict[str, Any]) -> bool:
         from hpo.families.mlp import stacked
 
         stage_data = self.data()
@@ -220,25 +267,18 @@ class StageContext:
         key = f"compile {dims}/{kinds}/b{cfg.batch_size}/w{w}"
         cache = self.data_dir or data.default_data_dir()
         entry = precision.recall(cache, key)
-        if entry is None or not isinstance(entry.get("pick"), bool):
-            task = stage_data.task
-            eager, compiled = stacked.measure_compile(model, batch=cfg.batch_size, width=w, task=task)
-            gain = eager / compiled
+        if entry is None or not isinstance(entry.get("gain"), int | float):
+            timing = stacked.measure_compile(model, batch=cfg.batch_size, width=w, task=stage_data.task)
             entry = {
-                "eager_s": round(eager, 6),
-                "compiled_s": round(compiled, 6) if compiled < float("inf") else None,
-                "pick": gain >= stacked.COMPILE_MIN_GAIN,
+                "eager_s": round(timing.a_s, 6),
+                "compiled_s": round(timing.b_s, 6) if timing.b_s < float("inf") else None,
+                "gain": round(timing.gain, 4),
             }
             precision.remember(cache, key, entry)
-            logger.info(
-                "compile auto -> %s for %s: eager %.2f ms, compiled %.2f ms a step (%.2fx)",
-                "torch.compile" if entry["pick"] else "eager",
-                key,
-                eager * 1e3,
-                compiled * 1e3,
-                gain,
-            )
-        return bool(entry["pick"])
+        gain = float(entry["gain"])  # type: ignore[arg-type]
+        measured.update(compile_shape=key.removeprefix("compile "), compile_gain=gain)
+        measured["compile_min_gain"] = stacked.COMPILE_MIN_GAIN
+        return gain >= stacked.COMPILE_MIN_GAIN
 
     def study_name(self, stage: str) -> str:
         return f"{self.pipeline}.{stage}"

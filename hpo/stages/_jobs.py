@@ -4,11 +4,12 @@ callbacks, budget and records.
 A stage kind decides its points (which configurations), its scoring and its selection; for the
 training itself it adds each trial to a :class:`Batch` (the trial's configuration and the
 stage's :class:`Budget`; one job per dataset and seed) and trains the batch through the
-configuration's family (:meth:`hpo.families.ModelFamily.fit_many`: stacked where the family can).
-The batch records every trial's full configuration and training settings on it, resolves the
-device once, computes balanced class weights for the rows each job trains on, and hands every
-job its callbacks (the trial's score, then the progress display). Like LightGBMTuner's steps,
-each stage kind's objective is then a short call of this helper.
+configuration's family (:meth:`hpo.families.ModelFamily.fit_many`: stacked where the family
+can). The batch records every trial's full configuration and training settings on it (its
+precision and compile: the pipeline's numerics, the same for every trial), resolves the device
+once, computes balanced class weights for the rows each job trains on, and hands every job its
+callbacks (the trial's score, then the progress display). Like LightGBMTuner's steps, each stage
+kind's objective is then a short call of this helper.
 """
 
 from __future__ import annotations
@@ -46,10 +47,6 @@ class Batch:
     ctx: StageContext
     datasets: Sequence[TensorData]
     label: str  # the stage's study name, for the progress display
-    # how many jobs the stage trains as one stack, for precision "auto"'s probe: the stage's
-    # nominal width (its batch setting), not this batch's, so that the precision does not depend
-    # on how the live workers split the stage (measured: it did, with the claimed width)
-    width: int = 1
     jobs: list[Job] = field(default_factory=list)
     callbacks: list[list[Callback]] = field(default_factory=list)
 
@@ -74,8 +71,8 @@ class Batch:
         positions of its jobs in the batch."""
         stage_data = self.ctx.data()
         device = resolve_device(cfg.device)
-        precision = self.ctx.precision(cfg, self.width)
-        compiles = self.ctx.compile(cfg, self.width, precision)
+        precision = self.ctx.precision(cfg)
+        compiles = self.ctx.compile(cfg, precision)
         start = len(self.jobs)
         for d in data:
             tensors = self.datasets[d]
@@ -136,13 +133,11 @@ def train_claims(
     budget: Budget,
     seeds: int,
     stack: bool,
-    width: int,
 ) -> list[TrialScore]:
     """Train every claim's configuration on the training/validation rows (``seeds`` jobs each;
     stacked where shapes allow and ``stack``), record each trial's history of its first seed,
-    and return the scores in claim order for the caller to store or prune (sweeps, searches).
-    ``width``: the stage's nominal stack width, for precision "auto" (see :class:`Batch`)."""
-    batch = Batch(ctx, [ctx.data().train_val()], label, width=width)
+    and return the scores in claim order for the caller to store or prune (sweeps, searches)."""
+    batch = Batch(ctx, [ctx.data().train_val()], label)
     scores: list[TrialScore] = []
     for claim in claims:
         scored = score(claim)

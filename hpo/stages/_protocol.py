@@ -85,6 +85,12 @@ class Stage(Protocol):
 
     def figures(self, study: optuna.Study) -> list[Figure]: ...
 
+    def stack_width(self, cfg: RunConfig) -> int:
+        """How many models the stage trains as one stack when it runs alone: its nominal width,
+        not what the live workers claim (the pipeline's numerics are probed at the widest
+        stage's, :meth:`hpo.Pipeline.numerics`)."""
+        ...
+
     def tuned(self) -> dict[str, dict[str, list[Any]]]:
         """The settings this stage tunes, by the key of its table that lists them:
         ``{"choices": {"init": [...]}}`` (a search's range as ``[low, high]``)."""
@@ -164,6 +170,9 @@ class GridStage:
         return {}
 
     def batch_size(self) -> int:
+        return 1
+
+    def stack_width(self, cfg: RunConfig) -> int:
         return 1
 
     def planned(self, cfg: RunConfig, train_rows: int) -> Work:

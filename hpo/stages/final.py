@@ -63,6 +63,9 @@ class Final(GridStage):
     reads_test_rows: ClassVar[bool] = True
     settings: FinalSettings
 
+    def stack_width(self, cfg: RunConfig) -> int:
+        return self.settings.seeds
+
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
         data = ctx.data()
@@ -74,7 +77,7 @@ class Final(GridStage):
             (claim,) = claims
             trial = claim.trial
             scored = TrialScore(trial, Scorer(task.headline, task, tv.y_val), seeds=s.seeds)
-            batch = Batch(ctx, [tv], ctx.study_name(self.name), width=s.seeds)
+            batch = Batch(ctx, [tv], ctx.study_name(self.name))
             batch.add(
                 trial,
                 cfg_in,

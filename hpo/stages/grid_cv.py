@@ -80,6 +80,10 @@ class GridCv(GridStage):
     def batch_size(self) -> int:
         return 1 if self.settings.pruner != "none" else self.settings.stack
 
+    def stack_width(self, cfg: RunConfig) -> int:
+        s = self.settings  # points a batch stacks, each its folds x seeds
+        return min(self.batch_size(), len(self.points(cfg))) * s.folds * s.seeds if s.stack > 1 else 1
+
     def planned(self, cfg: RunConfig, train_rows: int) -> Work:
         s = self.settings  # each fold trains on (k - 1) / k of the training rows
         model_epochs = len(self.points(cfg)) * s.seeds * s.folds * s.epochs
@@ -104,9 +108,7 @@ class GridCv(GridStage):
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             folds = data.cv_folds(s.folds, cfg_in.seed)
             scorers = [Scorer(s.metric, data.task, f.y_val) for f in folds]
-            nominal = min(self.batch_size(), len(self.points(cfg_in)))  # points a batch stacks
-            width = nominal * s.folds * s.seeds if s.stack > 1 else 1
-            batch = Batch(ctx, folds, ctx.study_name(self.name), width=width)
+            batch = Batch(ctx, folds, ctx.study_name(self.name))
             last: dict[int, float] = {}  # each job's metric after its last epoch
 
             def keep_last(position: int) -> list[Callback]:

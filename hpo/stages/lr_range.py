@@ -94,7 +94,7 @@ class LrRange(GridStage):
                 epochs=1,
                 device=resolve_device(cfg_in.device),
                 class_weights=weights,
-                precision=ctx.precision(own, 1),
+                precision=ctx.precision(own),
             )
             model = family.build(
                 cfg_in, n_features=data.n_features, n_outputs=task.n_outputs, seed=cfg_in.seed

@@ -160,6 +160,10 @@ class Search:
         model_epochs = s.n_trials * s.seeds * s.epochs
         return Work(model_epochs, model_epochs * train_rows)
 
+    def stack_width(self, cfg: RunConfig) -> int:
+        s = self.settings
+        return s.batch * s.seeds if s.stack else 1
+
     def tuned(self) -> dict[str, dict[str, list[Any]]]:
         space = {}
         for name, dim in self.settings.space.items():
@@ -297,7 +301,6 @@ class Search:
                 budget=Budget(epochs=s.epochs),
                 seeds=s.seeds,
                 stack=s.stack,
-                width=s.batch * s.seeds if s.stack else 1,
             )
             outcomes: dict[int, runner.Outcome] = {}
             for i, (claim, scored) in enumerate(zip(claims, scores, strict=True)):

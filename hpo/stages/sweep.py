@@ -88,6 +88,10 @@ class Sweep(GridStage):
     def batch_size(self) -> int:
         return self.settings.stack
 
+    def stack_width(self, cfg: RunConfig) -> int:
+        s = self.settings
+        return min(s.stack, len(self.points(cfg))) * s.seeds if s.stack > 1 else 1
+
     def _grid(self) -> dict[str, list[str | int | float | bool | None]]:
         settings = {**self.settings.choices, **self.settings.nuisance}
         return {n: [param_value(n, v) for v in vs] for n, vs in settings.items()}
@@ -116,7 +120,6 @@ class Sweep(GridStage):
                 budget=Budget(epochs=s.epochs),
                 seeds=s.seeds,
                 stack=s.stack > 1,
-                width=min(s.stack, len(self.points(cfg_in))) * s.seeds if s.stack > 1 else 1,
             )
             out: list[runner.Outcome] = []
             for scored in scores:

@@ -53,7 +53,7 @@ from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Task
 from hpo.training.loop import EarlyStopping, EvalRecord, FitResult, TensorData, autocast, epoch_done
 from hpo.training.optim import build_optimizer, optimizer_spec
-from hpo.training.precision import seconds_per_step
+from hpo.training.precision import Timing, interleaved, seconds_per_step
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +76,16 @@ class StackOptions:
     """The stacked trainer's optional speed levers (see docs/benchmarks.md).
 
     ``compile``: ``torch.compile`` the training step's forward and loss. ``"auto"`` follows the
-    members' ``train.compile``, which a stage sets where :func:`measure_compile` found a gain on
-    this machine for the member's own layers and stack width (``StageContext.compile``; only bf16
-    stacks on the CPU are candidates: fp32 stays eager, so that it stays equal to the one-model
-    trainer to float tolerance). Why measured and not a rule: on a Xeon with AMX (2026-11-25, one
-    epoch of 300,000 rows after the compile) the norm sweep's 3 models ran 1.50x faster compiled,
-    layernorm with three optimizers 1.20x, the activation sweep 1.25x, plain ReLU stacks 1.00x for 3
-    models and 1.07x for 25 (not worth the 5-10 s a compile costs); other CPUs differ. Where
-    compiling fails (no C++ compiler), training goes on eagerly."""
+    members' ``train.compile``: the pipeline's numerics (:mod:`hpo.tuning.numerics`), compiled
+    where :func:`measure_compile` found a clear gain once for the pipeline's layers and stack
+    width, or as ``[defaults] compile`` pins it (only bf16 stacks on the CPU are candidates for
+    "auto": fp32 stays eager, so that it stays equal to the one-model trainer to float
+    tolerance). A member trained alone (the one-model loop) never compiles. Why measured and not
+    a rule: on a Xeon with AMX (2026-11-25, one epoch of 300,000 rows after the compile) the
+    norm sweep's 3 models ran 1.50x faster compiled, layernorm with three optimizers 1.20x, the
+    activation sweep 1.25x, plain ReLU stacks 1.00x for 3 models and 1.07x for 25 (not worth the
+    5-10 s a compile costs); other CPUs differ. Where compiling fails (no C++ compiler), training
+    goes on eagerly."""
 
     shared_batches: bool = True  # members with the same rows and order share one gathered batch
     batched_eval: bool = True  # evaluate all members of a dataset in one pass
@@ -93,22 +95,26 @@ class StackOptions:
 
 def wants_compile(option: bool | Literal["auto"], members: Sequence[Member]) -> bool:
     """Whether a stack of ``members`` trains through ``torch.compile`` (see :class:`StackOptions`):
-    ``option``, or for "auto" where a member's measured setting says so."""
+    ``option``, or for "auto" the members' own setting (the pipeline's numerics; members that
+    differ in it never share a stack, :func:`stack_key`)."""
     if option != "auto":
         return option
-    return any(mb.train.compile for mb in members)
+    return members[0].train.compile
 
 
-#: a compiled step must be clearly faster to pay for its compile (seconds, once per process)
-COMPILE_MIN_GAIN = 1.1
+#: a compiled step must be clearly faster to pay for its compile (seconds, once per process):
+#: a dead band, so that a pick near a tie does not flip between two probes (the AMD Zen 4 of
+#: 2026-12-01 timed one stack at 1.27x and 0.99x in two single-shot probes with a 1.1x bar)
+COMPILE_MIN_GAIN = 1.25
 COMPILE_PROBE_MAX_WIDTH = 8
 
 
-def measure_compile(model: ModelConfig, *, batch: int, width: int, task: Task) -> tuple[float, float]:
+def measure_compile(model: ModelConfig, *, batch: int, width: int, task: Task) -> Timing:
     """Seconds per bf16 training step (forward, loss, backward) on the CPU of a stack of ``width``
-    (at most :data:`COMPILE_PROBE_MAX_WIDTH`) models like ``model``: eager, and through
-    ``torch.compile`` once compiled (``inf`` where compiling fails). What ``compile = "auto"``
-    decides by; the compile itself takes seconds, so a stage caches the pick per machine."""
+    (at most :data:`COMPILE_PROBE_MAX_WIDTH`) models like ``model``, eager against compiled by
+    ``torch.compile``, in interleaved rounds (:func:`~hpo.training.precision.interleaved`; a
+    compiled step that fails is timed as never faster). What ``compile = "auto"`` decides by,
+    once per pipeline (:mod:`hpo.tuning.numerics`); the compile itself takes seconds."""
     m = max(2, min(width, COMPILE_PROBE_MAX_WIDTH))
     train = TrainConfig(batch_size=batch, precision="bf16")
     members = [Member(model, OptimConfig(), dataclasses.replace(train, seed=s), 0) for s in range(m)]
@@ -134,13 +140,14 @@ def measure_compile(model: ModelConfig, *, batch: int, width: int, task: Task) -
 
         return run
 
-    eager = seconds_per_step(step(forward_loss))
+    eager = step(forward_loss)
     try:
-        compiled = seconds_per_step(step(torch.compile(forward_loss, dynamic=False)))
+        compiled = step(torch.compile(forward_loss, dynamic=False))
+        compiled()  # compiles here, so that a failure is caught before the timing
     except Exception as exc:  # e.g. no C++ compiler for inductor's CPU backend
         logger.warning("torch.compile failed (%s); measured as never faster", first_line(exc, 200))
-        compiled = math.inf
-    return eager, compiled
+        return Timing(seconds_per_step(eager), math.inf, 0.0)
+    return interleaved(eager, compiled)
 
 
 _ForwardLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -178,6 +185,7 @@ def stack_key(member: Member) -> tuple[object, ...]:
         t.eval_last_only,
         t.eval_batch_size,
         t.precision,
+        t.compile,
         t.device,
     )
 
