@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -44,11 +47,22 @@ def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> data.Prepared:
     return data.prepare(DataSettings(source="synthetic", rows=6000, seed=7), data_dir=root, progressbar=False)
 
 
-def skip_or_fail(reason: str, switch: str) -> None:
-    """Skip, unless the environment variable ``switch`` is 1 (CI sets it): then fail loudly."""
+def skip_or_fail(reason: str, switch: str) -> NoReturn:
+    """Skip, unless the environment variable ``switch`` is 1 (.ci/run sets it): then fail, with
+    the reason as its one line."""
     if os.environ.get(switch) == "1":
-        pytest.fail(f"{reason} (and {switch}=1 asks for this test to run)")
+        pytest.fail(f"{reason} (and {switch}=1 asks for this test to run)", pytrace=False)
     pytest.skip(reason)
+
+
+def require_module(name: str, switch: str) -> ModuleType:
+    """``import name``, where it cannot be imported :func:`skip_or_fail` (``pytest.importorskip``
+    would skip in CI too)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        reason = f"{name} cannot be imported ({exc})"
+    skip_or_fail(reason, switch)  # outside the except: the reason alone, not the import's traceback
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +77,7 @@ def sample_dir() -> Path:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = require_module("psycopg", "HPO_REQUIRE_POSTGRES")
     name = f"hpo_test_{uuid.uuid4().hex[:10]}"
     try:
         admin = psycopg.connect(

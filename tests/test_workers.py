@@ -17,6 +17,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from conftest import require_module, skip_or_fail
 from optuna.trial import TrialState
 
 from hpo import cli
@@ -164,7 +165,9 @@ def test_compose_file_parses_with_docker_compose() -> None:
 
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.skip("docker-compose is not installed")
+        skip_or_fail(
+            "docker-compose is not installed (.ci/run installs Debian's)", "HPO_REQUIRE_DOCKER_COMPOSE"
+        )
     proc = subprocess.run(
         [exe, "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
         env={**os.environ, "POSTGRES_PASSWORD": "x", "HPO_READER_PASSWORD": "y"},
@@ -429,7 +432,7 @@ def test_second_sqlite_worker_is_refused(tmp_path: Path, capsys: pytest.CaptureF
 def test_workers_survive_dropped_connections(tmp_path: Path, postgres_url: str, stack: int) -> None:
     """Terminate every server connection of the database while two workers train the
     weight-decay grid, and again 2 s later unless the pipeline is already done."""
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = require_module("psycopg", "HPO_REQUIRE_POSTGRES")
     cfg = _config(tmp_path, epochs=60, stack=stack)
     env = _env(tmp_path, postgres_url)
     command = _init(tmp_path, cfg, env)
