@@ -288,27 +288,39 @@ def _cmd_status(args: argparse.Namespace) -> Any:
     return _pipeline(args).status()
 
 
+def _final_model(pipe: Any, args: argparse.Namespace, path: Path) -> Any:
+    """The final model file, downloaded to ``path`` (one line if the store lacks it or it is not one)."""
+    from hpo.model_file import read_model_artifact
+    from hpo.tuning.storage import artifact_dir
+
+    where = str(artifact_dir(args.artifacts))
+    stage = next((s.name for s in pipe.stages if s.reads_test_rows), "final")
+    return read_model_artifact(
+        pipe.ctx.artifacts, pipe.final_model_artifact(), path, where=where, stage=stage
+    )
+
+
 def _cmd_predict(args: argparse.Namespace) -> Any:
+    import tempfile
+
     from hpo import predict
 
     pipe = _pipeline(args)
-    return predict.predict(pipe.final_model(), args.input, args.output, trusted=pipe.trusted())
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = _final_model(pipe, args, Path(tmp) / "model.pt")
+    return predict.predict(model_file, args.input, args.output, trusted=pipe.trusted())
 
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from optuna.artifacts import download_artifact
-
-    from hpo.model_file import load_model_file
-
     pipe = _pipeline(args)
     artifact_id = pipe.final_model_artifact()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
-        download_artifact(artifact_store=pipe.ctx.artifacts, file_path=str(path), artifact_id=artifact_id)
-        model_file = load_model_file(path)  # refuse to export anything but a model file
+        model_file = _final_model(pipe, args, path)
+        model_file.models(trusted=pipe.trusted())  # export only a model that restores
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.model_format == "onnx":
             from hpo import onnx_export
@@ -734,6 +746,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(quiet=args.quiet, verbose=args.verbose)
     try:
+        if hasattr(args, "artifacts"):  # before any command opens the storage or writes
+            from hpo.model_file import check_artifact_dir
+            from hpo.tuning.storage import artifact_dir
+
+            check_artifact_dir(artifact_dir(args.artifacts))
         result = args.handler(args)
     except HpoError as exc:
         if args.debug:

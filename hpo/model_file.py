@@ -9,10 +9,18 @@ and how a target column maps to classes. Nothing in it is unpickled: tensors, st
 lists and dicts only (``weights_only``), and a scikit-learn estimator through skops with its
 types checked (:mod:`hpo.families.sklearn_api`). Files of format 2 (an MLP classifier, before
 families existed) and 3 (one model) still load.
+
+A file that is not one (random bytes, cut short, another format, a field of the wrong type), a
+model that cannot be restored from it or that does not fit its own features is one line naming
+the file (:class:`~hpo.errors.DataFileError`, :class:`~hpo.errors.HpoError`), never a traceback:
+the file is data from outside, whatever it holds. The artifact store (``--artifacts``) is checked
+before a command opens anything (:func:`check_artifact_dir`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +29,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from pydantic import ValidationError
 
-from hpo.errors import DataFileError, HpoError
+from hpo.errors import DataError, DataFileError, HpoError, first_line
 from hpo.settings import RunConfig, lookup
 from hpo.tasks import Task, from_record
 
 MODEL_FORMAT = "hpo-model/4"
 _FORMAT_3 = "hpo-model/3"  # one model: "payload" instead of "payloads"
 _FORMAT_2 = "hpo-model/2"  # an MLP classifier: state_dict and model_config at the top level
+_FIX = "export it again with hpo export-model"
+#: what restoring a model or predicting with it raises on a file's bad content (a state_dict that
+#: does not fit, a key missing, a shape that does not broadcast)
+_BAD_CONTENT = (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,12 @@ class ModelFile:
                 for payload in self.payloads
             ]
         except ValueError as exc:
-            raise HpoError(f"{self.origin}: the model cannot be loaded: {exc}") from None
+            raise HpoError(f"{self.origin}: the model cannot be loaded: {first_line(exc, 400)}") from None
+        except _BAD_CONTENT as exc:
+            raise HpoError(
+                f"{self.origin}: the model cannot be loaded ({type(exc).__name__}: {first_line(exc, 200)}); "
+                f"{_FIX}"
+            ) from None
 
     def model(self, *, trusted: Sequence[str] = ()) -> Any:
         """The one trained model of a file that is not an ensemble (else :meth:`models`)."""
@@ -108,8 +126,15 @@ class ModelFile:
 
         family = lookup(FAMILIES, self.family, "family")
         task = self.task_of()
+        models = self.models(trusted=trusted)
         rows = torch.as_tensor(self.scale(x))
-        outs = [family.outputs(m, rows, task.n_outputs).cpu() for m in self.models(trusted=trusted)]
+        try:
+            outs = [family.outputs(m, rows, task.n_outputs).cpu() for m in models]
+        except _BAD_CONTENT as exc:
+            raise HpoError(
+                f"{self.origin}: the model does not predict from its {len(self.feature_names)} features "
+                f"({type(exc).__name__}: {first_line(exc, 200)}); {_FIX}"
+            ) from None
         return outs[0] if len(outs) == 1 else task.combine(outs)
 
 
@@ -132,41 +157,153 @@ def save_model_file(path: Path, model_file: ModelFile) -> None:
 
 
 def load_model_file(path: Path) -> ModelFile:
-    """Read a model file written by :func:`save_model_file` (``torch.load(weights_only=True)``)."""
+    """Read a model file written by :func:`save_model_file` (``torch.load(weights_only=True)``);
+    :class:`~hpo.errors.DataFileError` naming the file when it is not one."""
     try:
         raw = torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    except Exception as exc:  # random bytes, a file cut short, pickled objects: not a model file
         raise DataFileError(
-            str(path),
-            f"cannot be read as a model file ({type(exc).__name__})",
-            fix="export it with hpo export-model",
+            str(path), f"cannot be read as a model file ({type(exc).__name__})", fix=_FIX
         ) from None
     fmt = raw.get("format") if isinstance(raw, dict) else None
     if fmt not in (MODEL_FORMAT, _FORMAT_3, _FORMAT_2):
-        raise DataFileError(
-            str(path), f"is not an hpo model file ({MODEL_FORMAT})", fix="export it with hpo export-model"
-        )
+        if isinstance(fmt, str) and fmt.startswith("hpo-model/"):
+            raise DataFileError(
+                str(path),
+                f"is a model file of format {fmt!r}, which this hpo does not read "
+                f"(it reads {_FORMAT_2} to {MODEL_FORMAT})",
+                fix=f"use the hpo that wrote it, or {_FIX}",
+            )
+        raise DataFileError(str(path), f"is not an hpo model file ({MODEL_FORMAT})", fix=_FIX)
     assert isinstance(raw, dict)
+    field = _Fields(raw, str(path))
     if fmt == _FORMAT_2:
         family = "mlp"
-        payloads = [{"state_dict": raw["state_dict"], "model_config": raw["model_config"]}]
-        task = {"kind": "classification", "class_names": list(raw["class_names"])}
+        payloads = [
+            {"state_dict": field.get("state_dict", dict), "model_config": field.get("model_config", dict)}
+        ]
+        task: dict[str, Any] = {"kind": "classification", "class_names": field.strings("class_names")}
     elif fmt == _FORMAT_3:
-        family, payloads, task = str(raw["family"]), [dict(raw["payload"])], dict(raw["task"])
+        family, payloads, task = (
+            field.get("family", str),
+            [field.get("payload", dict)],
+            field.get("task", dict),
+        )
     else:
-        family, task = str(raw["family"]), dict(raw["task"])
-        payloads = [dict(p) for p in raw["payloads"]]
-    return ModelFile(
+        family, task = field.get("family", str), field.get("task", dict)
+        payloads = field.get("payloads", list)
+        if not payloads or not all(isinstance(p, dict) for p in payloads):
+            raise field.bad("payloads", "is not a list of the members' payloads")
+    feature_names = field.strings("feature_names")
+    scaler = [field.vector(key, len(feature_names)) for key in ("scaler_mean", "scaler_scale")]
+    labeling = raw.get("labeling")
+    if labeling is not None and not isinstance(labeling, dict):
+        raise field.bad("labeling", "is not a table")
+    model_file = ModelFile(
         family=family,
-        payloads=payloads,
-        run_config=dict(raw["config"]),
-        task=task,
-        scaler_mean=raw["scaler_mean"].numpy(),
-        scaler_scale=raw["scaler_scale"].numpy(),
-        feature_names=list(raw["feature_names"]),
-        class_names=list(raw["class_names"]),
-        labeling=dict(raw["labeling"]) if raw.get("labeling") else None,
-        target=str(raw["target"]),
-        hpo_version=str(raw["hpo_version"]),
+        payloads=[dict(p) for p in payloads],
+        run_config=field.get("config", dict),
+        task=dict(task),
+        scaler_mean=scaler[0],
+        scaler_scale=scaler[1],
+        feature_names=feature_names,
+        class_names=field.strings("class_names"),
+        labeling=dict(labeling) if labeling else None,
+        target=field.get("target", str),
+        hpo_version=field.get("hpo_version", str),
         origin=str(path),
     )
+    try:
+        model_file.config()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(k) for k in first["loc"])
+        raise field.bad("config", f"is not a configuration hpo reads ({where}: {first['msg']})") from None
+    try:
+        model_file.task_of()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise field.bad("task", f"is not a task hpo reads ({first_line(exc)})") from None
+    return model_file
+
+
+class _Fields:
+    """The fields of a raw model file, each checked for its type (DataFileError naming it)."""
+
+    def __init__(self, raw: dict[str, Any], file: str) -> None:
+        self.raw = raw
+        self.file = file
+
+    def bad(self, key: str, problem: str) -> DataFileError:
+        return DataFileError(self.file, f"is not a valid model file: its {key!r} {problem}", fix=_FIX)
+
+    def get(self, key: str, kind: type[Any]) -> Any:
+        if key not in self.raw:
+            raise self.bad(key, "is missing")
+        value = self.raw[key]
+        if not isinstance(value, kind):
+            raise self.bad(key, f"is of type {type(value).__name__}, not {kind.__name__}")
+        return value
+
+    def strings(self, key: str) -> list[str]:
+        value = self.get(key, list)
+        if not all(isinstance(v, str) for v in value):
+            raise self.bad(key, "is not a list of names")
+        return list(value)
+
+    def vector(self, key: str, size: int) -> npt.NDArray[np.float64]:
+        value = self.get(key, torch.Tensor)
+        if value.ndim != 1 or value.numel() != size or not value.is_floating_point():
+            raise self.bad(key, f"is not {size} numbers, one per feature")
+        return np.asarray(value.numpy(), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- the artifact store
+
+
+def check_artifact_dir(path: Path) -> None:
+    """That ``path`` can be the artifact store (a writable directory, or one that can be made
+    there); :class:`~hpo.errors.DataError` naming it and the fix otherwise. Writes nothing."""
+    shown = str(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"--artifacts {shown}: is not a directory; pass a directory for the model files")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(
+            f"--artifacts {shown}: {existing} is not a directory; pass a directory for the model files"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be made ({existing} is not writable)"
+        raise DataError(f"--artifacts {shown}: {what}; pass a directory you can write to")
+
+
+def read_model_artifact(
+    store: Any, artifact_id: str, path: Path, *, where: str = "", stage: str = "final"
+) -> ModelFile:
+    """Download the model file ``artifact_id`` of the artifact store ``store`` (the directory
+    ``where``) to ``path`` and read it; one line when the store does not hold it (another
+    ``--artifacts``) or it is not a model file (``stage``: the final stage, which makes it again)."""
+    from optuna.artifacts import download_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    try:
+        download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+    except ArtifactNotFound:
+        in_store = f"the artifact store {where}" if where else "the artifact store"
+        raise DataError(
+            f"the final model (artifact {artifact_id}) is not in {in_store}; pass the --artifacts "
+            "directory (or $HPO_ARTIFACTS) the pipeline ran with"
+        ) from None
+    origin = f"the final model (artifact {artifact_id})"
+    try:
+        model_file = load_model_file(path)
+    except DataFileError as exc:
+        raise DataFileError(
+            origin + (f" in {where}" if where else ""),
+            exc.problem,
+            fix=f"train it again: hpo run-stage {stage} --force",
+        ) from None
+    return dataclasses.replace(model_file, origin=origin)

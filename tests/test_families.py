@@ -377,8 +377,8 @@ def test_a_scikit_learn_estimator_runs_grid_cv_search_final_and_compares_with_th
 
 def test_a_saved_estimator_loads_only_with_trusted_types(tmp_path: Path) -> None:
     """skops, not pickle: only the study file's estimator class and the inner types of known
-    estimators are accepted, by exact name; a function or the class of another estimator than the
-    study file's is refused."""
+    estimators are accepted, by exact name; a function, or a file naming another estimator than
+    the study file's, is refused (more in tests/test_model_files.py)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.preprocessing import FunctionTransformer
 
@@ -390,8 +390,15 @@ def test_a_saved_estimator_loads_only_with_trusted_types(tmp_path: Path) -> None
     back = family.restore(family.payload(est), cfg, n_features=3, n_outputs=2, trusted=[spec])
     assert np.array_equal(back.predict(x), est.predict(x))
     bad = FunctionTransformer(func=print).fit(x)  # a builtin function, called at predict time
+    transformer = "sklearn.preprocessing.FunctionTransformer"
     with pytest.raises(ValueError, match=r"holds types hpo does not trust: builtins.print"):
-        family.restore(family.payload(bad), cfg, n_features=3, n_outputs=2, trusted=[spec])
+        family.restore(
+            family.payload(bad),
+            RunConfig(family="sklearn", estimator=transformer),
+            n_features=3,
+            n_outputs=2,
+            trusted=[transformer],
+        )
     with pytest.raises(
         ValueError, match=r"names estimator '.*HistGradientBoostingClassifier', which the study"
     ):

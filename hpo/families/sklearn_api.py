@@ -11,20 +11,31 @@
 ``predict`` on the standardised target; both get one evaluation record per fit, so every stage
 kind that scores records (grid_cv, sweep, search, final) works unchanged.
 
-Saved with skops (``skops.io.dumps``), never pickle: loading lists the file's types that skops
-does not trust by default and accepts exactly these: the class of the estimator the study file
-names (not the one the file names), and :data:`TRUSTED_TYPES`, the inner types the estimators of
-scikit-learn, LightGBM and XGBoost hold (read off ``skops.io.get_untrusted_types`` for
-HistGradientBoosting, RandomForest, GradientBoosting, LGBM and XGB models, 2026-11-30). Anything
-else (a function, a type of another package) is refused by name. ``sklearn.tree._tree.Tree`` is
-one skops leaves untrusted because a crafted one can crash the process at inference; it runs no
-code of the file's choosing, and every tree ensemble of scikit-learn holds it.
+Saved with skops (``skops.io.dumps``), never pickle, and restored only as the estimator the study
+file names: the file's top-level class must be exactly that class (not a subclass, not another
+estimator skops happens to trust), else one line names both. Loading lists the file's types that
+skops does not trust by default and accepts exactly these: that class, ``collections.OrderedDict``,
+and the tree types (:mod:`hpo.families._trees`) only where the study file's estimator is a tree
+estimator, exactly those a fit of it holds (read off ``skops.io.get_untrusted_types``). Anything
+else (a function, a type of another package, a tree inside a linear model) is refused by name.
+skops leaves the tree types untrusted because a crafted one can crash the process or read out of
+bounds at prediction: every tree loaded is bounds-checked before it is used
+(:func:`hpo.families._trees.check_trees`). Your own estimator (``"my_est.py:MyEstimator"``) is
+recorded under a module name made from the path as the study file writes it
+(:func:`hpo.families._imports.module_name`), so its model file loads in a copy of the project in
+another directory; a file of an older hpo, recorded under its absolute path's hash, loads as the
+study file's class when the class's name is the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,20 +45,16 @@ from sklearn.base import is_classifier, is_regressor
 from torch import nn
 
 from hpo.errors import first_line
-from hpo.families._imports import load_object
+from hpo.families import _trees
+from hpo.families._imports import is_file_spec, legacy_module, load_object
 from hpo.families._protocol import Job
 from hpo.settings import RunConfig
 from hpo.tasks import Task
 from hpo.training import Callback, EarlyStopping, EvalRecord, FitResult, TensorData
 
-#: the types (exact names) a saved estimator may hold besides its own class and those skops trusts
-TRUSTED_TYPES = (
-    "collections.OrderedDict",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.tree._tree.Tree",
-    "lightgbm.basic.Booster",
-    "xgboost.core.Booster",
-)
+#: the types (exact names) any saved estimator may hold besides its own class and those skops
+#: trusts; tree estimators add their tree types (hpo.families._trees.tree_types)
+TRUSTED_TYPES = ("collections.OrderedDict",)
 _EPS = 1e-12
 
 
@@ -228,16 +235,71 @@ class SklearnFamily:
                 f"(trusted: {', '.join(trusted) or 'none'}); predict with the study file it was trained with"
             )
         cls = estimator_class(cfg)  # the study file's own: imported as it names it
-        allowed = {*TRUSTED_TYPES, f"{cls.__module__}.{cls.__qualname__}"}
+        expected = _trees.type_name(cls)
         data = bytes(payload["skops"].numpy().tobytes())
         try:
+            found = _saved_class(data)
             untrusted = sio.get_untrusted_types(data=data)
         except Exception as exc:
             raise ValueError(f"the saved estimator is not a skops file ({type(exc).__name__})") from None
+        legacy = found if _legacy_name_of(found, cls, cfg.estimator) else None
+        if found != expected and legacy is None:
+            raise ValueError(
+                f"the saved estimator is a {found}, not the study file's estimator {cfg.estimator} "
+                f"({expected}); predict with the study file it was trained with"
+            )
+        allowed = {expected, *TRUSTED_TYPES, *_trees.tree_types(cls)} | ({legacy} if legacy else set())
         refused = [t for t in untrusted if t not in allowed]
         if refused:
             raise ValueError(
                 f"the saved estimator holds types hpo does not trust: {', '.join(refused[:5])} "
-                f"(trusted: the study file's {cls.__qualname__} and {', '.join(TRUSTED_TYPES)})"
+                f"(trusted for {cfg.estimator}: {', '.join(sorted(allowed))})"
             )
-        return sio.loads(data, trusted=untrusted)
+        try:
+            with _alias(legacy, cls):
+                model = sio.loads(data, trusted=untrusted)
+        except Exception as exc:
+            raise ValueError(
+                f"the saved {found} cannot be restored ({type(exc).__name__}: {first_line(exc, 160)})"
+            ) from None
+        if type(model) is not cls:
+            raise ValueError(
+                f"the saved estimator is a {_trees.type_name(type(model))}, not the study file's "
+                f"estimator {cfg.estimator} ({expected}); predict with the study file it was trained with"
+            )
+        _trees.check_trees(model, n_features)
+        return model
+
+
+def _saved_class(data: bytes) -> str:
+    """The class of the object a skops file holds (``module.Name``, as skops records it)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    if not isinstance(schema, dict):
+        raise ValueError("its schema is not an object")
+    return f"{schema.get('__module__')}.{schema.get('__class__')}"
+
+
+def _legacy_name_of(found: str, cls: type, spec: str) -> bool:
+    """Whether ``found`` is the study file's own estimator class of a file, as an older hpo
+    recorded it (a module named after the file's absolute path's hash, the same class name)."""
+    module, _, name = found.rpartition(".")
+    return is_file_spec(spec) and legacy_module(module) and name == cls.__name__
+
+
+@contextlib.contextmanager
+def _alias(legacy: str | None, cls: type) -> Iterator[None]:
+    """While loading: an older hpo's module name for a file resolves to the study file's module."""
+    if legacy is None:
+        yield
+        return
+    name = legacy.rpartition(".")[0]
+    previous = sys.modules.get(name)
+    sys.modules[name] = sys.modules[cls.__module__]
+    try:
+        yield
+    finally:
+        if previous is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = previous
