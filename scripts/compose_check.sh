@@ -9,7 +9,8 @@
 # `docker import`, PostgreSQL from Debian's packages on it (docker/postgres.Dockerfile), Python
 # packages from a wheelhouse made on this host. Where a registry is reachable, set
 # HPO_BASE_IMAGE=python:3.11-slim and HPO_POSTGRES_IMAGE=postgres:16 to use the public images.
-# Skips (exit 0, one clear line) only where dockerd cannot start.
+# Skips (exit 0, one clear line) only where dockerd cannot start; under CI (CI=true) that is a
+# failure (exit 1, one line) unless HPO_ALLOW_COMPOSE_SKIP=1 says this CI host cannot run docker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -27,7 +28,12 @@ if ! docker info >/dev/null 2>&1; then
     ($SUDO dockerd --iptables=false >/tmp/hpo-dockerd.log 2>&1 &)
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     if ! docker info >/dev/null 2>&1; then
-        echo "SKIP compose check: dockerd cannot start here ($(tail -n 1 /tmp/hpo-dockerd.log 2>/dev/null))"
+        why="dockerd cannot start here ($(tail -n 1 /tmp/hpo-dockerd.log 2>/dev/null || true))"
+        if [ "${CI:-}" = "true" ] && [ "${HPO_ALLOW_COMPOSE_SKIP:-}" != "1" ]; then
+            echo "FAIL compose check: $why; CI=true requires it (HPO_ALLOW_COMPOSE_SKIP=1 where the CI host cannot run docker)"
+            exit 1
+        fi
+        echo "SKIP compose check: $why"
         exit 0
     fi
 fi

@@ -5,7 +5,8 @@
 # slurm/init.sbatch and a 3-task slurm/worker.sbatch array on the quick pipeline (longer epochs,
 # so a trial lasts seconds), sends SIGTERM to one task while it trains and SIGKILL to another,
 # and checks the outcome. Every daemon it started is stopped by PID at the end.
-# Skips (exit 0, one line) only where the Slurm packages cannot be installed.
+# Skips (exit 0, one line) only where the Slurm packages cannot be installed; under CI (CI=true)
+# that is a failure (exit 1, one line) unless HPO_ALLOW_SLURM_SKIP=1 says this CI host cannot have them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -21,7 +22,12 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1
     say "installing Debian's slurmctld slurmd slurm-client munge"
     if ! { $SUDO apt-get install -y -qq slurmctld slurmd slurm-client munge >/tmp/hpo-slurm-apt.log 2>&1 \
         || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq slurmctld slurmd slurm-client munge >>/tmp/hpo-slurm-apt.log 2>&1; }; }; then
-        echo "SKIP slurm check: the Slurm packages cannot be installed here ($(tail -n 1 /tmp/hpo-slurm-apt.log))"
+        why="the Slurm packages cannot be installed here ($(tail -n 1 /tmp/hpo-slurm-apt.log 2>/dev/null || true))"
+        if [ "${CI:-}" = "true" ] && [ "${HPO_ALLOW_SLURM_SKIP:-}" != "1" ]; then
+            echo "FAIL slurm check: $why; CI=true requires it (HPO_ALLOW_SLURM_SKIP=1 where the CI host cannot have them)"
+            exit 1
+        fi
+        echo "SKIP slurm check: $why"
         exit 0
     fi
 fi
