@@ -44,6 +44,7 @@ from hpo.plan import Plan
 from hpo.present import dashboard, figures
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import (
+    DEFAULT_METRIC,
     FAMILY_KEY,
     FAMILY_KEYS,
     UNTUNED,
@@ -144,6 +145,7 @@ class Pipeline:
     ctx: StageContext
     progress: Progress = field(default_factory=LogProgress)
     _registry: Registry | None = field(default=None, repr=False)
+    _numerics: Numerics | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -342,7 +344,15 @@ class Pipeline:
     def numerics(self) -> Numerics | None:
         """The pipeline's numerics (precision, compile): stored by the first worker that needed
         them, else measured here now and stored (:mod:`hpo.tuning.numerics`); values pinned in
-        ``[defaults]`` win. None for a family that trains no torch model."""
+        ``[defaults]`` win. None for a family that trains no torch model. Read once per process
+        and said once at INFO."""
+        if self._numerics is None:
+            self._numerics = self._decide_numerics()
+            if self._numerics is not None:
+                logger.info("pipeline %s trains in %s", self.plan.name, self._numerics.describe())
+        return self._numerics
+
+    def _decide_numerics(self) -> Numerics | None:
         cfg = self.plan.defaults
         if not family_of(cfg).torch_based:
             return None
@@ -377,6 +387,8 @@ class Pipeline:
             pruner=stage.pruner(),
             load_if_exists=True,
         )
+        if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
+            study.set_metric_names([self.objective_name(stage)])
         attrs = {
             records.STAGE: stage.name,
             records.KIND: stage.kind,
@@ -389,6 +401,13 @@ class Pipeline:
             if key not in study.user_attrs:  # another worker may have created it first
                 study.set_user_attr(key, value)
         return self._reopen(stage, study.study_name, cfg_in)
+
+    def objective_name(self, stage: Stage) -> str:
+        """What a stage's trials report as their value: ``val_accuracy``, ``cv_mean_rmse``,
+        ``test_accuracy`` (the final stage), ... (the stage's metric, else the task's own)."""
+        metric = getattr(stage.settings, "metric", None) or DEFAULT_METRIC[self.plan.data.task]
+        where = "test" if stage.reads_test_rows else "cv_mean" if stage.folds() > 1 else "val"
+        return f"{where}_{metric}"
 
     def _reopen(self, stage: Stage, name: str, cfg_in: RunConfig) -> optuna.Study:
         return optuna.load_study(

@@ -5,6 +5,7 @@ axes spanning the data; the same for k-fold stages whose points were pruned betw
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -272,8 +273,12 @@ hidden = { choices = [[32, 32], [64, 32]] }
 """
 
 
-def test_a_pruned_searchs_stored_figures_show_every_trial(tmp_path: Path) -> None:
+def test_a_pruned_searchs_stored_figures_show_every_trial(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import optuna_dashboard._custom_plot_data as plot_data
+
+    caplog.set_level(logging.INFO, logger="hpo")
 
     cfg = tmp_path / "seen.toml"
     cfg.write_text(PIPELINE)
@@ -301,3 +306,8 @@ def test_a_pruned_searchs_stored_figures_show_every_trial(tmp_path: Path) -> Non
     _within_data(curves.layout.yaxis.range, _values(trials))
     (par,) = figs["search-parallel"].data
     assert all(len(d["values"]) == len(trials) for d in par.dimensions)
+    # the study names its objective (optuna-dashboard, Optuna's plots); numerics said once at INFO
+    assert study.metric_names == ["val_accuracy"]
+    numerics = [r for r in caplog.records if r.levelno >= logging.INFO and "precision" in r.getMessage()]
+    said = [r for r in caplog.records if r.levelno >= logging.INFO and " trains in " in r.getMessage()]
+    assert numerics == [] and len(said) == 1

@@ -224,7 +224,7 @@ def _studies(storage: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
     out = {}
     for summary in optuna.get_all_study_summaries(storage):
         name = summary.study_name
-        if name.startswith("workers.") and name != "workers.workers":
+        if name.startswith("workers.") and name not in ("workers.workers", "workers.numerics"):
             out[name.split(".", 1)[1]] = optuna.load_study(study_name=name, storage=storage).get_trials()
     return out
 

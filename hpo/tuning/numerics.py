@@ -102,9 +102,7 @@ def stored(storage: optuna.storages.BaseStorage, pipeline: str) -> Numerics | No
     return Numerics.from_dict(value) if isinstance(value, Mapping) else None
 
 
-def decide(
-    storage: optuna.storages.BaseStorage, pipeline: str, measure: Callable[[], Numerics]
-) -> Numerics:
+def decide(storage: optuna.storages.BaseStorage, pipeline: str, measure: Callable[[], Numerics]) -> Numerics:
     """The pipeline's numerics: the stored ones, else ``measure()``'d by this worker and stored,
     under the storage's lock so that two workers starting together decide once."""
     found = stored(storage, pipeline)
@@ -119,7 +117,7 @@ def decide(
         )
         study = optuna.create_study(study_name=study_name(pipeline), storage=storage, load_if_exists=True)
         study.set_user_attr(ATTR, numerics.to_dict())
-    logger.info("pipeline %s trains in %s", pipeline, numerics.describe())
+    logger.debug("pipeline %s: numerics decided here: %s", pipeline, numerics.describe())
     return numerics
 
 
