@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import skip_or_fail
 
 from hpo import cli
 from hpo.pipeline import Pipeline
@@ -291,9 +292,7 @@ def _chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    if os.environ.get("HPO_REQUIRE_BROWSER") == "1":
-        pytest.fail("no chromium on PATH; install Debian's chromium (apt-get install chromium)")
-    pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
+    skip_or_fail("no chromium on PATH (.ci/run installs Debian's chromium)", "HPO_REQUIRE_BROWSER")
 
 
 def _browser(*args: str) -> subprocess.CompletedProcess[str]:
