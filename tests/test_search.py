@@ -73,3 +73,50 @@ def test_batched_stacked_trials_equal_the_same_trials_one_at_a_time(tmp_path: Pa
     pruned = [t for t in stacked if t.state == TrialState.PRUNED]
     assert all(len(t.user_attrs[records.HISTORY]) < 4 for t in pruned)  # it left the stack early
     assert all(len(t.intermediate_values) == 4 for t in stacked if t.state == TrialState.COMPLETE)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "problem"),
+    [
+        ("GridSampler", "sampler 'GridSampler' needs search_space, which hpo does not give it"),
+        ("PartialFixedSampler", "sampler 'PartialFixedSampler' needs fixed_params, base_sampler"),
+        ("BaseSampler", "sampler 'BaseSampler' is not an Optuna sampler; use tpe, random"),
+        ("nsgaii", "sampler 'nsgaii' is not an Optuna sampler"),  # a submodule of optuna.samplers
+        ("_base", "sampler '_base' is not an Optuna sampler"),
+        ("cmaes", "sampler 'cmaes' needs the package cmaes, which is not installed; install it"),
+    ],
+)
+def test_a_sampler_that_would_fail_later_is_one_line_when_the_study_file_is_read(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    sampler: str,
+    problem: str,
+) -> None:
+    """Names of optuna.samplers that are not samplers, samplers that need arguments hpo does not
+    give, and samplers whose package is missing: refused by `hpo validate`, exit 2."""
+    import importlib.util
+
+    from hpo import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cmaes" else real(name, *a)
+    )
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(SEARCH.replace("STACK", "").replace('sampler = "tpe"', f'sampler = "{sampler}"'))
+    assert cli.main(["validate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"hpo: error: {cfg}: stages.search: {problem}"), err
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "BruteForceSampler", "TPESampler", "NSGAIIISampler"])
+def test_a_valid_sampler_is_built_as_validated(tmp_path: Path, sampler: str) -> None:
+    from hpo import plan
+    from hpo.stages.search import Search, sampler_class
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(SEARCH.replace("STACK", "").replace('sampler = "tpe"', f'sampler = "{sampler}"'))
+    stage = plan.load(cfg).stage("search")
+    assert isinstance(stage, Search)
+    assert type(stage.sampler(seed=3)) is sampler_class(sampler)

@@ -29,6 +29,8 @@ numbers; or ``integer = true``), else a float range; settings that are not numbe
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -60,6 +62,16 @@ from hpo.tuning.records import Selection
 from hpo.tuning.workers import share
 
 SAMPLERS = ("tpe", "random", "qmc", "gp", "cmaes", "nsga2")
+_SAMPLER_CLASSES = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "qmc": "QMCSampler",
+    "gp": "GPSampler",
+    "cmaes": "CmaEsSampler",
+    "nsga2": "NSGAIISampler",
+}
+#: packages a sampler imports only when it first samples (a run would fail trials in)
+SAMPLER_PACKAGES = {"CmaEsSampler": ("cmaes",), "GPSampler": ("scipy", "torch"), "QMCSampler": ("scipy",)}
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
 
 
@@ -116,14 +128,41 @@ class SearchSettings(SelectingSettings):
                     param_value(name, v)
                 except ValueError as exc:
                     raise ValueError(f"space.{name}.choices[{i}] = {v!r}: {exc}") from None
-        if self.sampler not in SAMPLERS and not hasattr(optuna.samplers, self.sampler):
-            raise ValueError(
-                f"sampler {self.sampler!r} is not an Optuna sampler; use {', '.join(SAMPLERS)} "
-                "or a class name of optuna.samplers"
-            )
+        sampler_class(self.sampler)
         if self.min_epochs > self.epochs:
             raise ValueError(f"min_epochs = {self.min_epochs} exceeds epochs = {self.epochs}")
         return self
+
+
+def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
+    """The Optuna sampler class ``sampler = name`` stands for: one of :data:`SAMPLERS` or a
+    sampler class of ``optuna.samplers`` that hpo can build from a seed alone, whose packages are
+    installed (ValueError naming the problem and the fix, raised when the study file is read)."""
+    usable = f"use {', '.join(SAMPLERS)} or a sampler class of optuna.samplers (e.g. BruteForceSampler)"
+    found = None if name.startswith("_") else getattr(optuna.samplers, _SAMPLER_CLASSES.get(name, name), None)
+    if (
+        not isinstance(found, type)
+        or not issubclass(found, optuna.samplers.BaseSampler)
+        or inspect.isabstract(found)
+    ):
+        raise ValueError(f"sampler {name!r} is not an Optuna sampler; {usable}")
+    required = [
+        p.name
+        for p in inspect.signature(found).parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise ValueError(
+            f"sampler {name!r} needs {', '.join(required)}, which hpo does not give it (it passes only "
+            f"seed); {usable}"
+        )
+    missing = [m for m in SAMPLER_PACKAGES.get(found.__name__, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"sampler {name!r} needs the package {', '.join(missing)}, which is not installed; "
+            f"install it (pip install {' '.join(missing)}) or use another sampler"
+        )
+    return found
 
 
 def _incumbent(cfg_in: RunConfig, settings: SearchSettings) -> dict[str, Any] | None:
@@ -209,11 +248,11 @@ class Search:
             return optuna.samplers.CmaEsSampler(seed=seed)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
-        cls = getattr(optuna.samplers, name)
-        try:
-            return cls(seed=seed)  # type: ignore[no-any-return]
-        except TypeError:
-            return cls()  # type: ignore[no-any-return]
+        cls: Any = sampler_class(name)  # checked when the study file was read
+        sampler: optuna.samplers.BaseSampler = (
+            cls(seed=seed) if "seed" in inspect.signature(cls).parameters else cls()
+        )
+        return sampler
 
     def pruner(self) -> optuna.pruners.BasePruner:
         s = self.settings
