@@ -337,3 +337,62 @@ def test_a_tell_that_landed_before_its_error_is_not_repeated(
     monkeypatch.setattr(optuna.study.Study, "tell", tell_then_fail)
     runner.run(study, storage, work=runner.Grid(POINTS[:2]), distributions=DISTS, objective=_objective([]))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2 and calls["n"] == 2
+
+
+def _failing_heartbeats(
+    monkeypatch: pytest.MonkeyPatch, storage: optuna.storages.BaseStorage, thread: str
+) -> None:
+    """``storage``'s heartbeats fail in the thread named ``thread`` (a database error that is not
+    an outage: it does not heal), and work elsewhere."""
+    record = storage.record_heartbeat  # type: ignore[attr-defined]
+
+    def beat(trial_id: int) -> None:
+        if threading.current_thread().name == thread:
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats", {}, Exception("disk I/O error"))
+        record(trial_id)
+
+    monkeypatch.setattr(storage, "record_heartbeat", beat)
+
+
+def test_a_batch_whose_heartbeat_stops_says_so_once(
+    tmp_path: Path, fast_heartbeats: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}")
+    study = _study(storage)
+    _failing_heartbeats(monkeypatch, storage, "hpo-heartbeat")
+
+    def slow(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
+        time.sleep(2.5)  # the thread beats at 1 s (and fails), and would at 2 s
+        return [1.0 for _ in claims]
+
+    with caplog.at_level(logging.WARNING, logger="hpo"), runner._quiet_optuna():
+        runner.run(
+            study, storage, work=runner.Grid(POINTS[:2]), distributions=DISTS, objective=slow, batch_size=2
+        )
+    warnings = [r.getMessage() for r in caplog.records if "heartbeat" in r.getMessage()]
+    assert warnings == [
+        "the heartbeat of s's trial(s) [0, 1] stopped (OperationalError: (builtins.Exception) disk I/O "
+        "error); other workers will count them stale after the grace period (2 s) without one and run "
+        "their points again, whatever this worker's training reports"
+    ], warnings
+
+
+def test_a_worker_whose_heartbeat_stops_says_so_once(
+    tmp_path: Path, fast_heartbeats: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hpo.tuning.workers import Registry
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}")
+    _failing_heartbeats(monkeypatch, storage, "hpo-worker-heartbeat")
+    with caplog.at_level(logging.WARNING, logger="hpo"), Registry(storage, "p"):
+        time.sleep(2.5)
+    warnings = [r for r in caplog.records if "heartbeat" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    message = warnings[0].getMessage()
+    assert message.startswith(
+        f"the heartbeat of worker {runner.WORKER_ID} in the registry p.workers stopped (OperationalError: "
+    ), message
+    assert message.endswith(
+        "other workers will count this worker dead after the grace period (2 s) without one and split the "
+        "points left among themselves"
+    ), message

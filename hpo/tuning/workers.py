@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.tuning import records
-from hpo.tuning.runner import WORKER_ID
+from hpo.tuning.runner import WORKER_ID, grace_period, heartbeat_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,13 @@ class Registry:
         while not self._stop.wait(self.interval):
             try:
                 self.storage.record_heartbeat(self._trial._trial_id)  # type: ignore[attr-defined]
-            except Exception as exc:  # an outage past its limit: the main thread reports it
-                logger.debug("worker heartbeat failed: %s", exc)
+            except Exception as exc:  # an outage past its limit (the main thread reports it), or worse
+                heartbeat_stopped(
+                    exc,
+                    f"worker {WORKER_ID} in the registry {self.name}",
+                    f"other workers will count this worker dead after {grace_period(self.storage)} "
+                    "without one and split the points left among themselves",
+                )
                 return
 
     def __exit__(
