@@ -321,19 +321,30 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(tmp) / "model.pt"
         model_file = _final_model(pipe, args, path)
         model_file.models(trusted=pipe.trusted())  # export only a model that restores
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        if args.model_format == "onnx":
-            from hpo import onnx_export
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            if args.model_format == "onnx":
+                from hpo import onnx_export
 
-            written = onnx_export.export(model_file, args.out, trusted=pipe.trusted())
-            return {**written, "artifact_id": artifact_id, "format": "onnx"}
-        shutil.copyfile(path, args.out)
+                written = onnx_export.export(model_file, args.out, trusted=pipe.trusted())
+                return {**written, "artifact_id": artifact_id, "format": "onnx"}
+            shutil.copyfile(path, args.out)
+        except OSError as exc:
+            raise HpoError(
+                f"--out {args.out}: cannot be written ({_os_problem(exc)}); pass a file path in a "
+                "writable directory"
+            ) from None
     return {
         "path": str(args.out),
         "artifact_id": artifact_id,
         "format": "pt",
         "members": len(model_file.payloads),
     }
+
+
+def _os_problem(exc: OSError) -> str:
+    """``strerror: the path it concerns`` of an OSError."""
+    return f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
 
 
 def _render_export(r: dict[str, Any]) -> str:

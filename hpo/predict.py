@@ -146,8 +146,17 @@ def predict(
             standard = task.standardise(values), task.standardise(predicted)
             scores = {name: task.metric(name, *standard) for name in ("rmse", "mae", "r2")}
     if output_path is not None:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(output_path, index=False, float_format="%.6f")
+        try:
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(output_path, index=False, float_format="%.6f")
+        except OSError as exc:
+            raise DataFileError(
+                str(output_path),
+                f"cannot be written ({exc.strerror}: {exc.filename})"
+                if exc.strerror and exc.filename
+                else f"cannot be written ({exc})",
+                fix="pass --output a file path in a writable directory",
+            ) from None
     return Prediction(
         rows=len(frame),
         output=str(output_path) if output_path else None,

@@ -450,3 +450,38 @@ def test_a_wrong_artifacts_directory_is_one_line_before_anything_is_written(
         assert err.count("\n") == 1 and err.startswith(f"hpo: error: {problem}"), err
     assert not (tmp_path / "hpo.db").exists() and not (tmp_path / "data").exists()
     assert not (store / "a").exists()
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``export-model --out`` and ``predict --output`` under a file or onto a directory."""
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    FileSystemArtifactStore(str(store)).write("abc", io.BytesIO(_good_bytes(tmp_path)))
+    monkeypatch.setattr(Pipeline, "final_model_artifact", lambda self: "abc")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("f0,f1,f2\n0.1,0.2,0.3\n")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for command, flag, out, problem in [
+        (
+            "export-model",
+            "--out",
+            afile / "m.pt",
+            f"--out {afile / 'm.pt'}: cannot be written (File exists: {afile})",
+        ),
+        ("export-model", "--out", tmp_path, f"--out {tmp_path}: cannot be written (Is a directory: "),
+        (
+            "predict",
+            "--output",
+            afile / "o.csv",
+            f"{afile / 'o.csv'}: cannot be written (File exists: {afile})",
+        ),
+    ]:
+        extra = ["--input", str(rows)] if command == "predict" else []
+        assert _cli(tmp_path, command, *extra, flag, str(out), "--artifacts", str(store)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"hpo: error: {problem}"), err
+    assert _cli(tmp_path, "predict", "--input", str(rows), "--artifacts", str(store), "--format", "json") == 0
+    assert '"rows": 1' in capsys.readouterr().out
