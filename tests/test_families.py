@@ -274,6 +274,61 @@ def _synth_rows(tmp_path: Path, rows: int = 40) -> Path:
     return out
 
 
+TORCH_TRAINING = """
+[pipeline]
+name = "torch_training"
+
+[data]
+source = "synthetic"
+rows = 2000
+seed = 42
+
+[defaults]
+family = "torch"
+module = "examples/residual_mlp.py:make"
+params = { width = 16, blocks = 1 }
+optimizer = "adamw"
+
+[stages.weight_decay]
+kind = "sweep"
+choices = { weight_decay = [1e-5, 1e-3] }
+epochs = 1
+
+[stages.lr]
+kind = "search"
+n_trials = 3
+batch = 3
+epochs = 1
+space = { lr = { low = 1e-4, high = 1e-2, log = true }, width = { choices = [16, 32] } }
+
+[stages.final]
+kind = "final"
+epochs = 1
+"""
+
+
+@pytest.mark.slow
+def test_your_torch_module_tunes_hpos_training_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hpo's training settings are tunable by plain name under family "torch" (a sweep of
+    weight_decay, a search of lr beside a factory argument), and each trial trains with them."""
+    monkeypatch.chdir(REPO)
+    cfg = tmp_path / "torch_training.toml"
+    cfg.write_text(TORCH_TRAINING)
+    db = f"sqlite:///{tmp_path / 'hpo.db'}"
+    Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a").run()
+    sweep = optuna.load_study(study_name="torch_training.weight_decay", storage=db)
+    assert sorted(t.user_attrs[records.CONFIG]["weight_decay"] for t in sweep.trials) == [1e-5, 1e-3]
+    search = optuna.load_study(study_name="torch_training.lr", storage=db)
+    lrs = [t.user_attrs[records.CONFIG]["lr"] for t in search.trials]
+    assert len(set(lrs)) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    assert {t.params["lr"] for t in search.trials} == set(lrs)
+    final = optuna.load_study(study_name="torch_training.final", storage=db)
+    chosen = records.read_selection(search.user_attrs)
+    assert chosen is not None and final.trials[0].user_attrs[records.CONFIG]["lr"] == chosen.config_out.lr
+
+
 @pytest.mark.slow
 def test_your_torch_module_runs_lr_range_a_sweep_of_its_argument_and_final(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -27,7 +27,7 @@ from torch import nn
 from hpo.errors import first_line
 from hpo.families._imports import load_object
 from hpo.families._protocol import Job
-from hpo.settings import TRAINING_SETTINGS, RunConfig, is_json_value
+from hpo.settings import TRAINING_SETTINGS, RunConfig, check_setting, is_json_value
 from hpo.tasks import Task
 from hpo.training import Callback, FitResult, TensorData, fit, predict_outputs
 from hpo.training.seeding import seeded
@@ -103,6 +103,8 @@ class TorchFamily:
             )
 
     def check_value(self, cfg: RunConfig, name: str, value: Any) -> Any:
+        if name in cfg.own:  # hpo's training settings (optimizer, lr, weight_decay, ...): every torch model's
+            return check_setting(name, value)
         own = self.own_params(cfg)
         if own is not None and name not in own:
             raise ValueError(f"not a parameter of {cfg.module}; its parameters are: {', '.join(sorted(own))}")
