@@ -90,6 +90,7 @@ def check_trees(model: Any, n_features: int) -> None:
         except Exception as exc:  # an attribute missing or of the wrong type: not a sound tree
             problem = f"cannot be checked ({type(exc).__name__}: {first_line(exc, 120)})"
         if problem:
+            where = where if where.isprintable() and len(where) <= 200 else ascii(where)[:200]
             raise ValueError(
                 f"the saved estimator's tree {where} is corrupt: {problem}; the file is damaged or "
                 "was not written by hpo, train the model again"

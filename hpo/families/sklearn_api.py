@@ -245,11 +245,11 @@ class SklearnFamily:
         legacy = found if _legacy_name_of(found, cls, cfg.estimator) else None
         if found != expected and legacy is None:
             raise ValueError(
-                f"the saved estimator is a {found}, not the study file's estimator {cfg.estimator} "
+                f"the saved estimator is a {_shown(found)}, not the study file's estimator {cfg.estimator} "
                 f"({expected}); predict with the study file it was trained with"
             )
         allowed = {expected, *TRUSTED_TYPES, *_trees.tree_types(cls)} | ({legacy} if legacy else set())
-        refused = [t for t in untrusted if t not in allowed]
+        refused = [_shown(t) for t in untrusted if t not in allowed]
         if refused:
             raise ValueError(
                 f"the saved estimator holds types hpo does not trust: {', '.join(refused[:5])} "
@@ -260,7 +260,7 @@ class SklearnFamily:
                 model = sio.loads(data, trusted=untrusted)
         except Exception as exc:
             raise ValueError(
-                f"the saved {found} cannot be restored ({type(exc).__name__}: {first_line(exc, 160)})"
+                f"the saved {_shown(found)} cannot be restored ({type(exc).__name__}: {first_line(exc, 160)})"
             ) from None
         if type(model) is not cls:
             raise ValueError(
@@ -269,6 +269,12 @@ class SklearnFamily:
             )
         _trees.check_trees(model, n_features)
         return model
+
+
+def _shown(name: str) -> str:
+    """A type name read from a file, as one short line (the file chose it)."""
+    text = name if name.isprintable() else ascii(name)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _saved_class(data: bytes) -> str:
