@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import download_artifact
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
@@ -39,7 +38,7 @@ from hpo import data
 from hpo import plan as plan_mod
 from hpo.errors import ConfigError, PrerequisiteError
 from hpo.families import family_of
-from hpo.model_file import ModelFile, load_model_file
+from hpo.model_file import ModelFile, read_model_artifact
 from hpo.plan import Plan
 from hpo.present import dashboard, figures
 from hpo.present.progress import LogProgress, Progress
@@ -566,11 +565,14 @@ class Pipeline:
     def final_model(self) -> ModelFile:
         """The final stage's model, read back from the artifact store (load it with
         ``.model(trusted=pipe.trusted())``)."""
-        artifact = self.final_model_artifact()
+        finals = [s.name for s in self.plan.stages if s.reads_test_rows]
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.pt"
-            download_artifact(artifact_store=self.ctx.artifacts, file_path=str(path), artifact_id=artifact)
-            return dataclasses.replace(load_model_file(path), origin=f"the final model (artifact {artifact})")
+            return read_model_artifact(
+                self.ctx.artifacts,
+                self.final_model_artifact(),
+                Path(tmp) / "model.pt",
+                stage=finals[0] if finals else "final",
+            )
 
     def trial_seconds(self, stage: Stage) -> float | None:
         """Seconds from the first trial's start to the last one's end."""
