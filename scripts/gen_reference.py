@@ -445,8 +445,10 @@ def cli_page() -> str:
 PAGES: dict[Path, Callable[[], str]] = {STUDY_FILE_PAGE: study_file_page, CLI_PAGE: cli_page}
 
 
-def stale(root: Path = ROOT) -> list[Path]:
-    """The generated pages whose committed text differs from what this script writes."""
+def stale(root: Path | None = None) -> list[Path]:
+    """The generated pages whose committed text (under ``root``, default the checkout) differs
+    from what this script writes."""
+    root = ROOT if root is None else root
     out: list[Path] = []
     for path, make in PAGES.items():
         target = root / path
@@ -455,8 +457,9 @@ def stale(root: Path = ROOT) -> list[Path]:
     return out
 
 
-def write(root: Path = ROOT) -> list[Path]:
+def write(root: Path | None = None) -> list[Path]:
     """Write every generated page; the paths written (those that changed)."""
+    root = ROOT if root is None else root
     written: list[Path] = []
     for path, make in PAGES.items():
         target = root / path
