@@ -27,8 +27,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -456,6 +458,10 @@ SplitName = Literal["stratified", "official", "head"]
 MIN_ROWS = 1_000
 
 
+#: [data] keys added with column typing (issue 29): left out of dumps while unset
+TABLE_TYPING_KEYS = ("exclude", "categorical")
+
+
 class DataSettings(Section):
     """Where the rows come from and how they are labelled and split."""
 
@@ -467,13 +473,25 @@ class DataSettings(Section):
     file: str | None = None  # msd: a local .zip/.txt instead of the download
     path: str | None = None  # csv / parquet: the table
     target: str | None = None  # csv / parquet: the label column
-    features: Annotated[list[str], Field(min_length=1)] | None = None  # default: every numeric column
+    features: Annotated[list[str], Field(min_length=1)] | None = None  # default: every column
+    exclude: Annotated[list[str], Field(min_length=1)] | None = None  # columns left out (leaks, ids)
+    categorical: Annotated[list[str], Field(min_length=1)] | None = None  # integer codes read as levels
     group: str | None = None  # rows sharing a value never straddle train/val/test or CV folds
     bins: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=2)] | None = None
     bin_width: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     origin: Annotated[float, Field(allow_inf_nan=False)] | None = None
     class_names: Annotated[list[str], Field(min_length=2)] | None = None
     head_rows: PositiveInt | None = None  # split = "head": the first N rows train, the rest test
+
+    @model_serializer(mode="wrap")
+    def _without_unset_table_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``exclude`` and ``categorical`` appear only when set, so the stored fingerprints and
+        prepared caches of every study file written before they existed still match."""
+        out: dict[str, Any] = handler(self)
+        for key in TABLE_TYPING_KEYS:
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
     @model_validator(mode="after")
     def _fits_source(self) -> DataSettings:
@@ -504,7 +522,18 @@ class DataSettings(Section):
             if self.split == "head" and self.head_rows is None:
                 return 'data.split = "head" needs head_rows = N (the first N rows train, the rest test)'
         else:
-            for key in ("path", "target", "features", "group", "bins", "bin_width", "origin", "class_names"):
+            for key in (
+                "path",
+                "target",
+                "features",
+                "exclude",
+                "categorical",
+                "group",
+                "bins",
+                "bin_width",
+                "origin",
+                "class_names",
+            ):
                 if getattr(self, key) is not None:
                     return f'data.{key} is for source = "csv" or "parquet"; "{self.source}" has fixed columns'
             if self.source == "synthetic" and self.file is not None:

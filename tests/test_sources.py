@@ -107,9 +107,12 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "t.csv") -> Path:
     return path
 
 
-def _nan_frame() -> pd.DataFrame:
+def _date_frame(bad: str | None = None) -> pd.DataFrame:
     f = table()
-    f.loc[41, "f2"] = np.nan
+    when = pd.date_range("2020-01-01", periods=len(f), freq="D").strftime("%Y-%m-%d").to_series()
+    f["when"] = when.to_numpy()
+    if bad is not None:
+        f.loc[11, "when"] = bad
     return f
 
 
@@ -135,16 +138,40 @@ BAD: list[tuple[str, Any, dict[str, Any], str]] = [
         "feature 'f9' is not a column",
     ),
     (
-        "text feature",
+        "exclude unknown",
         table(),
-        {"target": "kind"},
-        "column 'note' is not numeric (string); list the numeric feature columns: features = ['f0', 'f1'",
+        {"target": "kind", "exclude": ["f9"]},
+        "data.exclude names 'f9', which is not a column; columns are: f0, f1",
     ),
     (
-        "nan",
-        _nan_frame(),
-        {"target": "kind", "features": ["f0", "f1", "f2"]},
-        ":43: column 'f2' is empty; values must be finite numbers",
+        "categorical unknown",
+        table(),
+        {"target": "kind", "categorical": ["zip"]},
+        "data.categorical names 'zip', which is not a column",
+    ),
+    (
+        "target empty",
+        table().assign(kind=None),
+        {"target": "kind"},
+        "target column 'kind' has no values (every cell is empty)",
+    ),
+    (
+        "feature empty in training rows",
+        table().assign(f2=np.nan),
+        {"target": "kind"},
+        "feature column 'f2' is empty in every training row; fix: leave it out: exclude = [\"f2\"]",
+    ),
+    (
+        "bad date",
+        _date_frame(bad="2021-13-45"),
+        {"target": "kind"},
+        ":13: date-time column 'when' has '2021-13-45', which is not an ISO-8601 date",
+    ),
+    (
+        "stray text in numbers",
+        table().assign(f1=lambda f: f["f1"].astype(str).where(f.index != 20, "n.a.")),
+        {"target": "kind"},
+        ":22: column 'f1' is numbers but one cell is 'n.a.'",
     ),
     (
         "inf",

@@ -30,10 +30,11 @@ import pooch
 
 from hpo.data import labels as labels_mod
 from hpo.data import sources, synthetic
+from hpo.data.columns import NUMERIC, Column
 from hpo.data.labels import Labeling
 from hpo.data.splits import Scaler, Split, head_split, stratified_split
 from hpo.errors import DataError, DataFileError
-from hpo.settings import DataSettings
+from hpo.settings import TABLE_TYPING_KEYS, DataSettings
 
 if TYPE_CHECKING:
     from hpo.tasks import Task
@@ -74,6 +75,28 @@ class Prepared:
     groups: npt.NDArray[np.int64] | None
     split: Split
     targets: npt.NDArray[np.float64] | None = None  # regression: the target's values
+    codes: npt.NDArray[np.int32] | None = None  # categorical columns: vocab index, -1 empty
+
+    @property
+    def categorical_names(self) -> list[str]:
+        return list(self.meta.get("categorical_names", []))
+
+    @property
+    def vocab(self) -> list[list[str]]:
+        return [list(v) for v in self.meta.get("vocab", [])]
+
+    @property
+    def columns(self) -> list[Column]:
+        """The raw feature columns as read (a preset's, or a table prepared before column
+        typing: every feature numeric)."""
+        raw = self.meta.get("columns")
+        if raw is None:
+            return [Column(n, NUMERIC, "double") for n in self.feature_names]
+        return [Column.from_dict(c) for c in raw]
+
+    @property
+    def dropped_target_rows(self) -> int:
+        return int(self.meta.get("dropped_target_rows", 0))
 
     @property
     def task_name(self) -> str:
@@ -145,6 +168,9 @@ def check_class_rows(counts: list[int], class_names: list[str], folds: int, *, f
 
 def _settings_hash(settings: DataSettings) -> str:
     shaping = {k: getattr(settings, k) for k in _SHAPING_KEYS}
+    for key in TABLE_TYPING_KEYS:  # only when set: every earlier cache keeps its name
+        if getattr(settings, key) is not None:
+            shaping[key] = getattr(settings, key)
     if settings.task != "classification":  # classification's caches keep the names they had
         shaping["task"] = settings.task
     return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -188,11 +214,12 @@ def prepare(
         prepared.check_class_rows(folds)
         return prepared
 
+    table = sources.read(settings, path)  # every check before the first write
+    arrays, meta = _build(settings, table, sha=sha, folds=folds)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        table = sources.read(settings, path)
-        _write_prepared(work, settings, table, sha=sha, folds=folds)
+        _write(work, arrays, meta)
         if force and target.exists():
             shutil.rmtree(target)
         try:
@@ -239,9 +266,34 @@ def _split(settings: DataSettings, table: sources.Table, y: npt.NDArray[np.int64
     return head_split(y, train_rows=train_rows, seed=settings.seed, groups=table.groups, name=settings.split)
 
 
-def _write_prepared(
-    work: Path, settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
-) -> None:
+def _check_filled(table: sources.Table, rows: npt.NDArray[np.int64]) -> None:
+    """A feature column empty in every training row is one line naming it (nothing can be fit
+    on it: no median, no level)."""
+    empty: list[str] = []
+    if table.features.shape[1]:
+        numeric_empty = np.asarray(np.isnan(table.features[rows]).all(axis=0)).tolist()
+        owner = {}
+        for c in table.columns:
+            for p in c.parts:
+                owner[f"{c.name}.{p}"] = c.name
+        empty += [owner.get(n, n) for n, e in zip(table.feature_names, numeric_empty, strict=True) if e]
+    if table.codes is not None and table.codes.shape[1]:
+        cat_empty = np.asarray((table.codes[rows] < 0).all(axis=0)).tolist()
+        empty += [n for n, e in zip(table.categorical_names, cat_empty, strict=True) if e]
+    if empty:
+        first = empty[0]
+        raise DataFileError(
+            table.file,
+            f"feature column {first!r} is empty in every training row"
+            + (f" (and {len(set(empty)) - 1} more)" if len(set(empty)) > 1 else ""),
+            fix=f'leave it out: exclude = ["{first}"]',
+        )
+
+
+def _build(
+    settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+    """The cache's arrays and meta, every check done (nothing is written here)."""
     targets: npt.NDArray[np.float64] | None = None
     if settings.task == "regression":
         targets = regression_target(table)
@@ -275,14 +327,16 @@ def _write_prepared(
             "train_class_counts": train_counts,
             "majority_share": float(counts.max() / counts.sum()),
         }
-    np.save(work / "features.npy", table.features)
-    np.save(work / "labels.npy", y)
+    _check_filled(table, split.train)
+    arrays: dict[str, npt.NDArray[Any]] = {"features": table.features, "labels": y}
     if targets is not None:
-        np.save(work / "targets.npy", targets)
+        arrays["targets"] = targets
     if table.groups is not None:
-        np.save(work / "groups.npy", table.groups)
+        arrays["groups"] = table.groups
+    if table.codes is not None:
+        arrays["codes"] = table.codes
     for part in ("train", "val", "test"):
-        np.save(work / f"split-{part}.npy", getattr(split, part))
+        arrays[f"split-{part}"] = getattr(split, part)
     meta = {
         "version": CACHE_VERSION,
         "source": settings.source,
@@ -300,10 +354,31 @@ def _write_prepared(
             "name": split.name,
             "sizes": {p: int(getattr(split, p).size) for p in ("train", "val", "test")},
         },
-        "scaler": Scaler.fit(table.features[split.train]).to_dict(),
+        "scaler": _scaler(table.features[split.train]),
     }
+    if table.columns:  # a user's table: its columns as read (hpo.data.columns)
+        meta.update(
+            columns=[c.to_dict() for c in table.columns],
+            left_out=table.left_out,
+            categorical_names=table.categorical_names,
+            vocab=table.vocab,
+            dropped_target_rows=table.dropped_target_rows,
+        )
     if settings.source == "synthetic":
         meta["synthetic"] = synthetic.provenance(settings.rows or synthetic.FULL_ROWS, settings.seed)
+    return arrays, meta
+
+
+def _scaler(x: npt.NDArray[np.float32]) -> dict[str, list[float]]:
+    """The training rows' StandardScaler (NaN cells ignored); none for a table of categoricals."""
+    if x.shape[1] == 0:
+        return {"mean": [], "scale": []}
+    return Scaler.fit(x).to_dict()
+
+
+def _write(work: Path, arrays: dict[str, npt.NDArray[Any]], meta: dict[str, Any]) -> None:
+    for key, values in arrays.items():
+        np.save(work / f"{key}.npy", values)
     (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -366,6 +441,7 @@ def load(path: Path) -> Prepared:
         raise DataError(f"{path}: prepared by another hpo version; run `hpo data prepare --force`")
     groups = path / "groups.npy"
     targets = path / "targets.npy"
+    codes = path / "codes.npy"
     parts = {p: np.load(path / f"split-{p}.npy") for p in ("train", "val", "test")}
     return Prepared(
         path=path,
@@ -375,6 +451,7 @@ def load(path: Path) -> Prepared:
         groups=np.load(groups, mmap_mode="r") if groups.exists() else None,
         split=Split(meta["split"]["name"], parts["train"], parts["val"], parts["test"]),
         targets=np.load(targets, mmap_mode="r") if targets.exists() else None,
+        codes=np.load(codes, mmap_mode="r") if codes.exists() else None,
     )
 
 
@@ -398,4 +475,5 @@ def summary(prepared: Prepared) -> dict[str, Any]:
         "majority_share": meta.get("majority_share"),
         "target_summary": meta.get("target_summary"),
         "split": meta["split"],
+        "dropped_target_rows": meta.get("dropped_target_rows", 0),
     }

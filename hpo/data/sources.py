@@ -18,17 +18,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from hpo.data import _download, _parse, _uci_format, synthetic
+from hpo.data import columns as cols
+from hpo.data.columns import Column
 from hpo.data.labels import Labeling, decades
 from hpo.errors import DataFileError
 from hpo.settings import DataSettings
@@ -59,6 +62,13 @@ class Table:
     preset_labeling: Labeling | None = None  # msd / synthetic: the decades
     official_train_rows: int | None = None  # msd / synthetic: UCI's train block
     generated_sha256: str | None = None  # synthetic: SHA-256 of the drawn years and values
+    # a user's table (hpo.data.columns): the raw feature columns as read, and what was left out
+    codes: npt.NDArray[np.int32] | None = None  # [rows, n_categorical]: index into vocab, -1 empty
+    categorical_names: list[str] = field(default_factory=list)
+    vocab: list[list[str]] = field(default_factory=list)  # per categorical column, sorted levels
+    columns: list[Column] = field(default_factory=list)  # every feature column, in file order
+    left_out: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
+    dropped_target_rows: int = 0  # rows whose target was empty (not read)
 
 
 def sha256(path: Path) -> str:
@@ -188,9 +198,13 @@ def _read_arrow(settings: DataSettings, path: Path) -> pa.Table:
     if path.stat().st_size == 0:
         raise DataFileError(name, "file is empty", fix="export the table again, with a header line")
     try:
-        return pacsv.read_csv(path)
+        return pacsv.read_csv(path, convert_options=CSV_CONVERT)
     except pa.ArrowInvalid as exc:
         raise _csv_problem(path, exc) from None
+
+
+#: empty cells, NA, NaN, null (pyarrow's null spellings) are missing in text columns too
+CSV_CONVERT = pacsv.ConvertOptions(strings_can_be_null=True)
 
 
 def _csv_problem(path: Path, exc: Exception) -> DataFileError:
@@ -216,28 +230,41 @@ def _csv_problem(path: Path, exc: Exception) -> DataFileError:
 
 
 def _is_numeric(t: pa.DataType) -> bool:
-    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t))
+    return cols.is_numeric_type(t)
 
 
-def _read_table(settings: DataSettings, path: Path) -> Table:
-    name = str(path)
-    table = _read_arrow(settings, path)
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+
+
+def _target_present(col: pa.ChunkedArray) -> npt.NDArray[np.bool_]:
+    """Rows whose target has a value (not empty, not NaN)."""
+    present = np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_floating(col.type):
+        present &= ~np.isnan(np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64))
+    return present
+
+
+def _feature_columns(settings: DataSettings, table: pa.Table, name: str) -> list[str]:
+    """The candidate feature columns: ``features`` as listed, else every column but the target,
+    the group and ``exclude``; names in ``exclude`` and ``categorical`` must be columns."""
     columns = list(table.column_names)
-    shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
-    if table.num_rows == 0:
-        raise DataFileError(name, "has a header but no rows", fix="export the rows too")
-    target = settings.target
-    assert target is not None
-    if target not in columns:
-        raise DataFileError(
-            name, f"no target column {target!r}; columns are: {shown}", fix="set data.target to one"
-        )
-    if settings.group is not None and settings.group not in columns:
-        raise DataFileError(
-            name, f"no group column {settings.group!r}; columns are: {shown}", fix="set data.group to one"
-        )
-    skip = {target, settings.group}
-    numeric = [c for c in columns if c not in skip and _is_numeric(table.schema.field(c).type)]
+    shown = _listed(columns)
+    skip = {settings.target, settings.group}
+    for key in ("exclude", "categorical"):
+        for c in getattr(settings, key) or []:
+            if c not in columns:
+                raise DataFileError(
+                    name,
+                    f"data.{key} names {c!r}, which is not a column; columns are: {shown}",
+                    fix=f"fix data.{key}",
+                )
+            if c in skip:
+                raise DataFileError(
+                    name,
+                    f"data.{key} names {c!r}, the target or group column",
+                    fix=f"remove it from data.{key}",
+                )
     if settings.features is not None:
         features = list(settings.features)
         for f in features:
@@ -251,31 +278,134 @@ def _read_table(settings: DataSettings, path: Path) -> Table:
                 )
     else:
         features = [c for c in columns if c not in skip]
-    for f in features:
-        kind = table.schema.field(f).type
-        if not _is_numeric(kind):
-            listed = ", ".join(repr(c) for c in numeric[:8]) + (", ..." if len(numeric) > 8 else "")
-            raise DataFileError(
-                name,
-                f"column {f!r} is not numeric ({kind})",
-                fix=f"list the numeric feature columns: features = [{listed}]",
-            )
-    if not features:
-        raise DataFileError(name, "has no feature columns besides the target", fix="add numeric columns")
-    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
-    for j, f in enumerate(features):
-        x[:, j] = table.column(f).to_numpy(zero_copy_only=False).astype(np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row, col = (int(v) for v in np.argwhere(bad)[0])
-        raw = table.column(features[col])[row].as_py()
-        what = "empty" if raw is None else f"{raw!r}"
+    excluded = set(settings.exclude or [])
+    return [f for f in features if f not in excluded]
+
+
+def _read_table(settings: DataSettings, path: Path) -> Table:
+    """A user's table, typed column by column (:mod:`hpo.data.columns`). Rows whose target is
+    empty are left out and counted; every other problem is one line naming the column (and the
+    line), raised before anything is written."""
+    name = str(path)
+    table = _read_arrow(settings, path)
+    columns = list(table.column_names)
+    shown = _listed(columns)
+    if table.num_rows == 0:
+        raise DataFileError(name, "has a header but no rows", fix="export the rows too")
+    target = settings.target
+    assert target is not None
+    if target not in columns:
+        raise DataFileError(
+            name, f"no target column {target!r}; columns are: {shown}", fix="set data.target to one"
+        )
+    if settings.group is not None and settings.group not in columns:
+        raise DataFileError(
+            name, f"no group column {settings.group!r}; columns are: {shown}", fix="set data.group to one"
+        )
+    candidates = _feature_columns(settings, table, name)
+    present = _target_present(table.column(target))
+    dropped = int((~present).sum())
+    if not present.any():
         raise DataFileError(
             name,
-            f"column {features[col]!r} is {what}; values must be finite numbers",
-            line=row + 2,
-            fix="fill or drop that row",
+            f"target column {target!r} has no values (every cell is empty)",
+            fix="set data.target to a filled column",
         )
+    line_of: npt.NDArray[np.int64] = np.arange(table.num_rows, dtype=np.int64) + 2
+    if dropped:
+        logger.info("%s: %d row(s) with an empty target %r left out", name, dropped, target)
+        keep = np.flatnonzero(present)
+        table = table.take(pa.array(keep))
+        line_of = line_of[keep]
+    forced = set(settings.categorical or [])
+    numeric_blocks: list[npt.NDArray[np.float32]] = []
+    numeric_names: list[str] = []
+    code_blocks: list[npt.NDArray[np.int32]] = []
+    cat_names: list[str] = []
+    vocab: list[list[str]] = []
+    typed: list[Column] = []
+    left_out: list[dict[str, str]] = []
+    for f in candidates:
+        col = table.column(f)
+        t = col.type
+        missing = int(col.null_count)
+        if f in forced or pa.types.is_dictionary(t) or pa.types.is_boolean(t):
+            kind = cols.CATEGORICAL
+        elif cols.is_numeric_type(t) or pa.types.is_null(t):
+            kind = cols.NUMERIC
+        elif cols.is_datetime_type(t):
+            kind = cols.DATETIME
+        elif cols.is_text_type(t):
+            stray_numeric, stray = cols.looks_numeric(col)
+            if stray_numeric:
+                row = int(
+                    np.flatnonzero(pc.equal(col, stray).fill_null(False).to_numpy(zero_copy_only=False))[0]
+                )
+                raise DataFileError(
+                    name,
+                    f"column {f!r} is numbers but one cell is {stray!r}",
+                    line=int(line_of[row]),
+                    fix="fix or empty that cell, or list the column in data.categorical",
+                )
+            if cols.looks_datetime(col):
+                kind = cols.DATETIME
+            else:
+                many, u, n = cols.identifier_like(col)
+                if many:
+                    reason = (
+                        f"{u:,} distinct values in {n:,} rows: an identifier or free text "
+                        "(list it in data.categorical to keep it)"
+                    )
+                    logger.info("%s: column %r left out: %s", name, f, reason)
+                    left_out.append({"name": f, "reason": reason})
+                    continue
+                kind = cols.CATEGORICAL
+        else:
+            reason = f"type {t} is not a feature type (numbers, text, booleans, dates)"
+            logger.info("%s: column %r left out: %s", name, f, reason)
+            left_out.append({"name": f, "reason": reason})
+            continue
+        if kind == cols.NUMERIC:
+            values = cols.numeric_values(col)
+            inf = np.isinf(values)
+            if inf.any():
+                row = int(np.argmax(inf))
+                raise DataFileError(
+                    name,
+                    f"column {f!r} is {values[row]}; values must be finite numbers or empty",
+                    line=int(line_of[row]),
+                    fix="fix or empty that cell",
+                )
+            numeric_blocks.append(values[:, None])
+            numeric_names.append(f)
+            typed.append(Column(f, kind, str(t), missing=missing))
+        elif kind == cols.DATETIME:
+            stamps, bad = cols.parse_datetime(col)
+            if bad is not None:
+                raise DataFileError(
+                    name,
+                    f"date-time column {f!r} has {col[bad].as_py()!r}, which is not an ISO-8601 date",
+                    line=int(line_of[bad]),
+                    fix="write it as YYYY-MM-DD[THH:MM:SS], empty it, or exclude the column",
+                )
+            part_names, parts = cols.datetime_parts(stamps, f)
+            numeric_blocks.append(parts)
+            numeric_names.extend(part_names)
+            typed.append(
+                Column(f, kind, str(t), missing=missing, parts=[p.removeprefix(f + ".") for p in part_names])
+            )
+        else:
+            strings = cols.category_strings(col)
+            levels = cols.vocabulary(strings)
+            code_blocks.append(cols.codes_of(strings, levels)[:, None])
+            cat_names.append(f)
+            vocab.append(levels)
+            typed.append(Column(f, kind, str(t), missing=missing, levels=len(levels)))
+    if not typed:
+        raise DataFileError(name, "has no feature columns besides the target", fix="add feature columns")
+    rows = table.num_rows
+    x = np.concatenate(numeric_blocks, axis=1) if numeric_blocks else np.empty((rows, 0), np.float32)
+    codes = np.concatenate(code_blocks, axis=1) if code_blocks else None
     groups = None
     if settings.group is not None:
         import pandas as pd
@@ -284,16 +414,22 @@ def _read_table(settings: DataSettings, path: Path) -> Table:
         if series.isna().any():
             row = int(np.flatnonzero(series.isna().to_numpy())[0])
             raise DataFileError(
-                name, f"group column {settings.group!r} is empty", line=row + 2, fix="fill it"
+                name, f"group column {settings.group!r} is empty", line=int(line_of[row]), fix="fill it"
             )
         groups = pd.factorize(series)[0].astype(np.int64)
     target_values = table.column(target).to_numpy(zero_copy_only=False)
     return Table(
-        features=x,
-        feature_names=features,
+        features=np.ascontiguousarray(x, dtype=np.float32),
+        feature_names=numeric_names,
         target=target_values,
         target_name=target,
         groups=groups,
         file=name,
         first_line=2,
+        codes=codes,
+        categorical_names=cat_names,
+        vocab=vocab,
+        columns=typed,
+        left_out=left_out,
+        dropped_target_rows=dropped,
     )
