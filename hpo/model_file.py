@@ -7,8 +7,12 @@ outputs the task combines: :meth:`hpo.tasks.Task.combine`), the carried configur
 task (classes, or the target's standardisation), the feature scaler, the feature and class names
 and how a target column maps to classes. Nothing in it is unpickled: tensors, strings, numbers,
 lists and dicts only (``weights_only``), and a scikit-learn estimator through skops with its
-types checked (:mod:`hpo.families.sklearn_api`). Files of format 2 (an MLP classifier, before
-families existed) and 3 (one model) still load.
+types checked (:mod:`hpo.families.sklearn_api`). Format 5 adds the preprocessing fit on the
+training rows (:class:`hpo.data.preprocess.Preprocessor`: imputation, missing indicators,
+standardisation, category levels, target encodings) and the raw input columns as read
+(:class:`hpo.data.Column`), which ``hpo predict`` reads raw rows by; ``feature_names`` are those
+raw columns. Files of format 4 (a scaler, numeric complete features), 3 (one model) and 2 (an MLP
+classifier, before families existed) still load, as numeric-only models.
 
 A file that is not one (random bytes, cut short, another format, a field of the wrong type), a
 model that cannot be restored from it or that does not fit its own features is one line naming
@@ -31,11 +35,14 @@ import numpy.typing as npt
 import torch
 from pydantic import ValidationError
 
+from hpo.data.columns import NUMERIC, Column
+from hpo.data.preprocess import Preprocessor
 from hpo.errors import DataError, DataFileError, HpoError, first_line
 from hpo.settings import RunConfig, lookup
 from hpo.tasks import Task, from_record
 
-MODEL_FORMAT = "hpo-model/4"
+MODEL_FORMAT = "hpo-model/5"
+_FORMAT_4 = "hpo-model/4"  # a scaler only: numeric complete features
 _FORMAT_3 = "hpo-model/3"  # one model: "payload" instead of "payloads"
 _FORMAT_2 = "hpo-model/2"  # an MLP classifier: state_dict and model_config at the top level
 _FIX = "export it again with hpo export-model"
@@ -60,9 +67,31 @@ class ModelFile:
     target: str  # the target column's name
     hpo_version: str
     origin: str = "the model file"  # where it was read from, for messages
+    # format 5: the preprocessing (Preprocessor.to_state()) and the raw columns (Column.to_dict())
+    preprocessor: dict[str, Any] | None = None
+    columns: list[dict[str, Any]] | None = None
 
     def config(self) -> RunConfig:
         return RunConfig.model_validate(self.run_config)
+
+    def prep(self) -> Preprocessor | None:
+        """The preprocessing fit on the training rows (None for a file of format 4 or before:
+        its scaler, :meth:`scale`)."""
+        if self.preprocessor is None:
+            return None
+        return Preprocessor.from_state(self.preprocessor)
+
+    def input_columns(self) -> list[Column]:
+        """The raw feature columns the model reads (every feature numeric before format 5)."""
+        if self.columns is None:
+            return [Column(n, NUMERIC, "double") for n in self.feature_names]
+        return [Column.from_dict(c) for c in self.columns]
+
+    @property
+    def n_inputs(self) -> int:
+        """The model's input width (after preprocessing)."""
+        prep = self.prep()
+        return len(self.feature_names) if prep is None else prep.width
 
     def task_of(self) -> Task:
         return from_record(self.task)
@@ -91,7 +120,7 @@ class ModelFile:
                 family.restore(
                     payload,
                     cfg,
-                    n_features=len(self.feature_names),
+                    n_features=self.n_inputs,
                     n_outputs=self.task_of().n_outputs,
                     trusted=trusted,
                 )
@@ -119,20 +148,36 @@ class ModelFile:
         out /= self.scaler_scale.astype(np.float32)
         return out
 
-    def outputs(self, x: npt.NDArray[np.floating[Any]], *, trusted: Sequence[str] = ()) -> torch.Tensor:
+    def inputs(
+        self, x: npt.NDArray[np.floating[Any]], slots: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The model's input for raw numeric values (NaN for an empty cell, date parts included)
+        and the categorical columns' slots (:meth:`Categorical.slots_of_strings`)."""
+        prep = self.prep()
+        if prep is None:
+            return self.scale(x)
+        return prep.transform(x, slots)
+
+    def outputs(
+        self,
+        x: npt.NDArray[np.floating[Any]],
+        *,
+        trusted: Sequence[str] = (),
+        slots: npt.NDArray[np.int64] | None = None,
+    ) -> torch.Tensor:
         """The model's raw outputs for raw (unscaled) feature rows (an ensemble's: its members'
-        combined by the task)."""
+        combined by the task); ``slots``: the categorical columns' (format 5)."""
         from hpo.families import FAMILIES
 
         family = lookup(FAMILIES, self.family, "family")
         task = self.task_of()
         models = self.models(trusted=trusted)
-        rows = torch.as_tensor(self.scale(x))
+        rows = torch.as_tensor(self.inputs(x, slots))
         try:
             outs = [family.outputs(m, rows, task.n_outputs).cpu() for m in models]
         except _BAD_CONTENT as exc:
             raise HpoError(
-                f"{self.origin}: the model does not predict from its {len(self.feature_names)} features "
+                f"{self.origin}: the model does not predict from its {self.n_inputs} features "
                 f"({type(exc).__name__}: {first_line(exc, 200)}); {_FIX}"
             ) from None
         return outs[0] if len(outs) == 1 else task.combine(outs)
@@ -153,6 +198,11 @@ def save_model_file(path: Path, model_file: ModelFile) -> None:
         "labeling": model_file.labeling,
         "target": model_file.target,
     }
+    if model_file.preprocessor is not None:
+        payload["preprocessor"] = model_file.preprocessor
+        payload["columns"] = list(model_file.columns or [])
+    else:  # numeric complete features and their scaler only: a file older hpo versions read
+        payload["format"] = _FORMAT_4
     torch.save(payload, path)
 
 
@@ -166,7 +216,7 @@ def load_model_file(path: Path) -> ModelFile:
             str(path), f"cannot be read as a model file ({type(exc).__name__})", fix=_FIX
         ) from None
     fmt = raw.get("format") if isinstance(raw, dict) else None
-    if fmt not in (MODEL_FORMAT, _FORMAT_3, _FORMAT_2):
+    if fmt not in (MODEL_FORMAT, _FORMAT_4, _FORMAT_3, _FORMAT_2):
         if isinstance(fmt, str) and fmt.startswith("hpo-model/"):
             raise DataFileError(
                 str(path),
@@ -195,7 +245,21 @@ def load_model_file(path: Path) -> ModelFile:
         if not payloads or not all(isinstance(p, dict) for p in payloads):
             raise field.bad("payloads", "is not a list of the members' payloads")
     feature_names = field.strings("feature_names")
-    scaler = [field.vector(key, len(feature_names)) for key in ("scaler_mean", "scaler_scale")]
+    preprocessor: dict[str, Any] | None = None
+    columns: list[dict[str, Any]] | None = None
+    n_scaled = len(feature_names)
+    if fmt == MODEL_FORMAT:
+        preprocessor = field.get("preprocessor", dict)
+        columns = field.get("columns", list)
+        try:
+            prep = Preprocessor.from_state(preprocessor)
+            parsed = [Column.from_dict(c) for c in columns]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise field.bad("preprocessor", f"is not one hpo reads ({first_line(exc, 160)})") from None
+        if [c.name for c in parsed] != feature_names:
+            raise field.bad("columns", "do not match its feature_names")
+        n_scaled = len(prep.numeric_names)
+    scaler = [field.vector(key, n_scaled) for key in ("scaler_mean", "scaler_scale")]
     labeling = raw.get("labeling")
     if labeling is not None and not isinstance(labeling, dict):
         raise field.bad("labeling", "is not a table")
@@ -212,6 +276,8 @@ def load_model_file(path: Path) -> ModelFile:
         target=field.get("target", str),
         hpo_version=field.get("hpo_version", str),
         origin=str(path),
+        preprocessor=preprocessor,
+        columns=columns,
     )
     try:
         model_file.config()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, HpoError
 from hpo.model_file import ModelFile
 from hpo.tasks import Regression
 
@@ -73,6 +73,14 @@ def export(model_file: ModelFile, out: Path, *, trusted: Sequence[str] = ()) -> 
     """Write ``model_file``'s model as an ONNX graph to ``out``; what it wrote."""
     task = model_file.task_of()
     output = "values" if isinstance(task, Regression) else "probabilities"
+    if model_file.preprocessor is not None:
+        kinds = sorted({c.kind for c in model_file.input_columns() if c.kind != "numeric"})
+        what = " and ".join(f"{k} columns" for k in kinds) or "empty cells (imputation, missing indicators)"
+        raise HpoError(
+            f"{model_file.origin}: ONNX export takes numeric complete features; this model's "
+            f"preprocessing of {what} (hpo.data.preprocess) has no ONNX graph yet; "
+            "predict its raw rows with hpo predict"
+        )
     models = model_file.models(trusted=trusted)
     n_features = len(model_file.feature_names)
     if all(isinstance(m, nn.Module) for m in models):

@@ -38,6 +38,7 @@ from hpo import data
 from hpo import plan as plan_mod
 from hpo.errors import ConfigError, PrerequisiteError
 from hpo.families import family_of
+from hpo.families.sklearn_api import data_encoding
 from hpo.model_file import ModelFile, read_model_artifact
 from hpo.plan import Plan
 from hpo.present import dashboard, figures
@@ -169,6 +170,7 @@ class Pipeline:
             data_dir=data_dir,
             folds=plan.folds(),
             progress=progress or LogProgress(),
+            encoding=data_encoding(plan.defaults),
         )
         pipe = cls(plan=plan, ctx=ctx, progress=ctx.progress)
         ctx.search_budget = pipe.search_budget

@@ -7,10 +7,19 @@ feature is an error naming it, extra columns are ignored and reported, and when 
 is present the predictions are scored against it (accuracy; RMSE, MAE and R²). A CSV without a
 header must hold the features in the model's order (for the MSD preset, UCI's layout: optionally
 the year first, then the 90 features).
+
+A model of a table with categorical, date-time or incomplete columns (model file format 5) reads
+raw rows in the training file's format (:func:`_read_raw`): a header, columns in any order,
+each read with pyarrow as the training file's column was (its Arrow type), typed and converted
+by the same code (:mod:`hpo.data.columns`), then preprocessed by the fit saved in the model
+file: an empty cell is imputed (numeric) or its own level (categorical), an unseen level is the
+infrequent level. A missing feature column, or text in a numeric column, is one line naming the
+column and the line.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +29,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from hpo.data import columns as cols
 from hpo.data.labels import Labeling
-from hpo.errors import DataFileError
+from hpo.errors import DataFileError, first_line
 from hpo.model_file import ModelFile
 from hpo.tasks import Regression
 
@@ -50,8 +60,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read(path: Path, model: ModelFile) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any] | None, list[str]]:
-    """Features in the model's order, the target column if present, and ignored columns."""
+def _first_line(path: Path) -> str:
     name = str(path)
     if not path.exists():
         raise DataFileError(name, "no such file", fix="pass a CSV of the model's feature columns")
@@ -64,6 +73,13 @@ def _read(path: Path, model: ModelFile) -> tuple[npt.NDArray[np.float64], npt.ND
         raise DataFileError(name, f"cannot be read ({exc})", fix="pass a text CSV file") from None
     if not first.strip():
         raise DataFileError(name, "file is empty", fix="pass a CSV of the model's feature columns")
+    return first
+
+
+def _read(path: Path, model: ModelFile) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any] | None, list[str]]:
+    """Features in the model's order, the target column if present, and ignored columns."""
+    name = str(path)
+    first = _first_line(path)
     cells = [c.strip() for c in first.split(",")]
     has_header = not all(_is_number(c) for c in cells)
     try:
@@ -101,9 +117,14 @@ def _read(path: Path, model: ModelFile) -> tuple[npt.NDArray[np.float64], npt.ND
     try:
         values = frame.to_numpy(dtype=np.float64)
     except ValueError:
-        bad = int(np.flatnonzero(frame.apply(pd.to_numeric, errors="coerce").isna().any(axis=1))[0])
+        numbers = frame.apply(pd.to_numeric, errors="coerce")
+        bad_cells = numbers.isna().to_numpy() & frame.notna().to_numpy()
+        bad, col = (int(v) for v in np.argwhere(bad_cells)[0])
         raise DataFileError(
-            name, "a feature cell is not a number", line=bad + line_offset, fix="fix that row"
+            name,
+            f"a feature cell is not a number (column {frame.columns[col]!r}: {frame.iat[bad, col]!r})",
+            line=bad + line_offset,
+            fix="fix that row",
         ) from None
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
@@ -114,14 +135,134 @@ def _read(path: Path, model: ModelFile) -> tuple[npt.NDArray[np.float64], npt.ND
     return values, target, extra
 
 
+@dataclass(frozen=True)
+class RawRows:
+    """Raw rows read for a format-5 model: numeric values (NaN empty, date parts included) and
+    the categorical columns' slots, in the model's order."""
+
+    numeric: npt.NDArray[np.float32]
+    slots: npt.NDArray[np.int64]
+    target: npt.NDArray[Any] | None
+    extra: list[str]
+
+
+def _read_raw(path: Path, model: ModelFile) -> RawRows:
+    """Raw rows in the training file's format (a header; columns in any order; extra columns
+    ignored and reported once), typed as the training file's columns were."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    name = str(path)
+    first = _first_line(path)
+    header = next(csv.reader([first]))
+    columns = model.input_columns()
+    prep = model.prep()
+    assert prep is not None
+    missing = [c.name for c in columns if c.name not in header]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise DataFileError(
+            name,
+            f"missing feature column(s) {shown} (the model reads rows with a header, as its training file)",
+            fix="add them; the model was trained on them (an empty cell is allowed)",
+        )
+    types: dict[str, pa.DataType] = {}
+    for c in columns:
+        if c.kind == cols.NUMERIC:
+            types[c.name] = pa.float64()
+        elif c.kind == cols.CATEGORICAL:
+            types[c.name] = cols.arrow_type(c.arrow_type) or pa.string()
+        elif (typed := cols.arrow_type(c.arrow_type)) is not None and not cols.is_text_type(typed):
+            types[c.name] = typed  # a date column read as a date, as pyarrow typed it
+        else:
+            types[c.name] = pa.string()  # date-times: parsed below (ISO-8601)
+    options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+    try:
+        table = pacsv.read_csv(path, convert_options=options)
+    except pa.ArrowInvalid as exc:
+        raise _cell_problem(path, header, types, exc) from None
+    numeric: list[npt.NDArray[np.float32]] = []
+    slots: list[npt.NDArray[np.int64]] = []
+    by_name = {c.name: c for c in prep.categorical}
+    for c in columns:
+        col = table.column(c.name)
+        if c.kind == cols.NUMERIC:
+            numeric.append(cols.numeric_values(col)[:, None])
+        elif c.kind == cols.DATETIME:
+            stamps, bad = cols.parse_datetime(col)
+            if bad is not None:
+                raise DataFileError(
+                    name,
+                    f"date-time column {c.name!r} has {col[bad].as_py()!r}, which is not an ISO-8601 date",
+                    line=bad + 2,
+                    fix="write it as YYYY-MM-DD[THH:MM:SS], or empty the cell",
+                )
+            numeric.append(cols.datetime_parts(stamps, c.name, c.parts)[1])
+        else:
+            slots.append(by_name[c.name].slots_of_strings(cols.category_strings(col)))
+    rows = table.num_rows
+    x = np.concatenate(numeric, axis=1) if numeric else np.empty((rows, 0), dtype=np.float32)
+    inf = np.isinf(x)
+    if inf.any():
+        row, j = (int(v) for v in np.argwhere(inf)[0])
+        raise DataFileError(
+            name,
+            f"column {prep.numeric_names[j]!r} is {x[row, j]}",
+            line=row + 2,
+            fix="fix or empty that cell",
+        )
+    wanted = {c.name for c in columns} | {model.target}
+    target = table.column(model.target).to_numpy(zero_copy_only=False) if model.target in header else None
+    return RawRows(
+        numeric=x,
+        slots=np.stack(slots, axis=1) if slots else np.empty((rows, 0), dtype=np.int64),
+        target=target,
+        extra=[h for h in header if h not in wanted],
+    )
+
+
+def _cell_problem(path: Path, header: list[str], types: dict[str, Any], exc: Exception) -> DataFileError:
+    """After pyarrow refused a cell: the first column and line whose text is not its type."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        index = {h: i for i, h in enumerate(header)}
+        for line_no, row in enumerate(reader, start=2):
+            for column, kind in types.items():
+                i = index.get(column)
+                if i is None or i >= len(row) or row[i].strip() in _NULLS:
+                    continue
+                if str(kind) in ("double", "float") and not _is_number(row[i]):
+                    return DataFileError(
+                        str(path),
+                        f"column {column!r} is {row[i]!r}, not a number",
+                        line=line_no,
+                        fix="fix or empty that cell",
+                    )
+    return DataFileError(str(path), f"cannot be read ({first_line(exc, 160)})", fix="fix that cell")
+
+
+#: pyarrow's default spellings of an empty cell
+_NULLS = frozenset(
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN")
+) | frozenset(("N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"))
+
+
 def predict(
     model: ModelFile, input_path: Path, output_path: Path | None, *, trusted: Sequence[str] = ()
 ) -> Prediction:
     """Predict the rows of ``input_path`` (``trusted``: import paths the study file vouches for,
     which a saved estimator's types may come from)."""
-    features, target, extra = _read(input_path, model)
     task = model.task_of()
-    predicted = task.predictions(model.outputs(features, trusted=trusted))
+    if model.preprocessor is not None:
+        raw = _read_raw(input_path, model)
+        target, extra = raw.target, raw.extra
+        predicted = task.predictions(model.outputs(raw.numeric, trusted=trusted, slots=raw.slots))
+    else:
+        features, target, extra = _read(input_path, model)
+        predicted = task.predictions(model.outputs(features, trusted=trusted))
     names = model.class_names
     accuracy = None
     scores = None

@@ -154,7 +154,8 @@ def test_a_saved_estimator_loads_only_with_trusted_types() -> None:
 
 def test_tree_types_are_read_off_skops_for_tree_estimators_only() -> None:
     assert _trees.tree_types(LogisticRegression) == frozenset()
-    assert _trees.tree_types(HistGradientBoostingClassifier) == {_trees.PREDICTOR}
+    # with categorical_features (hpo's native encoding) it also holds partial(check_array, ...)
+    assert _trees.tree_types(HistGradientBoostingClassifier) == {_trees.PREDICTOR, *_trees.CATEGORICAL_TYPES}
     assert _trees.tree_types(RandomForestClassifier) == {_trees.TREE}
     assert _trees.tree_types(DecisionTreeClassifier) == {_trees.TREE}
 

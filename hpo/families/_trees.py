@@ -30,6 +30,10 @@ XGB_BOOSTER = "xgboost.core.Booster"
 TREE_TYPES = (TREE, PREDICTOR, LGBM_BOOSTER, XGB_BOOSTER)
 #: where tree estimators live: scikit-learn's trees and ensembles, the boosting libraries
 TREE_PACKAGES = ("sklearn.tree", "sklearn.ensemble", "lightgbm", "xgboost")
+#: what HistGradientBoosting fitted with categorical_features holds besides its trees: the
+#: numeric half of its ColumnTransformer, FunctionTransformer(partial(check_array, ...)); a
+#: partial of any other function is refused, since that function is listed as a type of its own
+CATEGORICAL_TYPES = ("functools.partial", "sklearn.utils.validation.check_array")
 _SMALL = {"n_estimators": 2, "max_iter": 2}  # a probe fit needs two trees, not the defaults' 100
 
 
@@ -64,10 +68,18 @@ def tree_types(cls: type) -> frozenset[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             probe.fit(rows, y)
-        found = sio.get_untrusted_types(data=sio.dumps(probe))
+        found = set(sio.get_untrusted_types(data=sio.dumps(probe)))
+        if "categorical_features" in probe.get_params(deep=False):  # as hpo fits it: a coded column
+            coded = np.column_stack([rows[:, :2], np.arange(40) % 3])
+            probe.set_params(categorical_features=[2])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                probe.fit(coded, y)
+            native = sio.get_untrusted_types(data=sio.dumps(probe))
+            found |= {t for t in native if t in CATEGORICAL_TYPES}
     except Exception:
         return frozenset()
-    return frozenset(t for t in found if t in TREE_TYPES)
+    return frozenset(t for t in found if t in TREE_TYPES or t in CATEGORICAL_TYPES)
 
 
 # --------------------------------------------------------------------------- bounds checks

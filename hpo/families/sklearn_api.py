@@ -69,6 +69,21 @@ def estimator_class(cfg: RunConfig) -> type:
     return cls
 
 
+def data_encoding(cfg: RunConfig) -> str:
+    """How the rows reach ``cfg``'s estimator: ``"native"`` (category codes with NaN, their
+    columns passed as ``categorical_features``) for one that has that parameter
+    (HistGradientBoosting*), else ``"matrix"`` (one-hot / target encoded, imputed, standardised)."""
+    from hpo.data.preprocess import MATRIX, encoding_for
+
+    if cfg.family != "sklearn" or cfg.estimator is None:
+        return MATRIX
+    try:
+        cls = estimator_class(cfg)
+        return encoding_for(cls(**cfg.params))
+    except Exception:  # an estimator that cannot be built is refused, in one line, by check()
+        return MATRIX
+
+
 def _defaults(cls: type, spec: str) -> dict[str, Any]:
     try:
         return dict(cls().get_params(deep=False))
@@ -118,6 +133,11 @@ class SklearnFamily:
         if "random_state" in cfg.params:
             raise ValueError(
                 "random_state is set from [defaults] seed (and each seed a stage trains); remove it"
+            )
+        if "categorical_features" in cfg.params:
+            raise ValueError(
+                "categorical_features is set by hpo from the table's categorical columns "
+                "(data.categorical names integer-coded ones); remove it"
             )
         est = _validated(cls, cfg.estimator, cfg.params)
         if task == "classification" and not is_classifier(est):
@@ -181,6 +201,8 @@ class SklearnFamily:
         for job, cbs in zip(jobs, callbacks, strict=True):
             data = datasets[job.data]
             est = self.estimator(job.config, job.train.seed)
+            if data.categorical:  # native encoding: codes, NaN for empty (hpo.data.preprocess)
+                est.set_params(categorical_features=list(data.categorical))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="X does not have valid feature names")
                 est.fit(data.x_train.numpy(), data.y_train.numpy())

@@ -22,6 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpo import data
+from hpo.data.preprocess import MATRIX, Preprocessor
 from hpo.families import family_of
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings, RunConfig, TrainPrecision
@@ -35,19 +36,26 @@ logger = logging.getLogger(__name__)
 
 
 class StageData:
-    """The rows stages train and validate on, scaled by scalers fit on training rows only.
+    """The rows stages train and validate on, preprocessed by a fit on training rows only: the
+    split's training rows for train/val/test, each CV fold's own training rows for its fold
+    (:class:`hpo.data.preprocess.Preprocessor`; on a numeric complete table, exactly the
+    scaler's standardisation). ``encoding``: what the family takes (a float matrix, or native
+    categorical codes, :func:`hpo.data.preprocess.encoding_for`).
 
     Targets are what the task trains on: class indices, or the target standardised with the
     training rows' mean and standard deviation (:class:`hpo.tasks.Regression`)."""
 
-    def __init__(self, prepared: data.Prepared) -> None:
+    def __init__(self, prepared: data.Prepared, encoding: str = MATRIX) -> None:
         self._prepared = prepared
+        self.encoding = encoding
         self._folds: dict[tuple[int, int], list[TensorData]] = {}
         self.test_reads: list[str] = []  # who read the test rows (audit)
+        self.fit_rows: list[npt.NDArray[np.int64]] = []  # rows each preprocessor was fit on (audit)
 
     @property
     def n_features(self) -> int:
-        return self._prepared.n_features
+        """The model's input width (the split's preprocessing; every fold has the same)."""
+        return self.preprocessor.width
 
     @property
     def n_classes(self) -> int:
@@ -70,6 +78,11 @@ class StageData:
         return self._prepared.feature_names
 
     @property
+    def input_columns(self) -> list[data.Column]:
+        """The raw feature columns the model reads (what ``hpo predict`` matches by name)."""
+        return self._prepared.columns
+
+    @property
     def meta(self) -> dict[str, object]:
         return self._prepared.meta
 
@@ -81,6 +94,11 @@ class StageData:
     def scaler(self) -> data.Scaler:
         return self._prepared.scaler
 
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The preprocessing fit on the split's training rows (saved with the final model)."""
+        return self._split_fit[0]
+
     def _y(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | npt.NDArray[np.float32]:
         """The targets the task trains on, of ``rows``."""
         p = self._prepared
@@ -89,13 +107,45 @@ class StageData:
             return np.asarray(p.labels[rows], dtype=np.int64)
         return task.standardise(p.targets[rows])
 
+    def _codes(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int32] | None:
+        codes = self._prepared.codes
+        return None if codes is None else np.asarray(codes[rows], dtype=np.int32)
+
+    def _fit(
+        self, rows: npt.NDArray[np.int64], layout: Preprocessor | None = None
+    ) -> tuple[Preprocessor, npt.NDArray[np.float32]]:
+        """A preprocessor fit on ``rows`` (recorded for the audit) and their matrix."""
+        p = self._prepared
+        self.fit_rows.append(np.asarray(rows))
+        return Preprocessor.fit(
+            np.asarray(p.features[rows], dtype=np.float32),
+            self._codes(rows),
+            self._y(rows),
+            numeric_names=p.feature_names,
+            categorical_names=p.categorical_names,
+            vocab=p.vocab,
+            encoding=self.encoding,
+            task=self.task.kind,
+            n_classes=p.n_classes,
+            seed=int(p.meta.get("seed", 0)),
+            layout=layout,
+        )
+
+    def _apply(self, prep: Preprocessor, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        p = self._prepared
+        return prep.transform(p.features[rows], prep.slots_of_codes(self._codes(rows)))
+
     @cached_property
-    def _train(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[Any]]:
-        """Features, strata (classes, or the target's deciles) and targets of the training rows."""
+    def _split_fit(self) -> tuple[Preprocessor, npt.NDArray[np.float32]]:
+        return self._fit(self._prepared.split.train)
+
+    @cached_property
+    def _train(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[Any]]:
+        """Row indices, strata (classes, or the target's deciles) and targets of the training rows."""
         p = self._prepared
         rows = p.split.train
         return (
-            np.asarray(p.features[rows], dtype=np.float32),
+            np.asarray(rows, dtype=np.int64),
             np.asarray(p.labels[rows], dtype=np.int64),
             self._y(rows),
         )
@@ -103,12 +153,14 @@ class StageData:
     @cached_property
     def _train_val(self) -> TensorData:
         p = self._prepared
-        s, scaler = p.split, p.scaler
+        s = p.split
+        prep, x_train = self._split_fit
         return TensorData.from_numpy(
-            scaler.transform(p.features[s.train]),
+            x_train,
             self._y(s.train),
-            scaler.transform(p.features[s.val]),
+            self._apply(prep, s.val),
             self._y(s.val),
+            categorical=prep.categorical_columns(),
         )
 
     @property
@@ -117,23 +169,29 @@ class StageData:
         return len(self._prepared.split.train)
 
     def train_val(self) -> TensorData:
-        """Training and validation rows, scaled with the scaler fit on the training rows."""
+        """Training and validation rows, preprocessed by the fit on the training rows."""
         return self._train_val
 
     def cv_folds(self, folds: int, seed: int) -> list[TensorData]:
         """k-fold CV over the training rows (stratified, group-aware with groups), each fold
-        scaled by a scaler fit on its own training part."""
+        preprocessed by a fit on its own training part (the split's layout, so every fold has
+        the same width)."""
         key = (folds, seed)
         if key not in self._folds:
-            x, strata, y = self._train
+            rows, strata, y = self._train
             p = self._prepared
+            layout = self.preprocessor
             groups = np.asarray(p.groups[p.split.train]) if p.groups is not None else None
             out = []
             for fit_idx, held_idx in data.cv_folds(strata, n_splits=folds, seed=seed, groups=groups):
-                scaler = data.Scaler.fit(x[fit_idx])
+                prep, x_fit = self._fit(rows[fit_idx], layout)
                 out.append(
                     TensorData.from_numpy(
-                        scaler.transform(x[fit_idx]), y[fit_idx], scaler.transform(x[held_idx]), y[held_idx]
+                        x_fit,
+                        y[fit_idx],
+                        self._apply(prep, rows[held_idx]),
+                        y[held_idx],
+                        categorical=prep.categorical_columns(),
                     )
                 )
             self._folds = {key: out}  # one fold set at a time: they hold a copy of the rows
@@ -144,12 +202,12 @@ class StageData:
         return balanced_class_weights(tensors.y_train.numpy(), self.n_classes)
 
     def read_test_rows(self, *, reader: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The test rows, scaled as the training rows. Audited: only the final stage reads them."""
+        """The test rows, preprocessed as the training rows. Audited: only the final stage reads them."""
         self.test_reads.append(reader)
         p = self._prepared
         logger.info("%s reads the %d test rows", reader, p.split.test.size)
         return (
-            torch.as_tensor(p.scaler.transform(p.features[p.split.test])),
+            torch.as_tensor(self._apply(self.preprocessor, p.split.test)),
             torch.as_tensor(self._y(p.split.test)),
         )
 
@@ -176,6 +234,7 @@ class StageContext:
         default=lambda name, trials: None, repr=False
     )
     numerics: Numerics | None = None  # the pipeline's, decided before its first training
+    encoding: str = MATRIX  # what the family takes (hpo.data.preprocess.encoding_for)
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:
@@ -185,7 +244,7 @@ class StageContext:
             prepared = data.prepare(
                 self.data_settings, data_dir=self.data_dir, progressbar=False, folds=self.folds
             )
-            self._data = StageData(prepared)
+            self._data = StageData(prepared, self.encoding)
         return self._data
 
     def precision(self, cfg: RunConfig) -> TrainPrecision:

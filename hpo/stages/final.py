@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from hpo import __version__
+from hpo.data.columns import NUMERIC
 from hpo.families import family_of
 from hpo.families.mlp import count_parameters
 from hpo.model_file import ModelFile, save_model_file
@@ -106,18 +107,22 @@ class Final(GridStage):
                 trial.set_user_attr(records.SEED_TEST_METRICS, per_seed)
             trial.set_user_attr(records.TEST_METRICS, metrics)
             members = results if s.ensemble else results[:1]
+            # a numeric complete table keeps format 4 (its scaler is the whole preprocessing)
+            plain = all(c.kind == NUMERIC and c.missing == 0 for c in data.input_columns)
             model_file = ModelFile(
                 family=family.name,
                 payloads=[family.payload(r.model) for r in members],
                 run_config=cfg_in.to_record(),
                 task=task.to_record(),
-                scaler_mean=data.scaler.mean,
-                scaler_scale=data.scaler.scale,
-                feature_names=data.feature_names,
+                scaler_mean=data.preprocessor.scaler.mean,
+                scaler_scale=data.preprocessor.scaler.scale,
+                feature_names=[c.name for c in data.input_columns],
                 class_names=data.class_names,
                 labeling=data.labeling.to_dict() if data.labeling is not None else None,
                 target=str(data.meta["target"]),
                 hpo_version=__version__,
+                preprocessor=None if plain else data.preprocessor.to_state(),
+                columns=None if plain else [c.to_dict() for c in data.input_columns],
             )
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.pt"

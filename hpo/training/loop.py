@@ -57,6 +57,9 @@ class TensorData:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    #: columns holding category codes (NaN empty), for an estimator that takes them natively
+    #: (hpo.data.preprocess, encoding "native"); empty for a float matrix
+    categorical: tuple[int, ...] = ()
 
     @classmethod
     def from_numpy(
@@ -65,18 +68,21 @@ class TensorData:
         y_train: npt.NDArray[Any],
         x_val: npt.NDArray[np.floating[Any]],
         y_val: npt.NDArray[Any],
+        categorical: tuple[int, ...] = (),
     ) -> TensorData:
         return cls(
             torch.as_tensor(np.ascontiguousarray(x_train, dtype=np.float32)),
             _targets(y_train),
             torch.as_tensor(np.ascontiguousarray(x_val, dtype=np.float32)),
             _targets(y_val),
+            categorical,
         )
 
     def to(self, device: str) -> TensorData:
         if self.x_train.device.type == device:
             return self
-        return TensorData(*(t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val)))
+        to = [t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val)]
+        return TensorData(to[0], to[1], to[2], to[3], categorical=self.categorical)
 
 
 @dataclass(frozen=True)

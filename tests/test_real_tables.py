@@ -1,0 +1,272 @@
+"""Real tables (issue 29): column types read from the file, missing cells, dates, identifiers left
+out, rows with an empty target dropped and counted; the preprocessing fit on training rows only
+(per split and per fold), byte-identical to the scaler on a numeric complete table, and leaking
+nothing from validation rows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hpo import data
+from hpo.data.preprocess import MATRIX, NATIVE, ONEHOT, TARGET, Preprocessor
+from hpo.settings import DataSettings
+from hpo.stages._context import StageData
+
+
+def mixed(rows: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Numbers with gaps, a string and a boolean categorical, an integer-coded one, a 60-level
+    one, dates as ISO text, an identifier, a target with some empty cells."""
+    r = np.random.default_rng(seed)
+    x = r.normal(size=rows)
+    colour = r.choice(["red", "green", "blue"], rows)
+    score = x + (colour == "red") * 1.5 - (colour == "blue")
+    frame = pd.DataFrame(
+        {
+            "x": np.where(r.random(rows) < 0.05, np.nan, x),
+            "n": r.integers(0, 100, rows),
+            "colour": pd.Series(colour).where(r.random(rows) >= 0.04, None),
+            "flag": r.random(rows) < 0.3,
+            "zip": r.choice([94103, 10001, 60601], rows),
+            "city": [f"c{v}" for v in r.integers(0, 60, rows)],
+            "when": pd.date_range("2021-01-01", periods=rows, freq="13h").strftime("%Y-%m-%dT%H:%M:%S"),
+            "id": [f"row-{i:05d}" for i in range(rows)],
+            "y": np.where(score > 0.7, "hi", np.where(score < -0.5, "lo", "mid")),
+        }
+    )
+    frame.loc[[5, 17, 99], "y"] = None
+    return frame
+
+
+def _prepare(tmp_path: Path, frame: pd.DataFrame | None = None, **settings: Any) -> data.Prepared:
+    path = tmp_path / "t.csv"
+    if frame is not None:
+        frame.to_csv(path, index=False)
+    base: dict[str, Any] = {"source": "csv", "path": str(path), "target": "y"}
+    return data.prepare(DataSettings(**{**base, **settings}), data_dir=tmp_path / "cache", progressbar=False)
+
+
+# --------------------------------------------------------------------------- reading and typing
+
+
+def test_every_column_typed_and_missing_cells_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        p = _prepare(tmp_path, mixed(), categorical=["zip"])
+    kinds = {c.name: c.kind for c in p.columns}
+    assert kinds == {
+        "x": "numeric",
+        "n": "numeric",
+        "colour": "categorical",
+        "flag": "categorical",
+        "zip": "categorical",
+        "city": "categorical",
+        "when": "datetime",
+    }
+    assert p.meta["left_out"][0]["name"] == "id" and "identifier" in p.meta["left_out"][0]["reason"]
+    assert any("column 'id' left out" in r.getMessage() for r in caplog.records)
+    assert p.dropped_target_rows == 3 and p.rows == 597
+    assert data.summary(p)["dropped_target_rows"] == 3
+    when = [n for n in p.feature_names if n.startswith("when.")]
+    assert when == ["when.year", "when.month", "when.dayofweek", "when.dayofyear", "when.hour", "when.days"]
+    assert p.codes is not None and p.codes.dtype == np.int32  # codes, not one-hot, in the cache
+    assert p.codes.shape == (597, 4) and p.categorical_names == ["colour", "flag", "zip", "city"]
+    assert p.vocab[1] == ["false", "true"] and p.vocab[2] == ["10001", "60601", "94103"]
+    colour = p.codes[:, 0]
+    assert (colour == -1).sum() == next(c.missing for c in p.columns if c.name == "colour") > 0
+    assert np.isnan(p.features[:, p.feature_names.index("x")]).sum() > 0
+    assert np.nanmin(p.features[:, p.feature_names.index("when.year")]) == 2021
+
+
+def test_exclude_categorical_and_features_choose_columns(tmp_path: Path) -> None:
+    p = _prepare(tmp_path, mixed(), exclude=["city", "when", "n"], categorical=["id"])
+    assert [c.name for c in p.columns] == ["x", "colour", "flag", "zip", "id"]  # zip: numeric
+    assert p.categorical_names == ["colour", "flag", "id"]  # listed: the identifier stays
+    q = _prepare(tmp_path, features=["x", "colour"])
+    assert [c.name for c in q.columns] == ["x", "colour"] and q.feature_names == ["x"]
+
+
+def test_parquet_dictionary_and_timestamp_columns(tmp_path: Path) -> None:
+    frame = mixed().drop(columns=["id"])
+    frame["colour"] = frame["colour"].astype("category")
+    frame["when"] = pd.to_datetime(frame["when"]).dt.tz_localize("Europe/Paris")
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("colour").type)
+    p = _prepare(tmp_path, source="parquet", path=str(path))
+    kinds = {c.name: c.kind for c in p.columns}
+    assert kinds["colour"] == "categorical" and kinds["when"] == "datetime"
+    assert p.vocab[p.categorical_names.index("colour")] == ["blue", "green", "red"]
+    hour = p.features[:, p.feature_names.index("when.hour")]
+    assert set(np.unique(hour[~np.isnan(hour)])) <= set(range(24))  # UTC hours
+
+
+def test_existing_numeric_tables_keep_their_cache_key_and_fingerprint() -> None:
+    s = DataSettings(source="csv", path="t.csv", target="y")
+    assert "exclude" not in s.model_dump(mode="json") and "categorical" not in s.model_dump(mode="json")
+    from hpo.data.cache import cache_key
+
+    assert cache_key(s, "0" * 64) == cache_key(DataSettings(source="csv", path="t.csv", target="y"), "0" * 64)
+    assert cache_key(s, "0" * 64) != cache_key(
+        DataSettings(source="csv", path="t.csv", target="y", exclude=["a"]), "0" * 64
+    )
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_numeric_complete_table_is_byte_identical_to_the_scaler(tmp_path: Path) -> None:
+    """The path every existing study file takes: the split's and each fold's features equal the
+    scaler's transform exactly (the faithful study file's figures cannot move)."""
+    r = np.random.default_rng(3)
+    frame = pd.DataFrame(r.normal(size=(400, 6)) * [1, 10, 100, 1e3, 1e-3, 5], columns=list("abcdef"))
+    frame["y"] = r.choice(["p", "q"], 400)
+    p = _prepare(tmp_path, frame)
+    sd = StageData(p)
+    tv = sd.train_val()
+    scaler = p.scaler
+    s = p.split
+    assert np.array_equal(tv.x_train.numpy(), scaler.transform(p.features[s.train]))
+    assert np.array_equal(tv.x_val.numpy(), scaler.transform(p.features[s.val]))
+    assert np.array_equal(sd.read_test_rows(reader="test")[0].numpy(), scaler.transform(p.features[s.test]))
+    x = np.asarray(p.features[s.train], dtype=np.float32)
+    strata = np.asarray(p.labels[s.train], dtype=np.int64)
+    for fold, (fit_idx, held_idx) in zip(
+        sd.cv_folds(3, 7), data.cv_folds(strata, n_splits=3, seed=7), strict=True
+    ):
+        old = data.Scaler.fit(x[fit_idx])
+        assert np.array_equal(fold.x_train.numpy(), old.transform(x[fit_idx]))
+        assert np.array_equal(fold.x_val.numpy(), old.transform(x[held_idx]))
+    assert sd.preprocessor.plain and sd.n_features == 6
+
+
+def _fit(x: np.ndarray, codes: np.ndarray, y: np.ndarray, **kw: Any) -> tuple[Preprocessor, np.ndarray]:
+    n_cat = codes.shape[1]
+    vocab = kw.pop("vocab", [[f"v{i}" for i in range(int(codes[:, j].max()) + 1)] for j in range(n_cat)])
+    return Preprocessor.fit(
+        x,
+        codes,
+        y,
+        numeric_names=[f"x{j}" for j in range(x.shape[1])],
+        categorical_names=[f"c{j}" for j in range(n_cat)],
+        vocab=vocab,
+        n_classes=int(y.max()) + 1,
+        **kw,
+    )
+
+
+def test_validation_values_do_not_move_the_imputer_or_the_levels() -> None:
+    """Held-out invariance: overwrite every held-out row (new levels, empty cells, huge values,
+    shuffled targets); the fit on the training rows stays byte-identical."""
+    r = np.random.default_rng(0)
+    n = 900
+    x = r.normal(size=(n, 3)).astype(np.float32)
+    x[r.random((n, 3)) < 0.1] = np.nan
+    codes = np.stack([r.integers(-1, 6, n), r.integers(0, 40, n)], axis=1).astype(np.int32)
+    y = r.integers(0, 3, n)
+    train, held = np.arange(600), np.arange(600, n)
+    a, ma = _fit(
+        x[train], codes[train], y[train], vocab=[[f"a{i}" for i in range(8)], [f"b{i}" for i in range(45)]]
+    )
+    x2, codes2, y2 = x.copy(), codes.copy(), y.copy()
+    x2[held] = 1e6
+    x2[held[::2]] = np.nan
+    codes2[held] = 7  # a level only the held-out rows have
+    y2[held] = r.permutation(y2[held])
+    b, mb = _fit(
+        x2[train], codes2[train], y2[train], vocab=[[f"a{i}" for i in range(8)], [f"b{i}" for i in range(45)]]
+    )
+    assert np.array_equal(a.median, b.median) and np.array_equal(a.scaler.mean, b.scaler.mean)
+    assert np.array_equal(ma, mb)
+    assert a.categorical[0].levels == [f"a{i}" for i in range(6)]  # a6, a7 unseen in training rows
+    held_slots = a.slots_of_codes(codes2[held])
+    assert (held_slots[:, 0] == 1).all()  # the held-out-only level is infrequent (unknown)
+    assert [c.mode for c in a.categorical] == [ONEHOT, TARGET]
+
+
+def test_each_fold_knows_only_its_own_training_levels(tmp_path: Path) -> None:
+    frame = mixed(rows=900)
+    frame.loc[:, "colour"] = frame["colour"].where(frame.index % 50 != 0, "violet")  # 18 rows
+    p = _prepare(tmp_path, frame)
+    sd = StageData(p)
+    sd.train_val()
+    j = p.categorical_names.index("colour")
+    violet = p.vocab[j].index("violet")
+    rows = np.asarray(p.split.train)
+    assert "violet" in sd.preprocessor.categorical[j].levels
+    strata = np.asarray(p.labels[rows], dtype=np.int64)
+    folds = sd.cv_folds(3, 1)
+    assert len({f.x_train.shape[1] for f in folds}) == 1 == len({f.x_val.shape[1] for f in folds})
+    for fit_idx, held_idx in data.cv_folds(strata, n_splits=3, seed=1):
+        codes = np.asarray(p.codes)[rows]
+        only = codes[:, j].copy()
+        only[fit_idx[codes[fit_idx, j] == violet]] = -1  # the fold's training rows lose it
+        prep, _ = Preprocessor.fit(
+            np.asarray(p.features[rows[fit_idx]]),
+            np.where(np.arange(codes.shape[1]) == j, only[:, None], codes)[fit_idx],
+            strata[fit_idx],
+            numeric_names=p.feature_names,
+            categorical_names=p.categorical_names,
+            vocab=p.vocab,
+            n_classes=p.n_classes,
+            layout=sd.preprocessor,
+        )
+        slot = prep.slots_of_codes(codes[held_idx])[:, j]
+        assert (slot[codes[held_idx, j] == violet] == 1).all()  # unknown to this fold: infrequent
+    assert all(len(r) < len(rows) for r in sd.fit_rows[1:])  # folds fit on their part only
+    assert not set(sd.fit_rows[0].tolist()) & set(np.asarray(p.split.val).tolist())
+
+
+def test_target_encoding_is_cross_fitted() -> None:
+    """A near-unique column target encoded: the training rows' values are cross-fitted (they do
+    not see their own target), so they carry ~no signal; a plain fit-then-transform would."""
+    r = np.random.default_rng(1)
+    n = 4000
+    codes = r.integers(0, 800, n).astype(np.int32)[:, None]
+    y = r.integers(0, 2, n)
+    prep, m = _fit(np.empty((n, 0), np.float32), codes, y)
+    assert prep.categorical[0].mode == TARGET and m.shape == (n, 1)
+    cross = abs(np.corrcoef(m[:, 0], y)[0, 1])
+    naive = prep.transform(np.empty((n, 0), np.float32), prep.slots_of_codes(codes))
+    leaky = abs(np.corrcoef(naive[:, 0], y)[0, 1])
+    assert cross < 0.05 < leaky, (cross, leaky)
+
+
+def test_native_encoding_codes_levels_and_keeps_nan() -> None:
+    r = np.random.default_rng(2)
+    n = 4000
+    x = r.normal(size=(n, 1)).astype(np.float32)
+    x[::9] = np.nan
+    codes = np.stack([r.integers(-1, 3, n), r.integers(0, 400, n)], axis=1).astype(np.int32)
+    y = r.integers(0, 2, n)
+    prep, m = _fit(x, codes, y, encoding=NATIVE)
+    assert prep.categorical_columns() == (1, 2) and m.shape == (n, 3)
+    assert np.isnan(m[::9, 0]).all()  # numeric NaN kept for the estimator
+    assert np.isnan(m[codes[:, 0] == -1, 1]).all()  # an empty cell: NaN
+    assert np.nanmax(m[:, 2]) == 254  # 254 levels kept + infrequent: HistGradientBoosting's 255
+
+
+def test_preprocessor_state_round_trips_through_a_model_file_load(tmp_path: Path) -> None:
+    import torch
+
+    p = _prepare(tmp_path, mixed(), categorical=["zip"])
+    sd = StageData(p)
+    prep = sd.preprocessor
+    path = tmp_path / "state.pt"
+    torch.save(prep.to_state(), path)
+    back = Preprocessor.from_state(torch.load(path, weights_only=True))
+    rows = np.asarray(p.split.val)
+    codes = np.asarray(p.codes)[rows]
+    strings = [
+        pa.array([p.vocab[j][c] if c >= 0 else None for c in codes[:, j]]) for j in range(codes.shape[1])
+    ]
+    slots = np.stack([c.slots_of_strings(s) for c, s in zip(back.categorical, strings, strict=True)], axis=1)
+    assert np.array_equal(slots, prep.slots_of_codes(codes))
+    assert np.array_equal(back.transform(p.features[rows], slots), sd.train_val().x_val.numpy())
+    assert back.width == sd.n_features and sd.encoding == MATRIX
