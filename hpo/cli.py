@@ -111,6 +111,8 @@ def _render_prepare(summary: dict[str, Any]) -> str:
     lines.append(
         f"split {split['name']}: {sizes['train']:,} train, {sizes['val']:,} val, {sizes['test']:,} test"
     )
+    if summary.get("dropped_target_rows"):
+        lines.append(f"{summary['dropped_target_rows']:,} row(s) with an empty target left out")
     return "\n".join(lines)
 
 
@@ -238,13 +240,48 @@ def _cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
     p = plan.load(pipeline.resolve_study_file(args.config), overrides=args.overrides)
     from hpo.families import family_of
 
-    return {
+    out: dict[str, Any] = {
         "study_file": p.path,
         "pipeline": p.name,
         "task": p.data.task,
         "family": family_of(p.defaults).describe(p.defaults),
         "stages": [{"stage": s.name, "kind": s.kind, "requires": list(p.requires[s.name])} for s in p.stages],
     }
+    if p.data.source in ("csv", "parquet"):  # a user's table: every column as read, if it is here
+        assert p.data.path is not None
+        if Path(p.data.path).expanduser().exists():
+            from hpo import data
+            from hpo.families.sklearn_api import data_encoding
+            from hpo.stages._context import column_listing
+
+            prepared = data.cache.inspect(p.data, folds=p.folds())
+            out["data"] = column_listing(prepared, data_encoding(p.defaults))
+        else:
+            out["data_note"] = (
+                f"data.path {p.data.path!r} is not in {Path.cwd()}, so its columns are not listed "
+                "(run validate where the table is)"
+            )
+    return out
+
+
+def _render_columns(d: dict[str, Any]) -> list[str]:
+    lines = [
+        f"data: {d['rows']:,} rows"
+        + (
+            f" ({d['dropped_target_rows']:,} with an empty target left out)"
+            if d["dropped_target_rows"]
+            else ""
+        )
+        + f"; {d['model_inputs']} model inputs ({d['encoding']} encoding)",
+        f"  {'column':<22}{'kind':<13}{'type':<14}{'empty':>7}{'levels':>8}  encoding",
+    ]
+    for c in d["columns"]:
+        empty = f"{c['missing']:.1%}" if c["missing"] is not None else ""
+        levels = f"{c['levels']:,}" if c["levels"] is not None else ""
+        lines.append(
+            f"  {c['column']:<22}{c['kind']:<13}{c['type'][:13]:<14}{empty:>7}{levels:>8}  {c['encoding']}"
+        )
+    return lines
 
 
 def _render_validate(r: dict[str, Any]) -> str:
@@ -255,6 +292,10 @@ def _render_validate(r: dict[str, Any]) -> str:
     for s in r["stages"]:
         after = f" (after {', '.join(s['requires'])})" if s["requires"] else ""
         lines.append(f"  {s['stage']:<24}{s['kind']}{after}")
+    if r.get("data"):
+        lines += _render_columns(r["data"])
+    elif r.get("data_note"):
+        lines.append(r["data_note"])
     return "\n".join(lines)
 
 
@@ -447,6 +488,8 @@ def _render_status(r: dict[str, Any]) -> str:
     m = r.get("test_metrics")
     if m:
         lines += ["", f"final test: {_test_line(m)}"]
+        if m.get("dropped_target_rows"):
+            lines.append(f"({m['dropped_target_rows']:,} row(s) of the table with an empty target left out)")
     tb = r.get("time_budget")
     if tb:
         from hpo.tuning.budget import describe

@@ -55,6 +55,11 @@ def test_penguins_run_status_and_predict_raw_rows(
     status = json.loads(capsys.readouterr().out)
     final = next(s for s in status["stages"] if s["stage"] == "final")
     assert final["state"] == "complete"
+    # the data section lists every column as read and its encoding (empty cells in the figures)
+    assert _cli(tmp_path, "data", "explore", "--config", str(cfg), "--out", "data.html") == 0
+    html = (tmp_path / "data.html").read_text()
+    sex = "one-hot: 2 level(s) + infrequent + empty" if study == "penguins" else "native categorical"
+    assert sex in html
     # raw rows as a user has them: columns reordered, an extra column, an unseen island, empty cells
     raw = frame[list(reversed(frame.columns))].head(40).copy()
     raw["note"] = "x"

@@ -270,3 +270,40 @@ def test_preprocessor_state_round_trips_through_a_model_file_load(tmp_path: Path
     assert np.array_equal(slots, prep.slots_of_codes(codes))
     assert np.array_equal(back.transform(p.features[rows], slots), sd.train_val().x_val.numpy())
     assert back.width == sd.n_features and sd.encoding == MATRIX
+
+
+# --------------------------------------------------------------------------- shown before a run
+
+
+def test_validate_lists_every_column_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hpo import cli
+
+    mixed().to_csv(tmp_path / "t.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
+    study = tmp_path / "t.toml"
+    study.write_text(
+        '[pipeline]\nname = "t"\n[data]\nsource = "csv"\npath = "t.csv"\ntarget = "y"\n'
+        'categorical = ["zip"]\n[stages.final]\nkind = "final"\nepochs = 1\n'
+    )
+    assert cli.main(["-q", "validate", "--config", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "data: 597 rows (3 with an empty target left out)" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "numeric" in lines["x"] and "median + an indicator column" in lines["x"]
+    assert "one-hot: 3 level(s) + infrequent + empty" in lines["colour"]
+    assert "one-hot: 3 level(s)" in lines["zip"] and "target encoded" in lines["city"]
+    assert "parts year, month, dayofweek, dayofyear, hour, days" in lines["when"]
+    assert "left out" in lines["id"] and "identifier" in lines["id"]
+    assert not (tmp_path / "data").exists()  # validate writes nothing
+    assert cli.main(["-q", "validate", "--config", str(study), "--set", "data.exclude=['nope']"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.endswith(
+            "data.exclude names 'nope', which is not a column; columns are: x, n, colour, "
+            "flag, zip, city, when, id, y; fix data.exclude"
+        )
+        and "\n" not in err
+    )

@@ -266,6 +266,29 @@ def _split(settings: DataSettings, table: sources.Table, y: npt.NDArray[np.int64
     return head_split(y, train_rows=train_rows, seed=settings.seed, groups=table.groups, name=settings.split)
 
 
+def inspect(settings: DataSettings, *, data_dir: Path | None = None, folds: int = 2) -> Prepared:
+    """The prepared rows of ``settings`` in memory, every check done and nothing written (``hpo
+    validate``): the cache's copy where it exists, else the source read and split here."""
+    data_dir = data_dir or default_data_dir()
+    path = sources.source_file(settings, data_dir, progressbar=False)
+    sha = sources.sha256(path) if path is not None else None
+    cached = data_dir / "prepared" / cache_key(settings, sha)
+    if (cached / "meta.json").exists():
+        return load(cached)
+    arrays, meta = _build(settings, sources.read(settings, path), sha=sha, folds=folds)
+    split = Split(meta["split"]["name"], arrays["split-train"], arrays["split-val"], arrays["split-test"])
+    return Prepared(
+        path=Path("(not prepared)"),
+        meta=meta,
+        features=arrays["features"],
+        labels=arrays["labels"],
+        groups=arrays.get("groups"),
+        split=split,
+        targets=arrays.get("targets"),
+        codes=arrays.get("codes"),
+    )
+
+
 def _check_filled(table: sources.Table, rows: npt.NDArray[np.int64]) -> None:
     """A feature column empty in every training row is one line naming it (nothing can be fit
     on it: no median, no level)."""

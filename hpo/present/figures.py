@@ -120,6 +120,9 @@ def _feature_figures(
     box = make_subplots(rows=box_rows, cols=box_cols, subplot_titles=list(shown))
     for i, j in enumerate(columns):
         col = np.asarray(features[:, j], dtype=np.float64)
+        col = col[~np.isnan(col)]  # a table's empty cells: the filled ones are shown
+        if col.size == 0:
+            col = np.zeros(1)
         lo, hi = np.percentile(col, [0.1, 99.9])
         if hi <= lo:
             hi = lo + 1.0
@@ -163,7 +166,12 @@ def _feature_figures(
     picked = rng.choice(features.shape[0], size=min(features.shape[0], 100_000), replace=False)
     x = np.asarray(features[np.sort(picked)], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.nan_to_num(np.corrcoef(x, rowvar=False), nan=0.0)
+        if np.isnan(x).any():  # empty cells: each pair over the rows where both are filled
+            import pandas as pd
+
+            corr = np.nan_to_num(pd.DataFrame(x).corr().to_numpy(), nan=0.0)
+        else:
+            corr = np.nan_to_num(np.corrcoef(x, rowvar=False), nan=0.0)
     fn = list(feature_names)
     heat = _fig(f"Feature correlation (Pearson, {len(fn)} features)", height=750, width=800)
     heat.add_heatmap(z=np.round(corr, 3), x=fn, y=fn, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True)

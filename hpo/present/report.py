@@ -22,6 +22,7 @@ import plotly.io as pio
 from hpo.pipeline import Pipeline
 from hpo.present import figures
 from hpo.settings import metrics_of
+from hpo.stages._context import column_listing
 from hpo.tuning import records
 
 #: The write-up's result on the real data (the report compares MSD-shaped runs with it).
@@ -110,6 +111,28 @@ def data_section(pipe: Pipeline) -> Section:
             ],
         ]
     )
+    if meta.get("columns") is not None:  # a user's table: every column as read, and its encoding
+        listing = column_listing(prepared, pipe.ctx.encoding)
+        dropped = listing["dropped_target_rows"]
+        section.p(
+            f"{len(meta['columns'])} feature columns as read, {listing['model_inputs']} model inputs "
+            f"({listing['encoding']} encoding, fit on the training rows)"
+            + (f"; {dropped:,} row(s) with an empty target left out" if dropped else "")
+        )
+        section.table(
+            [
+                [
+                    str(c["column"]),
+                    str(c["kind"]),
+                    str(c["type"]),
+                    f"{c['missing']:.1%}" if c["missing"] is not None else "",
+                    f"{c['levels']:,}" if c["levels"] is not None else "",
+                    str(c["encoding"]),
+                ]
+                for c in listing["columns"]
+            ],
+            head=["column", "kind", "type", "empty", "levels", "encoding"],
+        )
     for fid, fig in figures.data_figures(
         prepared.features,
         prepared.labels,

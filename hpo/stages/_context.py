@@ -22,7 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpo import data
-from hpo.data.preprocess import MATRIX, Preprocessor
+from hpo.data.preprocess import MATRIX, Preprocessor, describe_columns
 from hpo.families import family_of
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings, RunConfig, TrainPrecision
@@ -210,6 +210,20 @@ class StageData:
             torch.as_tensor(self._apply(self.preprocessor, p.split.test)),
             torch.as_tensor(self._y(p.split.test)),
         )
+
+
+def column_listing(prepared: data.Prepared, encoding: str) -> dict[str, Any]:
+    """Every column of a prepared table as read, and what the model gets of it (the split's
+    preprocessing fit on its training rows, as the pipeline fits it): ``hpo validate``, ``hpo
+    data explore`` and the report's data section."""
+    prep = StageData(prepared, encoding).preprocessor
+    return {
+        "rows": prepared.rows,
+        "dropped_target_rows": prepared.dropped_target_rows,
+        "encoding": encoding,
+        "model_inputs": prep.width,
+        "columns": describe_columns(prepared.columns, prepared.meta.get("left_out", []), prep, prepared.rows),
+    }
 
 
 @dataclass

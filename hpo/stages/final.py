@@ -103,6 +103,9 @@ class Final(GridStage):
                 per_seed, task.test_metrics(task.combine(outputs), y_test) if s.ensemble else None
             )
             metrics["task"] = task.kind
+            dropped = int(data.meta.get("dropped_target_rows", 0))  # type: ignore[call-overload]
+            if dropped:  # rows of the table never trained or tested on (hpo status says so)
+                metrics["dropped_target_rows"] = dropped
             if s.seeds > 1:
                 trial.set_user_attr(records.SEED_TEST_METRICS, per_seed)
             trial.set_user_attr(records.TEST_METRICS, metrics)
