@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
@@ -388,8 +389,10 @@ class Pipeline:
             pruner=stage.pruner(),
             load_if_exists=True,
         )
-        if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
-            study.set_metric_names([self.objective_name(stage)])
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
+                study.set_metric_names([self.objective_name(stage)])
         attrs = {
             records.STAGE: stage.name,
             records.KIND: stage.kind,
