@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hpo import data
+from hpo.data import preprocess as pp
 from hpo.data.preprocess import MATRIX, NATIVE, ONEHOT, TARGET, Preprocessor
 from hpo.settings import DataSettings
 from hpo.stages._context import StageData
@@ -161,9 +162,10 @@ def _fit(x: np.ndarray, codes: np.ndarray, y: np.ndarray, **kw: Any) -> tuple[Pr
     )
 
 
-def test_validation_values_do_not_move_the_imputer_or_the_levels() -> None:
+def test_validation_values_do_not_move_the_imputer_or_the_levels(monkeypatch: pytest.MonkeyPatch) -> None:
     """Held-out invariance: overwrite every held-out row (new levels, empty cells, huge values,
     shuffled targets); the fit on the training rows stays byte-identical."""
+    monkeypatch.setattr(pp, "ONEHOT_CELLS", 0)  # the 40-level column target encoded
     r = np.random.default_rng(0)
     n = 900
     x = r.normal(size=(n, 3)).astype(np.float32)
@@ -223,11 +225,12 @@ def test_each_fold_knows_only_its_own_training_levels(tmp_path: Path) -> None:
     assert not set(sd.fit_rows[0].tolist()) & set(np.asarray(p.split.val).tolist())
 
 
-def test_target_encoding_is_cross_fitted() -> None:
+def test_target_encoding_is_cross_fitted(monkeypatch: pytest.MonkeyPatch) -> None:
     """A near-unique column target encoded: the training rows' values are cross-fitted (they do
     not see their own target), so they carry ~no signal; a plain fit-then-transform would."""
     r = np.random.default_rng(1)
     n = 4000
+    monkeypatch.setattr(pp, "ONEHOT_CELLS", 0)
     codes = r.integers(0, 800, n).astype(np.int32)[:, None]
     y = r.integers(0, 2, n)
     prep, m = _fit(np.empty((n, 0), np.float32), codes, y)
@@ -252,8 +255,12 @@ def test_native_encoding_codes_levels_and_keeps_nan() -> None:
     assert np.nanmax(m[:, 2]) == 254  # 254 levels kept + infrequent: HistGradientBoosting's 255
 
 
-def test_preprocessor_state_round_trips_through_a_model_file_load(tmp_path: Path) -> None:
+def test_preprocessor_state_round_trips_through_a_model_file_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
+
+    monkeypatch.setattr(pp, "ONEHOT_CELLS", 0)  # city (44 levels) target encoded: its table saved
 
     p = _prepare(tmp_path, mixed(), categorical=["zip"])
     sd = StageData(p)
@@ -270,6 +277,7 @@ def test_preprocessor_state_round_trips_through_a_model_file_load(tmp_path: Path
     assert np.array_equal(slots, prep.slots_of_codes(codes))
     assert np.array_equal(back.transform(p.features[rows], slots), sd.train_val().x_val.numpy())
     assert back.width == sd.n_features and sd.encoding == MATRIX
+    assert [c.mode for c in back.categorical] == [ONEHOT, ONEHOT, ONEHOT, TARGET]
 
 
 # --------------------------------------------------------------------------- shown before a run
@@ -294,10 +302,13 @@ def test_validate_lists_every_column_and_writes_nothing(
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert "numeric" in lines["x"] and "median + an indicator column" in lines["x"]
     assert "one-hot: 3 level(s) + infrequent + empty" in lines["colour"]
-    assert "one-hot: 3 level(s)" in lines["zip"] and "target encoded" in lines["city"]
+    assert "one-hot: 3 level(s)" in lines["zip"] and "one-hot: 44 level(s)" in lines["city"]
     assert "parts year, month, dayofweek, dayofyear, hour, days" in lines["when"]
     assert "left out" in lines["id"] and "identifier" in lines["id"]
     assert not (tmp_path / "data").exists()  # validate writes nothing
+    monkeypatch.setattr(pp, "ONEHOT_CELLS", 0)  # where its block would be too large: target encoded
+    assert cli.main(["-q", "validate", "--config", str(study)]) == 0
+    assert "target encoded (cross-fitted, 3 column(s)): 44 level(s)" in capsys.readouterr().out
     assert cli.main(["-q", "validate", "--config", str(study), "--set", "data.exclude=['nope']"]) == 2
     err = capsys.readouterr().err.strip()
     assert (
