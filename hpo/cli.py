@@ -554,6 +554,8 @@ def _render_predict(r: dict[str, Any]) -> str:
             lines.append(",".join(v if isinstance(v, str) else f"{v:.6f}" for v in row.values()))
     else:
         lines = [f"wrote {r['rows']:,} predictions to {r['output']}"]
+    if r.get("unscored_rows"):
+        lines.append(f"{r['unscored_rows']:,} row(s) with an empty target predicted but not scored")
     if r.get("extra_columns"):
         lines.append(f"ignored columns the model does not use: {', '.join(r['extra_columns'])}")
     if r.get("accuracy") is not None:

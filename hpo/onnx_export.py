@@ -12,6 +12,9 @@ convert gets one line saying so. An ensemble (``[stages.final] ensemble = true``
 too, averaging its members' probabilities or values inside it: the torch members in the exported
 module, scikit-learn members as a soft ``VotingClassifier`` or a ``VotingRegressor`` set up from
 the fitted members. The optional packages come with ``pip install 'hpo[onnx]'``.
+
+A model of a table with categorical, date-time or incomplete columns (model file format 5) is
+exported from raw rows instead, one input per column (:mod:`hpo.onnx_raw`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpo.errors import ConfigError, HpoError
+from hpo.errors import ConfigError
 from hpo.model_file import ModelFile
 from hpo.tasks import Regression
 
@@ -73,15 +76,20 @@ def export(model_file: ModelFile, out: Path, *, trusted: Sequence[str] = ()) -> 
     """Write ``model_file``'s model as an ONNX graph to ``out``; what it wrote."""
     task = model_file.task_of()
     output = "values" if isinstance(task, Regression) else "probabilities"
-    if model_file.preprocessor is not None:
-        kinds = sorted({c.kind for c in model_file.input_columns() if c.kind != "numeric"})
-        what = " and ".join(f"{k} columns" for k in kinds) or "empty cells (imputation, missing indicators)"
-        raise HpoError(
-            f"{model_file.origin}: ONNX export takes numeric complete features; this model's "
-            f"preprocessing of {what} (hpo.data.preprocess) has no ONNX graph yet; "
-            "predict its raw rows with hpo predict"
-        )
     models = model_file.models(trusted=trusted)
+    if model_file.preprocessor is not None:  # a table's raw columns in (hpo.onnx_raw)
+        from hpo.onnx_raw import export_raw
+
+        _require("onnx", "onnxscript")
+        written = export_raw(model_file, models, output, out)
+        return {
+            "path": str(out),
+            "family": model_file.family,
+            "members": len(models),
+            "input": ", ".join(written["inputs"]),
+            "output": f"{output} float32 "
+            + ("[N]" if output == "values" else f"[N, {len(model_file.class_names)}]"),
+        }
     n_features = len(model_file.feature_names)
     if all(isinstance(m, nn.Module) for m in models):
         _require("onnx", "onnxscript")

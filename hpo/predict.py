@@ -45,6 +45,7 @@ class Prediction:
     accuracy: float | None = None  # a classifier, when the input has the target column
     metrics: dict[str, float] | None = None  # a regressor, when the input has the target column
     extra_columns: list[str] = field(default_factory=list)
+    unscored_rows: int | None = None  # rows with an empty target, predicted but not scored
     predictions: list[dict[str, Any]] | None = None  # when no output file was given
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,10 +257,14 @@ def predict(
     """Predict the rows of ``input_path`` (``trusted``: import paths the study file vouches for,
     which a saved estimator's types may come from)."""
     task = model.task_of()
+    scored: npt.NDArray[np.bool_] | None = None  # rows with a target to score against
     if model.preprocessor is not None:
         raw = _read_raw(input_path, model)
         target, extra = raw.target, raw.extra
         predicted = task.predictions(model.outputs(raw.numeric, trusted=trusted, slots=raw.slots))
+        if target is not None:  # as in training: a row with an empty target is not scored
+            scored = ~pd.isna(pd.Series(target)).to_numpy()
+            target = target[scored] if scored.any() else None
     else:
         features, target, extra = _read(input_path, model)
         predicted = task.predictions(model.outputs(features, trusted=trusted))
@@ -278,13 +283,16 @@ def predict(
                 )
             labeling = Labeling.from_dict(model.labeling)
             truth = labeling.apply(target, file=str(input_path), column=model.target, first_line=2)
-            accuracy = float(np.mean(pred == truth))
+            accuracy = float(np.mean((pred if scored is None else pred[scored]) == truth))
     else:
         frame = pd.DataFrame({"prediction": predicted})
         if target is not None:
             assert isinstance(task, Regression)
             values = _numeric(target, file=str(input_path), column=model.target)
-            standard = task.standardise(values), task.standardise(predicted)
+            standard = (
+                task.standardise(values),
+                task.standardise(predicted if scored is None else predicted[scored]),
+            )
             scores = {name: task.metric(name, *standard) for name in ("rmse", "mae", "r2")}
     if output_path is not None:
         try:
@@ -306,6 +314,7 @@ def predict(
         accuracy=accuracy,
         metrics=scores,
         extra_columns=extra,
+        unscored_rows=int((~scored).sum()) if scored is not None and not scored.all() else None,
         predictions=[{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]
         if output_path is None
         else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -84,3 +85,78 @@ def test_penguins_run_status_and_predict_raw_rows(
     assert _cli(tmp_path, "predict", "--config", str(cfg), "--input", "missing.csv") == 2
     err = capsys.readouterr().err.strip()
     assert "missing.csv: missing feature column(s) 'year'" in err and "\n" not in err
+
+
+def _onnx_outputs(model: Path, frame: pd.DataFrame) -> Any:
+    import numpy as np
+
+    ort = require_module("onnxruntime", "HPO_REQUIRE_ONNX")
+    session = ort.InferenceSession(str(model))
+    feeds = {}
+    for i in session.get_inputs():
+        col = frame[i.name]
+        if i.type == "tensor(string)":  # "" for an empty cell
+            feeds[i.name] = (
+                col.map(lambda v: "" if pd.isna(v) else str(v)).to_numpy(dtype=object).reshape(-1, 1)
+            )
+        else:  # NaN for an empty cell
+            feeds[i.name] = pd.to_numeric(col).to_numpy(dtype=np.float32).reshape(-1, 1)
+    return session.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("case", ["mlp classifier", "your module, regression"])
+def test_onnx_from_raw_rows_agrees_with_predict(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One input per column (string for categoricals, float32 with NaN for numbers), the whole
+    preprocessing inside: onnxruntime agrees with hpo predict on every row, unseen levels and
+    empty cells included."""
+    import numpy as np
+
+    require_module("onnxscript", "HPO_REQUIRE_ONNX")
+    frame = _penguins(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
+    text = _shrunk((REPO / "studies" / "penguins.toml").read_text())
+    if case != "mlp classifier":
+        (tmp_path / "residual_mlp.py").write_text((REPO / "examples" / "residual_mlp.py").read_text())
+        text = text.replace("hidden = [64, 64]", 'family = "torch"\nmodule = "residual_mlp.py:make"')
+        text = text.replace('target = "species"', 'target = "body_mass_g"\ntask = "regression"')
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(text)
+    assert _cli(tmp_path, "run", "--config", str(cfg)) == 0
+    assert _cli(tmp_path, "export-model", "--config", str(cfg), "--format", "onnx", "--out", "m.onnx") == 0
+    rows = frame.copy()
+    rows.loc[0, "island"] = "Atlantis"  # unseen: infrequent
+    rows.loc[1, ["sex", "bill_depth_mm"]] = None
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    capsys.readouterr()
+    assert _cli(tmp_path, "predict", "--config", str(cfg), "--input", "rows.csv", "--output", "p.csv") == 0
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    graph = _onnx_outputs(tmp_path / "m.onnx", rows)
+    expected: Any
+    if case == "mlp classifier":
+        expected = predicted[[c for c in predicted.columns if c.startswith("p_")]].to_numpy()
+        assert (graph.argmax(axis=1) == expected.argmax(axis=1)).all()
+    else:
+        expected = predicted["prediction"].to_numpy()
+    assert len(expected) == len(frame) == graph.shape[0]
+    np.testing.assert_allclose(graph, expected, rtol=1e-4, atol=2e-6)  # the CSV's 6 decimals
+
+
+def test_onnx_of_a_native_categorical_estimator_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _penguins(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
+    cfg = tmp_path / "penguins_hgb.toml"
+    cfg.write_text(_shrunk((REPO / "studies" / "penguins_hgb.toml").read_text()))
+    assert _cli(tmp_path, "run", "--config", str(cfg)) == 0
+    capsys.readouterr()
+    assert _cli(tmp_path, "export-model", "--config", str(cfg), "--format", "onnx", "--out", "m.onnx") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "ONNX export of a scikit-learn model of a table with categorical" in err
+    assert not (tmp_path / "m.onnx").exists()

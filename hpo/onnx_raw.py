@@ -1,0 +1,231 @@
+"""ONNX from raw rows: a model file of format 5 (a table with categorical, date-time or incomplete
+columns, :mod:`hpo.data.preprocess`) of a torch family as one graph with one input per column.
+
+Inputs, each ``[N, 1]`` and named as the column:
+
+* a numeric column: ``float32``, ``NaN`` for an empty cell;
+* a date-time column: its numeric parts, one ``float32`` input each, named ``<column>.<part>``
+  (``when.year``, ``when.month``, ``when.dayofweek``, ``when.dayofyear``, ``when.hour`` where
+  the model has it, ``when.days`` since 1970-01-01 UTC; what :func:`hpo.data.columns.datetime_parts`
+  computes), ``NaN`` where empty;
+* a categorical column: ``string``, its value as hpo reads it (text as written, booleans as
+  ``true``/``false``, integer codes as written), ``""`` for an empty cell.
+
+Built in two parts, then joined (no ``onnx.compose.merge_models``, so no IR-version alignment):
+
+1. **the rest in torch** (:class:`RawDeployed`): the fitted preprocessing as buffers (median
+   fill, indicators, standardisation, one-hot and target-encoding tables gathered by slot),
+   the members and the task's output, exported with ``torch.onnx.export`` on two inputs
+   (``hpo_numeric`` float32 ``[N, n_numeric]``, ``hpo_slots`` int64 ``[N, n_categorical]``);
+2. **a front** written with ``onnx.helper``: each categorical input through an
+   ``ai.onnx.ml.LabelEncoder`` (kept levels to their slots, ``""`` to the empty slot, anything
+   else to the infrequent slot: ``default_int64``), the inputs concatenated into those two
+   tensors; its nodes are put before the torch graph's, whose two inputs it replaces.
+
+The estimator families (scikit-learn) are refused in one line: HistGradientBoosting's native
+categorical splits are written by skl2onnx as thresholds (wrong, sklearn-onnx#1051), and the
+matrix path would need the torch front in front of skl2onnx's graph (not built).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpo.data.columns import CATEGORICAL, DATETIME
+from hpo.data.preprocess import MATRIX, ONEHOT, TARGET, Categorical, Preprocessor
+from hpo.errors import HpoError
+from hpo.model_file import ModelFile
+from hpo.tasks import Regression
+
+OPSET = 18
+ML_OPSET = 3
+NUMERIC_INPUT, SLOTS_INPUT = "hpo_numeric", "hpo_slots"
+
+
+def _onehot_table(c: Categorical) -> torch.Tensor:
+    """Slot -> its one-hot row (slot 0, empty, shares infrequent's column where the training
+    rows had no empty cell, as :meth:`Preprocessor.transform` does)."""
+    first = 0 if c.missing_slot else 1
+    table = torch.zeros(c.n_slots, c.width(1))
+    for s in range(c.n_slots):
+        table[s, max(s - first, 0)] = 1.0
+    return table
+
+
+class RawDeployed(nn.Module):
+    """The fitted preprocessing, the members and the task's output transform as one module:
+    numeric values (NaN empty) and categorical slots in, probabilities or values out (what
+    ``hpo predict`` computes)."""
+
+    median: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    indicator: torch.Tensor
+
+    def __init__(self, members: Sequence[nn.Module], prep: Preprocessor, model_file: ModelFile) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("median", torch.as_tensor(prep.median.astype(np.float32)))
+        self.register_buffer("mean", torch.as_tensor(prep.scaler.mean.astype(np.float32)))
+        self.register_buffer("scale", torch.as_tensor(prep.scaler.scale.astype(np.float32)))
+        self.register_buffer("indicator", torch.as_tensor(np.flatnonzero(prep.indicator), dtype=torch.int64))
+        tables = []
+        for c in prep.categorical:
+            if c.mode == ONEHOT:
+                tables.append(_onehot_table(c))
+            elif c.mode == TARGET:
+                tables.append(torch.as_tensor(prep.target_tables[c.name]))
+            else:  # pragma: no cover - native is the sklearn family's, refused before
+                raise HpoError(f"{model_file.origin}: native categorical codes have no ONNX graph")
+        self.tables = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in tables])
+        self.n_numeric = len(prep.numeric_names)
+        task = model_file.task_of()
+        self.regression = isinstance(task, Regression)
+        self.target_mean = float(task.mean) if isinstance(task, Regression) else 0.0
+        self.target_std = float(task.std) if isinstance(task, Regression) else 1.0
+
+    def features(self, numeric: torch.Tensor | None, slots: torch.Tensor | None) -> torch.Tensor:
+        blocks = []
+        if numeric is not None:
+            nan = torch.isnan(numeric)
+            filled = torch.where(nan, self.median, numeric)
+            blocks.append((filled - self.mean) / self.scale)
+            if self.indicator.numel():
+                blocks.append(nan.index_select(1, self.indicator).float())
+        if slots is not None:
+            for j, table in enumerate(self.tables):
+                blocks.append(table.index_select(0, slots[:, j]))
+        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [member(x).float() for member in self.members]
+        if self.regression:
+            value = torch.stack([o[:, 0] for o in outs]).mean(dim=0)
+            return value * self.target_std + self.target_mean
+        return torch.stack([torch.softmax(o, dim=1) for o in outs]).mean(dim=0)
+
+    def forward(self, hpo_numeric: torch.Tensor, hpo_slots: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(hpo_numeric, hpo_slots))
+
+
+class _NumericOnly(nn.Module):
+    def __init__(self, inner: RawDeployed) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hpo_numeric: torch.Tensor) -> torch.Tensor:
+        return self.inner.head(self.inner.features(hpo_numeric, None))
+
+
+class _SlotsOnly(nn.Module):
+    def __init__(self, inner: RawDeployed) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hpo_slots: torch.Tensor) -> torch.Tensor:
+        return self.inner.head(self.inner.features(None, hpo_slots))
+
+
+def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: Path) -> dict[str, Any]:
+    """Write the raw-rows graph of a format-5 model of a torch family; what it wrote."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    prep = model_file.prep()
+    assert prep is not None
+    if not all(isinstance(m, nn.Module) for m in members) or prep.encoding != MATRIX:
+        raise HpoError(
+            f"{model_file.origin}: ONNX export of a scikit-learn model of a table with categorical "
+            "columns or empty cells is not built (the preprocessing in front of skl2onnx's graph; "
+            "HistGradientBoosting's native categorical splits skl2onnx writes as thresholds); "
+            "predict its raw rows with hpo predict"
+        )
+    deployed = RawDeployed([m.eval() for m in members], prep, model_file).eval()
+    n_num, n_cat = len(prep.numeric_names), len(prep.categorical)
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    batch = torch.export.Dim("N")
+    numeric_example = torch.zeros(2, n_num)
+    slots_example = torch.ones(2, n_cat, dtype=torch.int64)
+    if n_num and n_cat:
+        module, example, names = deployed, (numeric_example, slots_example), [NUMERIC_INPUT, SLOTS_INPUT]
+    elif n_num:
+        module, example, names = _NumericOnly(deployed), (numeric_example,), [NUMERIC_INPUT]
+    else:
+        module, example, names = _SlotsOnly(deployed), (slots_example,), [SLOTS_INPUT]
+    with tempfile.TemporaryDirectory() as tmp:
+        program = torch.onnx.export(
+            module,
+            example,
+            input_names=names,
+            output_names=[output],
+            dynamic_shapes={n: {0: batch} for n in names},
+            opset_version=OPSET,
+            dynamo=True,
+            artifacts_dir=tmp,
+        )
+        assert program is not None
+        path = Path(tmp) / "torch.onnx"
+        program.save(str(path), external_data=False)
+        graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    inputs: list[Any] = []
+    front: list[Any] = []
+    numeric_inputs: list[str] = []
+    slot_outputs: list[str] = []
+    by_name = {c.name: c for c in prep.categorical}
+    for col in model_file.input_columns():
+        if col.kind == CATEGORICAL:
+            spec = by_name[col.name]
+            inputs.append(helper.make_tensor_value_info(col.name, TensorProto.STRING, ["N", 1]))
+            coded = f"hpo_slot_{len(slot_outputs)}"
+            keys = [*spec.levels, ""]
+            values = [2 + i for i in range(len(spec.levels))] + [0 if spec.missing_slot else 1]
+            front.append(
+                helper.make_node(
+                    "LabelEncoder",
+                    [col.name],
+                    [coded],
+                    domain="ai.onnx.ml",
+                    keys_strings=keys,
+                    values_int64s=values,
+                    default_int64=1,
+                )
+            )
+            slot_outputs.append(coded)
+        else:
+            names_here = [f"{col.name}.{p}" for p in col.parts] if col.kind == DATETIME else [col.name]
+            for n in names_here:
+                inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1]))
+                numeric_inputs.append(n)
+    if numeric_inputs != prep.numeric_names:
+        raise HpoError(
+            f"{model_file.origin}: its numeric columns do not match its preprocessing; export it again"
+        )
+    if n_num:
+        front.append(helper.make_node("Concat", numeric_inputs, [NUMERIC_INPUT], axis=1))
+    if n_cat:
+        front.append(helper.make_node("Concat", slot_outputs, [SLOTS_INPUT], axis=1))
+    replaced = [i for i in graph.input if i.name in names]
+    for i in replaced:
+        graph.input.remove(i)
+    graph.input.extend(inputs)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*front, *nodes])
+    if not any(o.domain == "ai.onnx.ml" for o in graph_model.opset_import):
+        graph_model.opset_import.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
+    onnx.checker.check_model(graph_model)
+    out.write_bytes(graph_model.SerializeToString())
+    described = [
+        f"{i.name} {'string' if i.type.tensor_type.elem_type == TensorProto.STRING else 'float32'} [N, 1]"
+        for i in inputs
+    ]
+    return {"inputs": described}
