@@ -253,6 +253,14 @@ def test_native_encoding_codes_levels_and_keeps_nan() -> None:
     assert np.isnan(m[::9, 0]).all()  # numeric NaN kept for the estimator
     assert np.isnan(m[codes[:, 0] == -1, 1]).all()  # an empty cell: NaN
     assert np.nanmax(m[:, 2]) == 254  # 254 levels kept + infrequent: HistGradientBoosting's 255
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    est = HistGradientBoostingClassifier(max_iter=3, categorical_features=list(prep.categorical_columns()))
+    est.fit(m, y)  # a 400-level column fits under its limit; raw codes would not
+    with pytest.raises(ValueError, match="cardinality"):
+        HistGradientBoostingClassifier(max_iter=3, categorical_features=[2]).fit(
+            np.column_stack([m[:, :2], codes[:, 1]]), y
+        )
 
 
 def test_preprocessor_state_round_trips_through_a_model_file_load(
