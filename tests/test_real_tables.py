@@ -326,3 +326,18 @@ def test_validate_lists_every_column_and_writes_nothing(
         )
         and "\n" not in err
     )
+
+
+def test_target_encoding_keeps_groups_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``group``, the target encoding's inner folds keep each group whole: a level that is
+    its group (every row of a group shares its target) cannot learn its target from its own
+    group's other rows, as it would with plain inner folds."""
+    monkeypatch.setattr(pp, "ONEHOT_CELLS", 0)
+    r = np.random.default_rng(4)
+    groups = np.repeat(np.arange(300), 8)
+    y = np.repeat(r.integers(0, 2, 300), 8)
+    codes = groups.astype(np.int32)[:, None]  # the level is the group
+    x = np.empty((len(y), 0), np.float32)
+    _, grouped = _fit(x, codes, y, groups=groups, strata=y)
+    _, plain = _fit(x, codes, y)
+    assert abs(np.corrcoef(grouped[:, 0], y)[0, 1]) < 0.1 < 0.9 < abs(np.corrcoef(plain[:, 0], y)[0, 1])

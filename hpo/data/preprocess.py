@@ -177,9 +177,13 @@ class Preprocessor:
         n_classes: int = 0,
         seed: int = 0,
         layout: Preprocessor | None = None,
+        groups: npt.NDArray[Any] | None = None,
+        strata: npt.NDArray[np.int64] | None = None,
     ) -> tuple[Preprocessor, npt.NDArray[np.float32]]:
         """Fit on these rows (and only these) and return the fit with these rows' matrix (target
-        encoded columns cross-fitted). ``layout``: the split's fit, whose layout a fold keeps."""
+        encoded columns cross-fitted). ``layout``: the split's fit, whose layout a fold keeps.
+        ``groups`` (with ``strata``, the classes or a regressor's deciles): the target encoding's
+        inner folds keep each group whole, as every other split of hpo does."""
         x = np.asarray(numeric, dtype=np.float32)
         nan = np.isnan(x)
         median = _median(x, nan)
@@ -233,7 +237,14 @@ class Preprocessor:
         for j, c in enumerate(cats):
             if c.mode == TARGET:
                 prep.target_tables[c.name], fitted[c.name] = _target_encode(
-                    slots[:, j], y, c.n_slots, task=task, n_classes=n_classes, seed=seed
+                    slots[:, j],
+                    y,
+                    c.n_slots,
+                    task=task,
+                    n_classes=n_classes,
+                    seed=seed,
+                    groups=groups,
+                    strata=strata,
                 )
         return prep, prep.transform(x, slots, fitted=fitted)
 
@@ -387,6 +398,8 @@ def _target_encode(
     task: str,
     n_classes: int,
     seed: int,
+    groups: npt.NDArray[Any] | None = None,
+    strata: npt.NDArray[np.int64] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """scikit-learn's TargetEncoder on one column of slots: the lookup table for other rows
     ``[n_slots, k]`` (an unseen slot: the target's mean) and these rows' cross-fitted values."""
@@ -399,7 +412,14 @@ def _target_encode(
         present = np.bincount(np.asarray(y, dtype=np.int64))
         smallest = int(present[present > 0].min()) if present.size else 0
         cv = max(2, min(TARGET_CV, smallest))
-    enc = TargetEncoder(target_type=target_type, cv=_splitter(task, cv, seed))
+    splitter: Any = _splitter(task, cv, seed)
+    if groups is not None:  # group-aware inner folds (hpo's own CV splitter), so no group leaks
+        from hpo.data.splits import cv_folds
+
+        labels = np.asarray(strata if strata is not None else y, dtype=np.int64)
+        n_splits = max(2, min(cv, len(np.unique(groups))))
+        splitter = list(cv_folds(labels, n_splits=n_splits, seed=seed, groups=groups))
+    enc = TargetEncoder(target_type=target_type, cv=splitter)
     x = slots.reshape(-1, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a class with fewer rows than cv

@@ -129,6 +129,8 @@ class StageData:
             n_classes=p.n_classes,
             seed=int(p.meta.get("seed", 0)),
             layout=layout,
+            groups=None if p.groups is None else np.asarray(p.groups[rows]),
+            strata=np.asarray(p.labels[rows], dtype=np.int64),
         )
 
     def _apply(self, prep: Preprocessor, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
