@@ -64,6 +64,7 @@ class DataFileError(DataError):
         self.file = file
         self.line = line
         self.problem = problem
+        self.fix = fix
         where = f"{file}:{line}" if line is not None else file
         message = f"{where}: {problem}"
         if fix:

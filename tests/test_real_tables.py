@@ -341,3 +341,15 @@ def test_target_encoding_keeps_groups_whole(monkeypatch: pytest.MonkeyPatch) -> 
     _, grouped = _fit(x, codes, y, groups=groups, strata=y)
     _, plain = _fit(x, codes, y)
     assert abs(np.corrcoef(grouped[:, 0], y)[0, 1]) < 0.1 < 0.9 < abs(np.corrcoef(plain[:, 0], y)[0, 1])
+
+
+def test_a_row_problem_names_the_files_line_after_rows_were_dropped(tmp_path: Path) -> None:
+    """Rows with an empty target are left out; a later problem still names the file's line."""
+    from hpo.errors import DataFileError
+
+    frame = pd.DataFrame({"x": np.arange(40.0), "y": np.arange(40.0) % 20})
+    frame.loc[[2, 5], "y"] = np.nan
+    frame.loc[30, "y"] = 500.0  # outside the bins: an error at its line
+    with pytest.raises(DataFileError) as err:
+        _prepare(tmp_path, frame, bins=[0, 50])
+    assert ":32: " in str(err.value) and "outside the bins" in str(err.value), str(err.value)

@@ -316,7 +316,22 @@ def _check_filled(table: sources.Table, rows: npt.NDArray[np.int64]) -> None:
 def _build(
     settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
-    """The cache's arrays and meta, every check done (nothing is written here)."""
+    """The cache's arrays and meta, every check done (nothing is written here). A problem at a
+    row names the file's own line, also where rows with an empty target were left out."""
+    try:
+        return _build_checked(settings, table, sha=sha, folds=folds)
+    except DataFileError as exc:
+        if exc.line is None or table.row_lines is None:
+            raise
+        row = exc.line - table.first_line
+        if not 0 <= row < len(table.row_lines):
+            raise
+        raise DataFileError(exc.file, exc.problem, line=int(table.row_lines[row]), fix=exc.fix) from None
+
+
+def _build_checked(
+    settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
     targets: npt.NDArray[np.float64] | None = None
     if settings.task == "regression":
         targets = regression_target(table)

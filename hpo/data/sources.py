@@ -69,6 +69,7 @@ class Table:
     columns: list[Column] = field(default_factory=list)  # every feature column, in file order
     left_out: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
     dropped_target_rows: int = 0  # rows whose target was empty (not read)
+    row_lines: npt.NDArray[np.int64] | None = None  # each row's file line, where rows were dropped
 
 
 def sha256(path: Path) -> str:
@@ -432,4 +433,5 @@ def _read_table(settings: DataSettings, path: Path) -> Table:
         columns=typed,
         left_out=left_out,
         dropped_target_rows=dropped,
+        row_lines=line_of if dropped else None,
     )
