@@ -20,6 +20,7 @@ column and the line.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,9 @@ def _read_raw(path: Path, model: ModelFile) -> RawRows:
 
 def _cell_problem(path: Path, header: list[str], types: dict[str, Any], exc: Exception) -> DataFileError:
     """After pyarrow refused a cell: the first column and line whose text is not its type."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     with path.open(newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
         next(reader, None)
@@ -235,10 +239,24 @@ def _cell_problem(path: Path, header: list[str], types: dict[str, Any], exc: Exc
                 i = index.get(column)
                 if i is None or i >= len(row) or row[i].strip() in _NULLS:
                     continue
-                if str(kind) in ("double", "float") and not _is_number(row[i]):
+                if str(kind) in ("double", "float"):
+                    if not _is_number(row[i]):
+                        return DataFileError(
+                            str(path),
+                            f"column {column!r} is {row[i]!r}, not a number",
+                            line=line_no,
+                            fix="fix or empty that cell",
+                        )
+                    continue
+                try:  # a boolean, integer or date column of the training file
+                    pacsv.read_csv(
+                        io.BytesIO(f"c\n{row[i]}\n".encode()),
+                        convert_options=pacsv.ConvertOptions(column_types={"c": kind}),
+                    )
+                except pa.ArrowInvalid:
                     return DataFileError(
                         str(path),
-                        f"column {column!r} is {row[i]!r}, not a number",
+                        f"column {column!r} is {row[i]!r}, not a {kind} as in the training file",
                         line=line_no,
                         fix="fix or empty that cell",
                     )

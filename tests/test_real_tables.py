@@ -42,7 +42,7 @@ def mixed(rows: int = 600, seed: int = 0) -> pd.DataFrame:
             "y": np.where(score > 0.7, "hi", np.where(score < -0.5, "lo", "mid")),
         }
     )
-    frame.loc[[5, 17, 99], "y"] = None
+    frame.loc[[i for i in (5, 17, 99) if i < rows], "y"] = None
     return frame
 
 
@@ -353,3 +353,53 @@ def test_a_row_problem_names_the_files_line_after_rows_were_dropped(tmp_path: Pa
     with pytest.raises(DataFileError) as err:
         _prepare(tmp_path, frame, bins=[0, 50])
     assert ":32: " in str(err.value) and "outside the bins" in str(err.value), str(err.value)
+
+
+def test_raw_rows_are_read_as_the_training_file_typed_them(tmp_path: Path) -> None:
+    """``hpo predict``'s reader of a format-5 model: columns in any order, extra ones named,
+    empty cells and unseen levels allowed; a cell that is not its training column's type is one
+    line naming the column and the line."""
+    from hpo import predict
+    from hpo.errors import DataFileError
+    from hpo.model_file import ModelFile
+
+    p = _prepare(tmp_path, mixed(), categorical=["zip"])
+    sd = StageData(p)
+    model = ModelFile(
+        family="mlp",
+        payloads=[],
+        run_config={},
+        task={"kind": "classification", "class_names": p.class_names},
+        scaler_mean=sd.preprocessor.scaler.mean,
+        scaler_scale=sd.preprocessor.scaler.scale,
+        feature_names=[c.name for c in p.columns],
+        class_names=p.class_names,
+        labeling=None,
+        target="y",
+        hpo_version="test",
+        preprocessor=sd.preprocessor.to_state(),
+        columns=[c.to_dict() for c in p.columns],
+    )
+    rows = mixed(rows=30, seed=9)
+    rows = rows[list(reversed(rows.columns))]
+    rows.loc[0, "colour"] = "mauve"  # unseen
+    rows.loc[1, ["x", "colour", "when"]] = None
+    rows.to_csv(tmp_path / "raw.csv", index=False)
+    raw = predict._read_raw(tmp_path / "raw.csv", model)
+    assert raw.extra == ["id"] and raw.numeric.shape == (30, len(p.feature_names))
+    assert raw.slots[0, 0] == 1 and raw.slots[1, 0] == 0  # infrequent; empty (its own level)
+    assert np.isnan(raw.numeric[1]).sum() == 1 + 6  # x, and the six parts of when
+    direct = sd.preprocessor.transform(raw.numeric, raw.slots)
+    assert np.isfinite(direct).all() and direct.shape == (30, sd.n_features)
+    bad = rows.astype(object)
+    bad.loc[4, "flag"] = "maybe"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(
+        DataFileError, match=r"bad\.csv:6: column 'flag' is 'maybe', not a bool as in the training"
+    ):
+        predict._read_raw(tmp_path / "bad.csv", model)
+    bad = rows.astype(object)
+    bad.loc[7, "n"] = "many"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataFileError, match=r"bad\.csv:9: column 'n' is 'many', not a number"):
+        predict._read_raw(tmp_path / "bad.csv", model)
