@@ -403,3 +403,29 @@ def test_raw_rows_are_read_as_the_training_file_typed_them(tmp_path: Path) -> No
     bad.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataFileError, match=r"bad\.csv:9: column 'n' is 'many', not a number"):
         predict._read_raw(tmp_path / "bad.csv", model)
+
+
+@pytest.mark.parametrize("encoding", [MATRIX, NATIVE])
+def test_the_synthetic_stand_in_goes_through_the_scaler_exactly(tmp_path: Path, encoding: str) -> None:
+    """The MSD-shaped stand-in every faithful study file uses: its rows, folds and test rows are
+    exactly the scaler's, whichever encoding the family takes, and its model stays format 4."""
+    p = data.prepare(
+        DataSettings(source="synthetic", rows=3000), data_dir=tmp_path / "cache", progressbar=False
+    )
+    assert p.codes is None and "columns" not in p.meta  # cached exactly as before
+    sd = StageData(p, encoding)
+    s, scaler = p.split, p.scaler
+    tv = sd.train_val()
+    assert np.array_equal(tv.x_train.numpy(), scaler.transform(p.features[s.train]))
+    assert np.array_equal(tv.x_val.numpy(), scaler.transform(p.features[s.val]))
+    assert np.array_equal(sd.read_test_rows(reader="t")[0].numpy(), scaler.transform(p.features[s.test]))
+    x = np.asarray(p.features[s.train], dtype=np.float32)
+    strata = np.asarray(p.labels[s.train], dtype=np.int64)
+    for fold, (fit_idx, held_idx) in zip(
+        sd.cv_folds(2, 42), data.cv_folds(strata, n_splits=2, seed=42), strict=True
+    ):
+        old = data.Scaler.fit(x[fit_idx])
+        assert np.array_equal(fold.x_train.numpy(), old.transform(x[fit_idx]))
+        assert np.array_equal(fold.x_val.numpy(), old.transform(x[held_idx]))
+        assert fold.categorical == ()
+    assert sd.n_features == 90 and all(c.kind == "numeric" and c.missing == 0 for c in sd.input_columns)
