@@ -159,7 +159,6 @@ def _voting(estimators: Sequence[Any], model_file: ModelFile) -> Any:
 
 def _sklearn_graph(estimator: Any, model_file: ModelFile, n_features: int, output: str, out: Path) -> None:
     import onnx
-    from onnx import helper
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.base import is_classifier
@@ -190,6 +189,21 @@ def _sklearn_graph(estimator: Any, model_file: ModelFile, n_features: int, outpu
     except Exception as exc:  # skl2onnx raises several types for an unsupported estimator
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"this {name} cannot be exported to ONNX by skl2onnx ({first[:160]})") from None
+    sklearn_output(graph, estimator, model_file, output)
+    g = graph.graph
+    g.input[0].type.tensor_type.shape.dim[0].dim_param = "N"  # the rows, as the torch graphs name them
+    onnx.checker.check_model(graph)
+    out.write_bytes(graph.SerializeToString())
+
+
+def sklearn_output(graph: Any, estimator: Any, model_file: ModelFile, output: str) -> None:
+    """Give skl2onnx's graph hpo's one output: ``probabilities`` in the model file's class
+    order, or a regressor's ``values`` in the target's units."""
+    import onnx
+    from onnx import helper
+    from sklearn.base import is_classifier
+
+    n_classes = len(model_file.class_names)
     g = graph.graph
     produced = "skl2onnx_" + next(o.name for o in g.output if o.name != "label")
     for node in g.node:  # free the output's name for the graph's own
@@ -218,6 +232,3 @@ def _sklearn_graph(estimator: Any, model_file: ModelFile, n_features: int, outpu
         shape = ["N"]
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, shape))
-    g.input[0].type.tensor_type.shape.dim[0].dim_param = "N"  # the rows, as the torch graphs name them
-    onnx.checker.check_model(graph)
-    out.write_bytes(graph.SerializeToString())
