@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import require_module
 
 from hpo import cli
-from tests.conftest import require_module
 
 REPO = Path(__file__).resolve().parents[1]
 
