@@ -429,3 +429,34 @@ def test_the_synthetic_stand_in_goes_through_the_scaler_exactly(tmp_path: Path, 
         assert np.array_equal(fold.x_val.numpy(), old.transform(x[held_idx]))
         assert fold.categorical == ()
     assert sd.n_features == 90 and all(c.kind == "numeric" and c.missing == 0 for c in sd.input_columns)
+
+
+@pytest.mark.parametrize(
+    "estimator", ["sklearn.ensemble.HistGradientBoostingClassifier", "lightgbm.LGBMClassifier"]
+)
+def test_native_estimators_get_their_categorical_columns(tmp_path: Path, estimator: str) -> None:
+    """HistGradientBoosting gets ``categorical_features``, LightGBM ``categorical_feature`` at
+    fit: each sees the coded columns as categories (and NaN as missing)."""
+    import warnings
+
+    from hpo.families._protocol import Job
+    from hpo.families.sklearn_api import SklearnFamily, data_encoding
+    from hpo.settings import RunConfig
+
+    cfg = RunConfig.model_validate({"family": "sklearn", "estimator": estimator, "params": {}})
+    assert data_encoding(cfg) == NATIVE
+    p = _prepare(tmp_path, mixed(), categorical=["zip"])
+    sd = StageData(p, NATIVE)
+    tv = sd.train_val()
+    assert tv.categorical == sd.preprocessor.categorical_columns() and len(tv.categorical) == 4
+    job = Job(cfg, cfg.train(epochs=1, device="cpu", seed=0, precision="fp32"), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (result,) = SklearnFamily().fit_many([job], [tv], sd.task, callbacks=[[]], stack=False)
+    model = result.model
+    if estimator.startswith("lightgbm"):
+        infos = model.booster_.dump_model()["feature_infos"]
+        assert all(infos[f"Column_{j}"]["values"] for j in tv.categorical)  # categorical splits' sets
+    else:
+        assert list(model.categorical_features) == list(tv.categorical)
+        assert model.is_categorical_ is not None and model.is_categorical_[list(tv.categorical)].all()

@@ -452,14 +452,17 @@ def _splitter(task: str, cv: int, seed: int) -> Any:
 
 def encoding_for(estimator: Any | None) -> str:
     """NATIVE for an estimator that takes categorical columns and NaN itself (a
-    ``categorical_features`` parameter: HistGradientBoosting*), else MATRIX."""
+    ``categorical_features`` parameter: HistGradientBoosting*; LightGBM's estimators, given
+    ``categorical_feature=`` at fit), else MATRIX."""
     if estimator is None:
         return MATRIX
     try:
         params = estimator.get_params(deep=False)
     except Exception:  # an estimator whose get_params needs arguments: refused elsewhere
         return MATRIX
-    return NATIVE if "categorical_features" in params else MATRIX
+    if "categorical_features" in params or type(estimator).__module__.startswith("lightgbm."):
+        return NATIVE
+    return MATRIX
 
 
 def describe_columns(

@@ -71,8 +71,9 @@ def estimator_class(cfg: RunConfig) -> type:
 
 def data_encoding(cfg: RunConfig) -> str:
     """How the rows reach ``cfg``'s estimator: ``"native"`` (category codes with NaN, their
-    columns passed as ``categorical_features``) for one that has that parameter
-    (HistGradientBoosting*), else ``"matrix"`` (one-hot / target encoded, imputed, standardised)."""
+    columns passed as ``categorical_features``, or to LightGBM's fit as ``categorical_feature``)
+    for HistGradientBoosting* and LightGBM, else ``"matrix"`` (one-hot / target encoded, imputed,
+    standardised)."""
     from hpo.data.preprocess import MATRIX, encoding_for
 
     if cfg.family != "sklearn" or cfg.estimator is None:
@@ -99,7 +100,9 @@ def _validated(cls: type, spec: str, params: Mapping[str, Any]) -> Any:
     try:
         est = cls(**params)
         validate = getattr(est, "_validate_params", None)
-        if callable(validate):
+        # only where the estimator declares its constraints: LightGBM's inherit scikit-learn's
+        # _validate_params but not _parameter_constraints (AttributeError on every value)
+        if callable(validate) and hasattr(est, "_parameter_constraints"):
             validate()
     except Exception as exc:
         raise ValueError(f"{spec}: {first_line(exc, 240)}") from None
@@ -201,11 +204,15 @@ class SklearnFamily:
         for job, cbs in zip(jobs, callbacks, strict=True):
             data = datasets[job.data]
             est = self.estimator(job.config, job.train.seed)
+            fit_args: dict[str, Any] = {}
             if data.categorical:  # native encoding: codes, NaN for empty (hpo.data.preprocess)
-                est.set_params(categorical_features=list(data.categorical))
+                if "categorical_features" in est.get_params(deep=False):  # HistGradientBoosting
+                    est.set_params(categorical_features=list(data.categorical))
+                else:  # LightGBM: a fit argument
+                    fit_args["categorical_feature"] = list(data.categorical)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="X does not have valid feature names")
-                est.fit(data.x_train.numpy(), data.y_train.numpy())
+                est.fit(data.x_train.numpy(), data.y_train.numpy(), **fit_args)
             train = task.evaluate(self.outputs(est, data.x_train, task.n_outputs), data.y_train)
             val = task.evaluate(self.outputs(est, data.x_val, task.n_outputs), data.y_val)
             record = EvalRecord(
