@@ -251,11 +251,13 @@ def _cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
         assert p.data.path is not None
         if Path(p.data.path).expanduser().exists():
             from hpo import data
-            from hpo.families.sklearn_api import data_encoding
+            from hpo.families.sklearn_api import data_encoding, native_levels
             from hpo.stages._context import column_listing
 
             prepared = data.cache.inspect(p.data, folds=p.folds())
-            out["data"] = column_listing(prepared, data_encoding(p.defaults))
+            out["data"] = column_listing(
+                prepared, data_encoding(p.defaults), native_levels(p.defaults, p.stages)
+            )
         else:
             out["data_note"] = (
                 f"data.path {p.data.path!r} is not in {Path.cwd()}, so its columns are not listed "

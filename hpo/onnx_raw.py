@@ -153,7 +153,8 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
     if prep.encoding != MATRIX:
         raise HpoError(
             f"{model_file.origin}: ONNX export of a model given native categorical codes "
-            "(HistGradientBoosting's categorical_features) is not built: skl2onnx writes its "
+            "(HistGradientBoosting's categorical_features, LightGBM's categorical_feature) is not "
+            "built: skl2onnx writes HistGradientBoosting's "
             "categorical splits as thresholds (sklearn-onnx#1051); predict its raw rows with hpo predict"
         )
     torch_members = all(isinstance(m, nn.Module) for m in members)

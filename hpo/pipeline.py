@@ -39,7 +39,7 @@ from hpo import data
 from hpo import plan as plan_mod
 from hpo.errors import ConfigError, PrerequisiteError
 from hpo.families import family_of
-from hpo.families.sklearn_api import data_encoding
+from hpo.families.sklearn_api import data_encoding, native_levels
 from hpo.model_file import ModelFile, read_model_artifact
 from hpo.plan import Plan
 from hpo.present import dashboard, figures
@@ -172,6 +172,7 @@ class Pipeline:
             folds=plan.folds(),
             progress=progress or LogProgress(),
             encoding=data_encoding(plan.defaults),
+            native_levels=native_levels(plan.defaults, plan.stages),
         )
         pipe = cls(plan=plan, ctx=ctx, progress=ctx.progress)
         ctx.search_budget = pipe.search_budget

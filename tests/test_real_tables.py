@@ -460,3 +460,29 @@ def test_native_estimators_get_their_categorical_columns(tmp_path: Path, estimat
     else:
         assert list(model.categorical_features) == list(tv.categorical)
         assert model.is_categorical_ is not None and model.is_categorical_[list(tv.categorical)].all()
+
+
+def test_a_lower_max_bins_keeps_fewer_native_levels(tmp_path: Path) -> None:
+    """HistGradientBoosting takes at most max_bins categories: where the study file tunes it
+    below 255, the native encoding keeps fewer levels, so every trial's fit takes the codes."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from hpo import plan
+    from hpo.families.sklearn_api import native_levels
+
+    study = tmp_path / "t.toml"
+    study.write_text(
+        '[pipeline]\nname = "t"\n[data]\nsource = "csv"\npath = "t.csv"\ntarget = "y"\n[defaults]\n'
+        'family = "sklearn"\nestimator = "sklearn.ensemble.HistGradientBoostingClassifier"\n'
+        '[stages.bins]\nkind = "grid_cv"\ngrid = { max_bins = [31, 255] }\nfolds = 2\n'
+        '[stages.final]\nkind = "final"\n'
+    )
+    p = plan.load(study)
+    assert native_levels(p.defaults, p.stages) == 30
+    r = np.random.default_rng(5)
+    n = 3000
+    codes = r.integers(0, 100, n).astype(np.int32)[:, None]
+    y = r.integers(0, 2, n)
+    prep, m = _fit(np.empty((n, 0), np.float32), codes, y, encoding=NATIVE, native_levels=30)
+    assert len(prep.categorical[0].levels) == 30 and np.nanmax(m) == 30
+    HistGradientBoostingClassifier(max_iter=2, max_bins=31, categorical_features=[0]).fit(m, y)

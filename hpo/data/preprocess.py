@@ -179,11 +179,14 @@ class Preprocessor:
         layout: Preprocessor | None = None,
         groups: npt.NDArray[Any] | None = None,
         strata: npt.NDArray[np.int64] | None = None,
+        native_levels: int = NATIVE_MAX_LEVELS,
     ) -> tuple[Preprocessor, npt.NDArray[np.float32]]:
         """Fit on these rows (and only these) and return the fit with these rows' matrix (target
         encoded columns cross-fitted). ``layout``: the split's fit, whose layout a fold keeps.
         ``groups`` (with ``strata``, the classes or a regressor's deciles): the target encoding's
-        inner folds keep each group whole, as every other split of hpo does."""
+        inner folds keep each group whole, as every other split of hpo does. ``native_levels``:
+        the most levels a column keeps under the native encoding (fewer than 254 where the
+        study file sets or tunes HistGradientBoosting's ``max_bins`` below 255)."""
         x = np.asarray(numeric, dtype=np.float32)
         nan = np.isnan(x)
         median = _median(x, nan)
@@ -205,8 +208,8 @@ class Preprocessor:
             frequent = counts[1:] >= MIN_FREQUENCY
             if layout is None:
                 keep = np.flatnonzero(frequent)
-                if encoding == NATIVE and keep.size > NATIVE_MAX_LEVELS:
-                    order = np.argsort(-counts[1:][keep], kind="stable")[:NATIVE_MAX_LEVELS]
+                if encoding == NATIVE and keep.size > native_levels:
+                    order = np.argsort(-counts[1:][keep], kind="stable")[:native_levels]
                     keep = np.sort(keep[order])
                 levels = [vocab[j][int(i)] for i in keep]
                 cells = x.shape[0] * (keep.size + 2)

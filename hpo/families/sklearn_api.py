@@ -35,7 +35,7 @@ import json
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -83,6 +83,18 @@ def data_encoding(cfg: RunConfig) -> str:
         return encoding_for(cls(**cfg.params))
     except Exception:  # an estimator that cannot be built is refused, in one line, by check()
         return MATRIX
+
+
+def native_levels(defaults: RunConfig, stages: Iterable[Any]) -> int:
+    """The most levels a categorical column keeps under the native encoding: 254 (with the
+    infrequent code, HistGradientBoosting's 255 categories), fewer where the study file sets or
+    tunes ``max_bins`` lower (a search's range by its low end), so every trial's fit takes it."""
+    from hpo.data.preprocess import NATIVE_MAX_LEVELS
+
+    values = [defaults.params.get("max_bins")]
+    values += [v for stage in stages for tuned in stage.tuned().values() for v in tuned.get("max_bins", [])]
+    bins = [int(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return max(1, min([NATIVE_MAX_LEVELS, *(b - 1 for b in bins)]))
 
 
 def _defaults(cls: type, spec: str) -> dict[str, Any]:

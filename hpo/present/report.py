@@ -112,7 +112,7 @@ def data_section(pipe: Pipeline) -> Section:
         ]
     )
     if meta.get("columns") is not None:  # a user's table: every column as read, and its encoding
-        listing = column_listing(prepared, pipe.ctx.encoding)
+        listing = column_listing(prepared, pipe.ctx.encoding, pipe.ctx.native_levels)
         dropped = listing["dropped_target_rows"]
         section.p(
             f"{len(meta['columns'])} feature columns as read, {listing['model_inputs']} model inputs "

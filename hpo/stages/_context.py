@@ -22,7 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpo import data
-from hpo.data.preprocess import MATRIX, Preprocessor, describe_columns
+from hpo.data.preprocess import MATRIX, NATIVE_MAX_LEVELS, Preprocessor, describe_columns
 from hpo.families import family_of
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import DataSettings, RunConfig, TrainPrecision
@@ -45,9 +45,12 @@ class StageData:
     Targets are what the task trains on: class indices, or the target standardised with the
     training rows' mean and standard deviation (:class:`hpo.tasks.Regression`)."""
 
-    def __init__(self, prepared: data.Prepared, encoding: str = MATRIX) -> None:
+    def __init__(
+        self, prepared: data.Prepared, encoding: str = MATRIX, native_levels: int = NATIVE_MAX_LEVELS
+    ) -> None:
         self._prepared = prepared
         self.encoding = encoding
+        self.native_levels = native_levels
         self._folds: dict[tuple[int, int], list[TensorData]] = {}
         self.test_reads: list[str] = []  # who read the test rows (audit)
         self.fit_rows: list[npt.NDArray[np.int64]] = []  # rows each preprocessor was fit on (audit)
@@ -131,6 +134,7 @@ class StageData:
             layout=layout,
             groups=None if p.groups is None else np.asarray(p.groups[rows]),
             strata=np.asarray(p.labels[rows], dtype=np.int64),
+            native_levels=self.native_levels,
         )
 
     def _apply(self, prep: Preprocessor, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
@@ -214,11 +218,13 @@ class StageData:
         )
 
 
-def column_listing(prepared: data.Prepared, encoding: str) -> dict[str, Any]:
+def column_listing(
+    prepared: data.Prepared, encoding: str, native_levels: int = NATIVE_MAX_LEVELS
+) -> dict[str, Any]:
     """Every column of a prepared table as read, and what the model gets of it (the split's
     preprocessing fit on its training rows, as the pipeline fits it): ``hpo validate``, ``hpo
     data explore`` and the report's data section."""
-    prep = StageData(prepared, encoding).preprocessor
+    prep = StageData(prepared, encoding, native_levels).preprocessor
     return {
         "rows": prepared.rows,
         "dropped_target_rows": prepared.dropped_target_rows,
@@ -251,6 +257,7 @@ class StageContext:
     )
     numerics: Numerics | None = None  # the pipeline's, decided before its first training
     encoding: str = MATRIX  # what the family takes (hpo.data.preprocess.encoding_for)
+    native_levels: int = NATIVE_MAX_LEVELS  # levels kept per column, native (sklearn_api.native_levels)
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:
@@ -260,7 +267,7 @@ class StageContext:
             prepared = data.prepare(
                 self.data_settings, data_dir=self.data_dir, progressbar=False, folds=self.folds
             )
-            self._data = StageData(prepared, self.encoding)
+            self._data = StageData(prepared, self.encoding, self.native_levels)
         return self._data
 
     def precision(self, cfg: RunConfig) -> TrainPrecision:
