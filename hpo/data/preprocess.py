@@ -35,17 +35,21 @@ What is fit (on ``rows`` only, nothing else is read):
     binary target; hpo's MLP 64x64, final stage only, 30 epochs, fp32), one-hot tested 83.00 /
     83.00 / 83.33 % over seeds 42-44 against target encoding's 80.78 / 81.11 / 80.67 %, at a
     302- against a 3-column input (5.1 MB against 0.05 MB for the 4,200 training rows).
-  - ``"native"`` (HistGradientBoosting*): numeric columns standardised with NaN kept, each
-    categorical column one float column of codes (kept levels 0..K-1, infrequent K, empty NaN)
-    whose indices go to ``categorical_features``. At most :data:`NATIVE_MAX_LEVELS` levels are
-    kept (the most frequent), so with the infrequent code a column has at most 255 codes,
-    HistGradientBoosting's limit (``max_bins``); the rest join the infrequent level.
+  - ``"native"`` (HistGradientBoosting*, LightGBM): numeric columns standardised with NaN kept,
+    each categorical column one float column of codes (kept levels 0..K-1, infrequent K, empty
+    NaN) whose indices go to ``categorical_features`` (LightGBM: ``categorical_feature`` at fit).
+    At most :data:`NATIVE_MAX_LEVELS` levels are kept (the most frequent; ``max_bins - 1`` where
+    the study file sets or tunes it lower), so with the infrequent code a column has at most 255
+    codes, HistGradientBoosting's limit (``max_bins``); the rest join the infrequent level.
 
 **Folds** keep the split's layout (which indicator columns, which level has which slot, which
 column is one-hot or target encoded), so every fold has the same width; within it, everything
 is refit on the fold's own training rows: medians, scales, target statistics, and which levels
 are known (a level absent or rare in the fold's training rows maps to infrequent, even where
-the split knows it). The layout tells a fold only that a column exists, never a value.
+the split knows it). The layout passes no statistic to a fold, only which columns exist: a
+level that only the fold's held-out rows have keeps its one-hot column in that fold's matrix,
+always 0 in its training rows and never set for its held-out rows (they get infrequent), and a
+column whose gaps lie only in the held-out rows keeps an indicator column that is 0 in training.
 """
 
 from __future__ import annotations
