@@ -123,7 +123,9 @@ say "dashboard is read-only (DELETE answered 405)"
 reader() { compose exec -T -e PGPASSWORD="$HPO_READER_PASSWORD" postgres psql -h 127.0.0.1 -U hpo_reader -d hpo -Atc "$1" 2>&1; }
 n=$(reader "SELECT count(*) FROM studies")
 [ "$n" -ge 8 ] 2>/dev/null || { echo "FAIL: hpo_reader cannot read the studies: $n"; exit 1; }
-if ! reader "DELETE FROM studies" | grep -q "permission denied"; then echo "FAIL: hpo_reader may delete studies"; exit 1; fi
+# (captured first: psql exits 1 on the refused DELETE, which pipefail would count against a pipe)
+refused=$(reader "DELETE FROM studies" || true)
+if ! grep -q "permission denied" <<<"$refused"; then echo "FAIL: hpo_reader may delete studies: $refused"; exit 1; fi
 say "hpo_reader reads $n studies and may not delete them"
 other=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -v '^127\.' | grep -v ':' | head -n 1 || true)
 if [ -n "$other" ]; then
