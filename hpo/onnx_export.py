@@ -167,11 +167,7 @@ def _sklearn_graph(estimator: Any, model_file: ModelFile, n_features: int, outpu
 
     name = type(estimator).__name__
     n_classes = len(model_file.class_names)
-    if is_classifier(estimator) and len(estimator.classes_) != n_classes:
-        raise ConfigError(
-            f"this {name} was fitted on {len(estimator.classes_)} of the {n_classes} classes; "
-            "its ONNX graph cannot give every class a probability"
-        )
+    check_every_class(estimator, n_classes)
     scaler = StandardScaler()
     scaler.mean_ = np.asarray(model_file.scaler_mean, dtype=np.float64)
     scaler.scale_ = np.asarray(model_file.scaler_scale, dtype=np.float64)
@@ -232,3 +228,15 @@ def sklearn_output(graph: Any, estimator: Any, model_file: ModelFile, output: st
         shape = ["N"]
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, shape))
+
+
+def check_every_class(estimator: Any, n_classes: int) -> None:
+    """A classifier's graph must give every class of the task a probability: one line where the
+    estimator was fitted on fewer (a class absent from its training rows)."""
+    from sklearn.base import is_classifier
+
+    if is_classifier(estimator) and len(estimator.classes_) != n_classes:
+        raise ConfigError(
+            f"this {type(estimator).__name__} was fitted on {len(estimator.classes_)} of the {n_classes} "
+            "classes; its ONNX graph cannot give every class a probability"
+        )

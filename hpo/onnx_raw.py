@@ -257,16 +257,12 @@ def _append_estimator(
     from sklearn.base import is_classifier
 
     from hpo.errors import ConfigError
-    from hpo.onnx_export import _voting, sklearn_output
+    from hpo.onnx_export import _voting, check_every_class, sklearn_output
 
     estimator = _voting(members, model_file)
     name = type(estimator).__name__
     n_classes = len(model_file.class_names)
-    if is_classifier(estimator) and len(estimator.classes_) != n_classes:
-        raise ConfigError(
-            f"this {name} was fitted on {len(estimator.classes_)} of the {n_classes} classes; "
-            "its ONNX graph cannot give every class a probability"
-        )
+    check_every_class(estimator, n_classes)
     options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
     try:
         skl = convert_sklearn(
