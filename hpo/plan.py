@@ -47,7 +47,8 @@ from hpo.stages import KINDS, Stage
 
 TOP_LEVEL = ("pipeline", "data", "defaults", "report", "stages")
 LEGACY_COMPONENTS = ("init", "activation", "norm", "optimizer")
-RESERVED = ("workers",)  # <pipeline>.workers is the registry of live workers
+# <pipeline>.workers is the registry of live workers; <pipeline>.numerics holds the decided numerics
+RESERVED = {"workers": "the worker registry", "numerics": "the pipeline's decided numerics"}
 #: Stage names of the write-up whose kind is implied.
 IMPLIED_KINDS = {"weight_decay": "grid_cv"}
 
@@ -362,7 +363,7 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
             raise _fail(shown, f"stages.{name}", "a stage name may hold only letters, digits, '-' and '_'")
         if name in RESERVED:
             raise _fail(
-                shown, f"stages.{name}", f"the name {name!r} is reserved (the worker registry); rename it"
+                shown, f"stages.{name}", f"the name {name!r} is reserved ({RESERVED[name]}); rename it"
             )
         declared.extend(_expand(shown, name, table))
     family = _check_family(shown, defaults, data, raw.get("defaults", {}))

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.plan import RESERVED
 from hpo.tuning import records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ def stage_trials(storage: optuna.storages.BaseStorage) -> dict[str, list[FrozenT
     out = {}
     for study in storage.get_all_studies():
         stage = study.study_name.split(".", 1)[1]
-        if study.study_name.startswith("quick.") and stage != "workers":
+        if study.study_name.startswith("quick.") and stage not in RESERVED:
             out[stage] = storage.get_all_trials(study._study_id, deepcopy=False)
     return out
 

@@ -211,6 +211,10 @@ BAD = [
         "stages.baseline.requires: names 'final', which runs after it",
     ),
     (QUICK + '\n[stages.again]\nkind = "final"\n', "stages: 2 final stages (final, again); keep one"),
+    (
+        QUICK + '\n[stages.numerics]\nkind = "sweep"\nchoices = { dropout = [0.1] }\n',
+        "stages.numerics: the name 'numerics' is reserved (the pipeline's decided numerics); rename it",
+    ),
     # data section consistency
     (_quick_with('source = "synthetic"', 'source = "csv"'), 'data.path is required for source = "csv"'),
     (
