@@ -31,6 +31,7 @@ from torch import nn
 
 from hpo.errors import ConfigError
 from hpo.model_file import ModelFile
+from hpo.onnx_trees import is_hist_gradient_boosting
 from hpo.tasks import Regression
 
 INPUT = "features"
@@ -94,6 +95,9 @@ def export(model_file: ModelFile, out: Path, *, trusted: Sequence[str] = ()) -> 
     if all(isinstance(m, nn.Module) for m in models):
         _require("onnx", "onnxscript")
         _torch_graph(_Deployed(models, model_file).eval(), n_features, output, out)
+    elif all(is_hist_gradient_boosting(m) for m in models):  # not skl2onnx: hpo.onnx_trees says why
+        _require("onnx")
+        _trees_graph(models, model_file, n_features, output, out)
     else:
         _require("onnx", "skl2onnx")
         _sklearn_graph(_voting(models, model_file), model_file, n_features, output, out)
@@ -155,6 +159,45 @@ def _voting(estimators: Sequence[Any], model_file: ModelFile) -> Any:
     voting.estimators_ = list(estimators)
     voting.named_estimators_ = Bunch(**dict(named))
     return voting
+
+
+def _trees_graph(
+    models: Sequence[Any], model_file: ModelFile, n_features: int, output: str, out: Path
+) -> None:
+    """HistGradientBoosting members behind the standardisation, written by :mod:`hpo.onnx_trees`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hpo.onnx_trees import ML_OPSET, append_graph
+
+    task = model_file.task_of()
+    regression = task if isinstance(task, Regression) else None
+    n_classes = len(model_file.class_names)
+    mean = np.asarray(model_file.scaler_mean, dtype=np.float32)
+    scale = np.asarray(model_file.scaler_scale, dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sub", [INPUT, "hpo_mean"], ["hpo_centred"]),
+            helper.make_node("Div", ["hpo_centred", "hpo_scale"], ["hpo_features"]),
+        ],
+        "hpo",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", n_features])],
+        [
+            helper.make_tensor_value_info(
+                output, TensorProto.FLOAT, ["N"] if regression is not None else ["N", n_classes]
+            )
+        ],
+        initializer=[
+            helper.make_tensor("hpo_mean", TensorProto.FLOAT, [n_features], mean.tolist()),
+            helper.make_tensor("hpo_scale", TensorProto.FLOAT, [n_features], scale.tolist()),
+        ],
+    )
+    append_graph(graph, models, "hpo_features", output, n_classes=n_classes, regression=regression)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)]
+    )
+    onnx.checker.check_model(model)
+    out.write_bytes(model.SerializeToString())
 
 
 def _sklearn_graph(estimator: Any, model_file: ModelFile, n_features: int, output: str, out: Path) -> None:

@@ -26,10 +26,11 @@ A scikit-learn estimator given the encoded matrix: the torch part stops at that 
 (``hpo_features``), skl2onnx converts the estimator alone (an ensemble's members as a soft voting
 estimator, :func:`hpo.onnx_export._voting`), and its graph, every name prefixed ``skl_``, is
 appended behind it (the ``ai.onnx.ml`` opset the newer of the two). HistGradientBoosting given
-native categorical codes is refused in one line: skl2onnx writes its categorical splits as
-thresholds (wrong, sklearn-onnx#1051). Measured on the penguins (all 344 rows, empty cells
-included): the MLP's graph differs from ``hpo predict`` by at most 5.8e-7 in a probability,
-LogisticRegression's by 5.3e-7.
+native categorical codes: the torch part gives each column's code (NaN empty) and, after the
+matrix, one indicator column per distinct categorical split, and :mod:`hpo.onnx_trees` writes the
+trees (no set membership needed); LightGBM's native codes are refused in one line. Measured on the
+penguins (all 344 rows, empty cells included): the MLP's graph differs from ``hpo predict`` by at
+most 5.8e-7 in a probability, LogisticRegression's by 5.3e-7.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from hpo.data.columns import CATEGORICAL, DATETIME
-from hpo.data.preprocess import MATRIX, ONEHOT, TARGET, Categorical, Preprocessor
+from hpo.data.preprocess import NATIVE, ONEHOT, TARGET, Categorical, Preprocessor
 from hpo.errors import HpoError
 from hpo.model_file import ModelFile
+from hpo.onnx_trees import append_graph, is_hist_gradient_boosting, slot_codes, unfold
 from hpo.tasks import Regression
 
 OPSET = 18
@@ -75,8 +78,15 @@ class RawDeployed(nn.Module):
     scale: torch.Tensor
     indicator: torch.Tensor
 
-    def __init__(self, members: Sequence[nn.Module], prep: Preprocessor, model_file: ModelFile) -> None:
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        prep: Preprocessor,
+        model_file: ModelFile,
+        splits: Sequence[npt.NDArray[np.float32]] = (),
+    ) -> None:
         super().__init__()
+        self.native = prep.encoding == NATIVE
         self.members = nn.ModuleList(members)
         self.register_buffer("median", torch.as_tensor(prep.median.astype(np.float32)))
         self.register_buffer("mean", torch.as_tensor(prep.scaler.mean.astype(np.float32)))
@@ -88,9 +98,13 @@ class RawDeployed(nn.Module):
                 tables.append(_onehot_table(c))
             elif c.mode == TARGET:
                 tables.append(torch.as_tensor(prep.target_tables[c.name]))
-            else:  # pragma: no cover - native is the sklearn family's, refused before
-                raise HpoError(f"{model_file.origin}: native categorical codes have no ONNX graph")
+            else:  # native: the slot's code, NaN for empty
+                tables.append(torch.as_tensor(slot_codes(c).astype(np.float32)[:, None]))
+        # native: per column the slot's side of each HistGradientBoosting categorical split
+        tables += [torch.as_tensor(t) for t in splits if t.shape[1]]
         self.tables = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in tables])
+        self.table_columns = [j for j, _ in enumerate(prep.categorical)]
+        self.table_columns += [j for j, t in enumerate(splits) if t.shape[1]]
         self.n_numeric = len(prep.numeric_names)
         task = model_file.task_of()
         self.regression = isinstance(task, Regression)
@@ -99,14 +113,16 @@ class RawDeployed(nn.Module):
 
     def features(self, numeric: torch.Tensor | None, slots: torch.Tensor | None) -> torch.Tensor:
         blocks = []
-        if numeric is not None:
+        if numeric is not None and self.native:  # NaN kept: the estimator takes it
+            blocks.append((numeric - self.mean) / self.scale)
+        elif numeric is not None:
             nan = torch.isnan(numeric)
             filled = torch.where(nan, self.median, numeric)
             blocks.append((filled - self.mean) / self.scale)
             if self.indicator.numel():
                 blocks.append(nan.index_select(1, self.indicator).float())
         if slots is not None:
-            for j, table in enumerate(self.tables):
+            for j, table in zip(self.table_columns, self.tables, strict=True):
                 blocks.append(table.index_select(0, slots[:, j]))
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
@@ -150,15 +166,22 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
 
     prep = model_file.prep()
     assert prep is not None
-    if prep.encoding != MATRIX:
-        raise HpoError(
-            f"{model_file.origin}: ONNX export of a model given native categorical codes "
-            "(HistGradientBoosting's categorical_features, LightGBM's categorical_feature) is not "
-            "built: skl2onnx writes HistGradientBoosting's "
-            "categorical splits as thresholds (sklearn-onnx#1051); predict its raw rows with hpo predict"
-        )
+    splits: list[npt.NDArray[np.float32]] = []
+    width = prep.width
+    if prep.encoding == NATIVE:
+        if not all(hasattr(m, "_predictors") for m in members):
+            name = next(type(m).__name__ for m in members if not hasattr(m, "_predictors"))
+            raise HpoError(
+                f"{model_file.origin}: ONNX export of {name} given native categorical codes "
+                "(LightGBM's categorical_feature) is not built, only HistGradientBoosting's; "
+                "predict its raw rows with hpo predict"
+            )
+        members, splits = unfold(members, prep.categorical, len(prep.numeric_names), width)
+        width += sum(t.shape[1] for t in splits)
     torch_members = all(isinstance(m, nn.Module) for m in members)
-    deployed = RawDeployed([m.eval() for m in members] if torch_members else [], prep, model_file).eval()
+    deployed = RawDeployed(
+        [m.eval() for m in members] if torch_members else [], prep, model_file, splits
+    ).eval()
     torch_output = output if torch_members else FEATURES
     n_num, n_cat = len(prep.numeric_names), len(prep.categorical)
     module: nn.Module
@@ -233,7 +256,7 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
     del graph.node[:]
     graph.node.extend([*front, *nodes])
     if not torch_members:  # the estimator's own graph (skl2onnx) after the preprocessing
-        _append_estimator(graph_model, members, model_file, prep.width, output)
+        _append_estimator(graph_model, members, model_file, width, output)
     if not any(o.domain == "ai.onnx.ml" for o in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
     onnx.checker.check_model(graph_model)
@@ -259,6 +282,18 @@ def _append_estimator(
     from hpo.errors import ConfigError
     from hpo.onnx_export import _voting, check_every_class, sklearn_output
 
+    if all(is_hist_gradient_boosting(m) for m in members):  # written by hpo.onnx_trees
+        task = model_file.task_of()
+        regression = task if isinstance(task, Regression) else None
+        n_classes = len(model_file.class_names)
+        g = graph_model.graph
+        append_graph(g, members, FEATURES, output, n_classes=n_classes, regression=regression)
+        kept = [o for o in g.output if o.name != FEATURES]
+        del g.output[:]
+        g.output.extend(kept)
+        shape: list[str | int] = ["N"] if regression is not None else ["N", n_classes]
+        g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, shape))
+        return
     estimator = _voting(members, model_file)
     name = type(estimator).__name__
     n_classes = len(model_file.class_names)

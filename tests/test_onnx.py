@@ -1,7 +1,8 @@
 """``hpo export-model --format onnx``: one graph from raw feature rows (the scaler inside) to class
 probabilities or values, run by onnxruntime in a fresh process and compared with ``hpo predict``
 on the same rows: an MLP classifier with batchnorm, an MLP regressor, a user's torch module, and
-scikit-learn estimators through skl2onnx (one that cannot convert: one line)."""
+scikit-learn estimators through skl2onnx (one that cannot convert: one line) and
+HistGradientBoosting through hpo.onnx_trees."""
 
 from __future__ import annotations
 
@@ -125,6 +126,11 @@ SGD = (
     'params = { loss = "log_loss", max_iter = 50 }'
 )
 
+HGB = (  # written by hpo.onnx_trees, not skl2onnx
+    'family = "sklearn"\nestimator = "sklearn.ensemble.HistGradientBoosting{kind}"\n'
+    "params = {{ max_iter = 20, early_stopping = false }}"
+)
+
 
 @pytest.mark.parametrize(
     ("data", "defaults", "final"),
@@ -138,6 +144,8 @@ SGD = (
         (_diabetes, "hidden = [16]\nbatch_size = 32", ENSEMBLE),
         (_digits, SGD, ENSEMBLE),
         (_diabetes, 'family = "sklearn"\nestimator = "sklearn.linear_model.SGDRegressor"', ENSEMBLE),
+        (_digits, HGB.format(kind="Classifier"), ENSEMBLE),
+        (_diabetes, HGB.format(kind="Regressor"), ""),
     ],
     ids=[
         "mlp-classifier",
@@ -149,6 +157,8 @@ SGD = (
         "mlp-regressor-ensemble",
         "sgd-classifier-ensemble",
         "sgd-regressor-ensemble",
+        "hist-gradient-boosting-classifier-ensemble",
+        "hist-gradient-boosting-regressor",
     ],
 )
 def test_the_onnx_graph_agrees_with_hpo_predict(

@@ -119,7 +119,16 @@ def _onnx_outputs(model: Path, frame: pd.DataFrame) -> Any:
     return session.run(None, feeds)[0]
 
 
-@pytest.mark.parametrize("case", ["mlp classifier", "your module, regression", "logistic regression"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mlp classifier",
+        "your module, regression",
+        "logistic regression",
+        "histgradientboosting, native",
+        "histgradientboosting, native, regression",
+    ],
+)
 def test_onnx_from_raw_rows_agrees_with_predict(
     tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,6 +151,11 @@ def test_onnx_from_raw_rows_agrees_with_predict(
             ("{ learning_rate = [0.03, 0.1, 0.3] }", "{ C = [0.1, 1.0] }"),
         ):
             text = text.replace(old, new)
+    elif case.startswith("histgradientboosting"):  # native codes; categorical splits unfolded
+        text = _shrunk((REPO / "studies" / "penguins_hgb.toml").read_text())
+        if case.endswith(", regression"):
+            text = text.replace("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
+            text = text.replace('target = "species"', 'target = "body_mass_g"\ntask = "regression"')
     elif case != "mlp classifier":
         (tmp_path / "residual_mlp.py").write_text((REPO / "examples" / "residual_mlp.py").read_text())
         text = text.replace("hidden = [64, 64]", 'family = "torch"\nmodule = "residual_mlp.py:make"')
@@ -159,7 +173,7 @@ def test_onnx_from_raw_rows_agrees_with_predict(
     predicted = pd.read_csv(tmp_path / "p.csv")
     graph = _onnx_outputs(tmp_path / "m.onnx", rows)
     expected: Any
-    if case != "your module, regression":
+    if not case.endswith(", regression"):
         expected = predicted[[c for c in predicted.columns if c.startswith("p_")]].to_numpy()
         assert (graph.argmax(axis=1) == expected.argmax(axis=1)).all()
     else:
@@ -168,18 +182,19 @@ def test_onnx_from_raw_rows_agrees_with_predict(
     np.testing.assert_allclose(graph, expected, rtol=1e-4, atol=2e-6)  # the CSV's 6 decimals
 
 
-def test_onnx_of_a_native_categorical_estimator_is_one_line(
+def test_onnx_of_lightgbm_given_native_codes_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    require_module("lightgbm", "HPO_REQUIRE_LIGHTGBM")
     _penguins(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
-    cfg = tmp_path / "penguins_hgb.toml"
-    cfg.write_text(_shrunk((REPO / "studies" / "penguins_hgb.toml").read_text()))
+    cfg = tmp_path / "penguins_lgbm.toml"
+    cfg.write_text(_study("penguins_lgbm"))
     assert _cli(tmp_path, "run", "--config", str(cfg)) == 0
     capsys.readouterr()
     assert _cli(tmp_path, "export-model", "--config", str(cfg), "--format", "onnx", "--out", "m.onnx") == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "ONNX export of a model given native categorical codes" in err
+    assert "\n" not in err and "ONNX export of LGBMClassifier given native categorical codes" in err
     assert not (tmp_path / "m.onnx").exists()
