@@ -7,9 +7,12 @@ text column, an 8-level one, a boolean, an ISO date-time, an integer-coded categ
 ``categorical``) and an identifier (left out). Runs ``hpo data prepare`` on it in a fresh
 process under ``/usr/bin/time -v``, ``--repeats`` times into fresh cache directories, then fits
 the split's preprocessing in each encoding in this process (``--fit``; tracemalloc's peak).
-Prints JSON. Measure alone on the machine: another job's load moves both figures.
+With ``--pipeline``, also ``hpo init`` and two short pipelines on the prepared cache, each a fresh
+process under ``/usr/bin/time -v``: hpo's MLP (a 2-point learning-rate sweep of 1 epoch, then a
+2-epoch final) and HistGradientBoostingClassifier (native categoricals, 100 iterations, final
+only). Prints JSON. Measure alone on the machine: another job's load moves every figure.
 
-    python bench/prepare_real_table.py [--rows 340000] [--repeats 3] [--fit]
+    python bench/prepare_real_table.py [--rows 340000] [--repeats 3] [--fit] [--pipeline]
 """
 
 from __future__ import annotations
@@ -65,11 +68,55 @@ def _timed(command: list[str]) -> dict[str, Any]:
     return {"seconds": round(wall, 2), "max_rss_mb": round(int(found.group(1)) / 1024)}
 
 
-def _study(csv: Path, out: Path) -> Path:
+def _study(csv: Path, out: Path, body: str = '[stages.final]\nkind = "final"\nepochs = 1\n') -> Path:
     out.write_text(
-        f'[pipeline]\nname = "real_table"\n[data]\nsource = "csv"\npath = "{csv}"\ntarget = "y"\n'
-        'categorical = ["zip"]\n[stages.final]\nkind = "final"\nepochs = 1\n'
+        f'[pipeline]\nname = "{out.stem}"\n[data]\nsource = "csv"\npath = "{csv}"\ntarget = "y"\n'
+        f'categorical = ["zip"]\n{body}'
     )
+    return out
+
+
+MLP = """[defaults]
+hidden = [128, 128]
+batch_size = 512
+
+[stages.lr]
+kind = "sweep"
+choices = { lr = [0.001, 0.003] }
+epochs = 1
+
+[stages.final]
+kind = "final"
+epochs = 2
+"""
+
+HGB = """[defaults]
+family = "sklearn"
+estimator = "sklearn.ensemble.HistGradientBoostingClassifier"
+params = { max_iter = 100, early_stopping = false }
+
+[stages.final]
+kind = "final"
+"""
+
+
+def _pipelines(csv: Path, tmp: Path, data_dir: Path) -> dict[str, Any]:
+    """``hpo init`` and ``hpo run`` of each family's short pipeline, on the prepared cache."""
+    out: dict[str, Any] = {}
+    for name, body in (("real_table_mlp", MLP), ("real_table_hgb", HGB)):
+        study = _study(csv, tmp / f"{name}.toml", body)
+        storage = f"sqlite:///{tmp / 'b.db'}"
+        common = ["--config", str(study), "--data-dir", str(data_dir), "--storage", storage]
+        hpo = [sys.executable, "-m", "hpo", "-q"]
+        out[name] = {
+            "init": _timed([*hpo, "init", *common]),
+            "run": _timed([*hpo, "run", *common, "--artifacts", str(tmp / "artifacts")]),
+        }
+        status = subprocess.run(
+            [*hpo, "status", *common, "--format", "json"], capture_output=True, text=True, check=True
+        )
+        metrics = json.loads(status.stdout).get("test_metrics") or {}
+        out[name]["test"] = {k: metrics.get(k) for k in ("accuracy", "loss", "balanced_accuracy")}
     return out
 
 
@@ -104,6 +151,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=340_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fit", action="store_true", help="also fit the split's preprocessing")
+    parser.add_argument("--pipeline", action="store_true", help="also hpo init and run, both families")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "orders.csv"
@@ -113,7 +161,10 @@ def main() -> None:
         for i in range(args.repeats):
             command = [sys.executable, "-m", "hpo", "-q", "data", "prepare", "--config", str(study)]
             runs.append(_timed([*command, "--data-dir", str(Path(tmp) / f"cache{i}")]))
+        from hpo.training.precision import cpu_description
+
         result: dict[str, Any] = {
+            "cpu": cpu_description(),
             "rows": args.rows,
             "csv_mb": round(csv.stat().st_size / 1e6, 1),
             "prepare": runs,
@@ -122,6 +173,8 @@ def main() -> None:
         }
         if args.fit:
             result["fit"] = _fit(study, Path(tmp) / "cache0")
+        if args.pipeline:
+            result["pipelines"] = _pipelines(csv, Path(tmp), Path(tmp) / "cache0")
     print(json.dumps(result, indent=1))
 
 
