@@ -39,7 +39,7 @@ from hpo.data.columns import NUMERIC, Column
 from hpo.data.preprocess import Preprocessor
 from hpo.errors import DataError, DataFileError, HpoError, first_line
 from hpo.settings import RunConfig, lookup
-from hpo.tasks import Task, from_record
+from hpo.tasks import CLASSIFICATION, Task, from_record
 
 MODEL_FORMAT = "hpo-model/5"
 _FORMAT_4 = "hpo-model/4"  # a scaler only: numeric complete features
@@ -232,7 +232,7 @@ def load_model_file(path: Path) -> ModelFile:
         payloads = [
             {"state_dict": field.get("state_dict", dict), "model_config": field.get("model_config", dict)}
         ]
-        task: dict[str, Any] = {"kind": "classification", "class_names": field.strings("class_names")}
+        task: dict[str, Any] = {"kind": CLASSIFICATION.name, "class_names": field.strings("class_names")}
     elif fmt == _FORMAT_3:
         family, payloads, task = (
             field.get("family", str),

@@ -45,7 +45,6 @@ from hpo.plan import Plan
 from hpo.present import dashboard, figures
 from hpo.present.progress import LogProgress, Progress
 from hpo.settings import (
-    DEFAULT_METRIC,
     FAMILY_KEY,
     FAMILY_KEYS,
     UNTUNED,
@@ -55,6 +54,7 @@ from hpo.settings import (
     format_input,
 )
 from hpo.stages import Stage, StageContext
+from hpo.tasks import task_kind
 from hpo.training import precision, resolve_device
 from hpo.tuning import budget, records
 from hpo.tuning import numerics as numerics_mod
@@ -410,7 +410,7 @@ class Pipeline:
     def objective_name(self, stage: Stage) -> str:
         """What a stage's trials report as their value: ``val_accuracy``, ``cv_mean_rmse``,
         ``test_accuracy`` (the final stage), ... (the stage's metric, else the task's own)."""
-        metric = getattr(stage.settings, "metric", None) or DEFAULT_METRIC[self.plan.data.task]
+        metric = getattr(stage.settings, "metric", None) or task_kind(self.plan.data.task).default_metric
         where = "test" if stage.reads_test_rows else "cv_mean" if stage.folds() > 1 else "val"
         return f"{where}_{metric}"
 

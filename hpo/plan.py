@@ -28,7 +28,6 @@ from pydantic import BaseModel, ValidationError
 from hpo.errors import ConfigError
 from hpo.families import FAMILIES, ModelFamily, tunable
 from hpo.settings import (
-    DEFAULT_METRIC,
     FAMILY_KEY,
     SETTINGS,
     TRAINING_SETTINGS,
@@ -40,10 +39,10 @@ from hpo.settings import (
     describe_error,
     error_path,
     format_input,
-    metrics_of,
     setting_kind,
 )
 from hpo.stages import KINDS, Stage
+from hpo.tasks import metrics_of, task_kind
 
 TOP_LEVEL = ("pipeline", "data", "defaults", "report", "stages")
 LEGACY_COMPONENTS = ("init", "activation", "norm", "optimizer")
@@ -201,7 +200,7 @@ def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> M
         family.check(cfg, data.task)
     except ValueError as exc:
         raise _fail(shown, where, shown_value + str(exc)) from None
-    if data.task == "regression":
+    if not task_kind(data.task).has_classes:
         for name, plain in (("label_smoothing", 0.0), ("class_weight", "none")):
             if name in cfg.own and getattr(cfg, name) != plain:
                 raise _fail(
@@ -237,7 +236,8 @@ def _for_family(shown: str, stage: Stage, cfg: RunConfig, family: ModelFamily, d
                 raise _fail(
                     shown, at, f"is not a setting of {what}; its settings are: {', '.join(names) or '(none)'}"
                 )
-            if data.task == "regression" and name in ("label_smoothing", "class_weight") and name in cfg.own:
+            classes = task_kind(data.task).has_classes
+            if not classes and name in ("label_smoothing", "class_weight") and name in cfg.own:
                 raise _fail(shown, at, 'applies to task = "classification"; remove it')
             typed = []
             for i, value in enumerate(given):
@@ -256,7 +256,7 @@ def _for_family(shown: str, stage: Stage, cfg: RunConfig, family: ModelFamily, d
                 f'= "{metric}": not a metric of task = "{data.task}"; '
                 f"its metrics are: {', '.join(metrics_of(data.task))}",
             )
-        settings_out = settings_out.model_copy(update={"metric": DEFAULT_METRIC[data.task]})
+        settings_out = settings_out.model_copy(update={"metric": task_kind(data.task).default_metric})
     return KINDS[stage.kind](stage.name, settings_out, task=data.task)
 
 

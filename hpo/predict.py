@@ -34,7 +34,7 @@ from hpo.data import columns as cols
 from hpo.data.labels import Labeling
 from hpo.errors import DataFileError, first_line
 from hpo.model_file import ModelFile
-from hpo.tasks import Regression
+from hpo.tasks import CLASSIFICATION, Regression, task_kind
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Prediction:
     rows: int
     output: str | None
     class_names: list[str]
-    task: str = "classification"
+    task: str = CLASSIFICATION.name
     accuracy: float | None = None  # a classifier, when the input has the target column
     metrics: dict[str, float] | None = None  # a regressor, when the input has the target column
     extra_columns: list[str] = field(default_factory=list)
@@ -289,7 +289,7 @@ def predict(
     names = model.class_names
     accuracy = None
     scores = None
-    if task.kind == "classification":
+    if task_kind(task.kind).has_classes:
         pred = predicted.argmax(axis=1)
         frame = pd.DataFrame({"class": [names[i] for i in pred]})
         for j, n in enumerate(names):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
@@ -34,6 +33,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from hpo.tasks._kinds import task_kind
 
 Activation = Literal["relu", "leaky_relu", "gelu"]
 Norm = Literal["none", "batchnorm", "layernorm"]
@@ -53,47 +54,6 @@ INITS: tuple[str, ...] = get_args(Init)
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 METRICS: tuple[str, ...] = get_args(Metric)
 TASKS: tuple[str, ...] = get_args(TaskName)
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """What a metric is: the tasks it fits and its direction (constraints as data)."""
-
-    tasks: tuple[str, ...]
-    greater_is_better: bool
-    what: str
-
-
-#: Every metric a stage may select by. ``loss`` is the task's own training loss on the
-#: validation rows (cross-entropy; the mean squared error of the standardised target).
-METRIC_SPECS: dict[str, MetricSpec] = {
-    "accuracy": MetricSpec(("classification",), True, "share of rows whose class is predicted"),
-    "balanced_accuracy": MetricSpec(("classification",), True, "mean recall over the classes"),
-    "macro_f1": MetricSpec(("classification",), True, "unweighted mean F1 over the classes"),
-    "loss": MetricSpec(TASKS, False, "the task's loss on the validation rows"),
-    "rmse": MetricSpec(("regression",), False, "root mean squared error, in the target's units"),
-    "mae": MetricSpec(("regression",), False, "mean absolute error, in the target's units"),
-    "r2": MetricSpec(("regression",), True, "coefficient of determination"),
-}
-#: The metric a stage selects by when its table names none.
-DEFAULT_METRIC: dict[str, str] = {"classification": "accuracy", "regression": "rmse"}
-
-
-def greater_is_better(metric: str) -> bool:
-    """Whether larger values of ``metric`` are better (KeyError naming the metrics if unknown)."""
-    try:
-        return METRIC_SPECS[metric].greater_is_better
-    except KeyError:
-        raise KeyError(f"unknown metric {metric!r}; metrics are: {', '.join(METRIC_SPECS)}") from None
-
-
-def better(metric: str, a: float, b: float) -> bool:
-    """Whether score ``a`` of ``metric`` is better than ``b``."""
-    return a > b if greater_is_better(metric) else a < b
-
-
-def metrics_of(task: str) -> tuple[str, ...]:
-    return tuple(m for m, spec in METRIC_SPECS.items() if task in spec.tasks)
 
 
 T = TypeVar("T")
@@ -502,7 +462,7 @@ class DataSettings(Section):
 
     def problem(self) -> str | None:
         """What these settings lack for their source (naming the key); None when complete."""
-        if self.task == "regression":
+        if not task_kind(self.task).has_classes:
             for key in ("bins", "bin_width", "origin", "class_names"):
                 if getattr(self, key) is not None:
                     return (

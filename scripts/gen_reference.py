@@ -295,20 +295,20 @@ def study_file_page() -> str:
         out += [f"{doc} (`{model.__module__}.{model.__name__}`)" if doc else f"`{model.__module__}`", ""]
         out += _fields(model, models)
         out.append("")
-    specs = getattr(settings, "METRIC_SPECS", None)
-    if isinstance(specs, dict):
-        out += [
-            "## Metrics",
-            "",
-            "What a stage's `metric` may name (`hpo.settings.METRIC_SPECS`); a metric of the other",
-            "task is refused.",
-            "",
-        ]
-        for name, spec in specs.items():
-            direction = "higher is better" if spec.greater_is_better else "lower is better"
-            tasks = ", ".join(spec.tasks)
-            out.append(f"- `{name}` ({tasks}; {direction}): {_escape(spec.what)}")
-        out.append("")
+    from hpo import tasks
+
+    out += [
+        "## Metrics",
+        "",
+        "What a stage's `metric` may name (`hpo.tasks.METRICS`, each task's in",
+        "`hpo.tasks.TASK_KINDS`); a metric of the other task is refused.",
+        "",
+    ]
+    for name, metric in tasks.METRICS.items():
+        direction = "higher is better" if metric.greater_is_better else "lower is better"
+        fits = ", ".join(k.name for k in tasks.TASK_KINDS.values() if name in k.metric_names)
+        out.append(f"- `{name}` ({fits}; {direction}): {_escape(metric.what)}")
+    out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -35,6 +35,7 @@ from hpo.data.labels import Labeling
 from hpo.data.splits import Scaler, Split, head_split, stratified_split
 from hpo.errors import DataError, DataFileError
 from hpo.settings import TABLE_TYPING_KEYS, DataSettings
+from hpo.tasks import CLASSIFICATION, task_kind
 
 if TYPE_CHECKING:
     from hpo.tasks import Task
@@ -100,13 +101,13 @@ class Prepared:
 
     @property
     def task_name(self) -> str:
-        return str(self.meta.get("task", "classification"))
+        return str(self.meta.get("task", CLASSIFICATION.name))
 
     @property
     def task(self) -> Task:
         from hpo.tasks import Classification, Regression  # torch: only once a model is trained
 
-        if self.task_name == "regression":
+        if not task_kind(self.task_name).has_classes:
             return Regression(mean=float(self.meta["target_mean"]), std=float(self.meta["target_std"]))
         return Classification(tuple(self.class_names))
 
@@ -148,7 +149,7 @@ class Prepared:
         fold). Checked for a user's classes; a preset's fixed classes (MSD's decades, whose
         1920s hold 224 of 515,345 songs) may be tiny in a small draw, as scikit-learn allows.
         A regressor's strata need no such care (a stratum too small to stratify is not used)."""
-        if self.meta["source"] in PRESETS or self.task_name == "regression":
+        if self.meta["source"] in PRESETS or not task_kind(self.task_name).has_classes:
             return
         check_class_rows(
             self.meta["train_class_counts"], self.class_names, folds, file=self.meta["source_file"]
@@ -171,7 +172,7 @@ def _settings_hash(settings: DataSettings) -> str:
     for key in TABLE_TYPING_KEYS:  # only when set: every earlier cache keeps its name
         if getattr(settings, key) is not None:
             shaping[key] = getattr(settings, key)
-    if settings.task != "classification":  # classification's caches keep the names they had
+    if settings.task != CLASSIFICATION.name:  # classification's caches keep the names they had
         shaping["task"] = settings.task
     return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -333,14 +334,14 @@ def _build_checked(
     settings: DataSettings, table: sources.Table, *, sha: str | None, folds: int
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
     targets: npt.NDArray[np.float64] | None = None
-    if settings.task == "regression":
+    if not task_kind(settings.task).has_classes:
         targets = regression_target(table)
         y = regression_strata(targets)
         split = _split(settings, table, y)
         train = targets[split.train]
         std = float(np.std(train))
         about: dict[str, Any] = {
-            "task": "regression",
+            "task": settings.task,
             "target_mean": float(np.mean(train)),
             "target_std": std if std > 0 else 1.0,
             "target_summary": {

@@ -25,7 +25,7 @@ from hpo.data import labels as labels_mod
 from hpo.data.cache import Prepared, prepare
 from hpo.families.mlp import build_model
 from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
-from hpo.tasks import Classification, Regression
+from hpo.tasks import REGRESSION, Classification, Regression, task_kind
 from hpo.training import TensorData, fit, predict_outputs
 
 
@@ -46,7 +46,7 @@ def calibrate(
     regression target: :func:`calibrate_regression`)."""
     cfg = config or CalibrationConfig()
     prepared = prepare(settings, data_dir=data_dir, progressbar=False)
-    if prepared.task_name == "regression":
+    if not task_kind(prepared.task_name).has_classes:
         return calibrate_regression(prepared, cfg)
     split, scaler = prepared.split, prepared.scaler
     x_train = scaler.transform(prepared.features[split.train])
@@ -137,7 +137,7 @@ def calibrate_regression(prepared: Prepared, cfg: CalibrationConfig) -> dict[str
     mlp_scores = scores(task.predictions(predict_outputs(fitted.model, torch.as_tensor(x_test))))
     t2 = time.perf_counter()
     return {
-        "task": "regression",
+        "task": REGRESSION.name,
         "source": prepared.meta["source"],
         "rows": prepared.rows,
         "train_rows": int(split.train.size),

@@ -65,6 +65,7 @@ import pyarrow as pa
 
 from hpo.data.columns import CATEGORICAL, DATETIME, Column, codes_of
 from hpo.data.splits import Scaler
+from hpo.tasks import CLASSIFICATION, task_kind
 
 MATRIX, NATIVE = "matrix", "native"
 ONEHOT, TARGET = "onehot", "target"
@@ -177,7 +178,7 @@ class Preprocessor:
         categorical_names: Sequence[str] = (),
         vocab: Sequence[Sequence[str]] = (),
         encoding: str = MATRIX,
-        task: str = "classification",
+        task: str = CLASSIFICATION.name,
         n_classes: int = 0,
         seed: int = 0,
         layout: Preprocessor | None = None,
@@ -236,7 +237,7 @@ class Preprocessor:
             indicator=indicator,
             scaler=scaler,
             categorical=cats,
-            n_target=1 if task == "regression" or n_classes <= 2 else n_classes,
+            n_target=1 if not task_kind(task).has_classes or n_classes <= 2 else n_classes,
             remap=remap,
         )
         slots = prep.slots_of_codes(codes)
@@ -412,7 +413,7 @@ def _target_encode(
     ``[n_slots, k]`` (an unseen slot: the target's mean) and these rows' cross-fitted values."""
     from sklearn.preprocessing import TargetEncoder
 
-    if task == "regression":
+    if not task_kind(task).has_classes:
         target_type, cv = "continuous", TARGET_CV
     else:
         target_type = "binary" if n_classes <= 2 else "multiclass"
@@ -453,7 +454,7 @@ def _splitter(task: str, cv: int, seed: int) -> Any:
     major, minor = (int(v) for v in sklearn.__version__.split(".")[:2])
     if (major, minor) < (1, 9):
         return cv  # shuffle=False there: the inner folds follow the row order
-    cls = KFold if task == "regression" else StratifiedKFold
+    cls = StratifiedKFold if task_kind(task).has_classes else KFold
     return cls(n_splits=cv, shuffle=True, random_state=seed)
 
 

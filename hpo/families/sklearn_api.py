@@ -49,7 +49,7 @@ from hpo.families import _trees
 from hpo.families._imports import is_file_spec, legacy_module, load_object
 from hpo.families._protocol import Job
 from hpo.settings import RunConfig
-from hpo.tasks import Task
+from hpo.tasks import Task, task_kind
 from hpo.training import Callback, EarlyStopping, EvalRecord, FitResult, TensorData
 
 #: the types (exact names) any saved estimator may hold besides its own class and those skops
@@ -155,17 +155,18 @@ class SklearnFamily:
                 "(data.categorical names integer-coded ones); remove it"
             )
         est = _validated(cls, cfg.estimator, cfg.params)
-        if task == "classification" and not is_classifier(est):
+        classes = task_kind(task).has_classes
+        if classes and not is_classifier(est):
             raise ValueError(
                 f'{cfg.estimator} is not a classifier and task = "classification"; name a classifier '
                 '(e.g. sklearn.ensemble.HistGradientBoostingClassifier) or set data.task = "regression"'
             )
-        if task == "regression" and not is_regressor(est):
+        if not classes and not is_regressor(est):
             raise ValueError(
                 f'{cfg.estimator} is not a regressor and task = "regression"; name a regressor '
                 "(e.g. sklearn.ensemble.HistGradientBoostingRegressor)"
             )
-        if task == "classification" and not hasattr(est, "predict_proba"):
+        if classes and not hasattr(est, "predict_proba"):
             raise ValueError(
                 f"{cfg.estimator} has no predict_proba with these params; hpo scores classifiers by "
                 "their probabilities (e.g. SVC needs probability = true)"

@@ -38,7 +38,7 @@ from rich.progress import BarColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Column
 
-from hpo.settings import greater_is_better
+from hpo.tasks import greater_is_better
 from hpo.training import EvalRecord
 
 logger = logging.getLogger("hpo.progress")

@@ -21,8 +21,8 @@ import plotly.io as pio
 
 from hpo.pipeline import Pipeline
 from hpo.present import figures
-from hpo.settings import metrics_of
 from hpo.stages._context import column_listing
+from hpo.tasks import CLASSIFICATION, metrics_of, task_kind
 from hpo.tuning import records
 
 #: The write-up's result on the real data (the report compares MSD-shaped runs with it).
@@ -87,7 +87,7 @@ def data_section(pipe: Pipeline) -> Section:
     split = prepared.split
     shown = pipe.plan.report.features or prepared.feature_names[: min(12, prepared.n_features)]
     section = Section("data", "Data")
-    if prepared.task_name == "regression":
+    if not task_kind(prepared.task_name).has_classes:
         t = meta["target_summary"]
         about = [
             ["target", f"{meta['target']} (regression)"],
@@ -153,7 +153,7 @@ def result_section(pipe: Pipeline) -> Section:
     if not m:
         section.p("the final stage has not run.", "missing")
         return section
-    if m.get("task") == "regression":
+    if not task_kind(str(m.get("task", CLASSIFICATION.name))).has_classes:
         section.table(
             [
                 ["test RMSE", f"{m['rmse']:.4g}"],

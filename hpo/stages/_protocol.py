@@ -22,8 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import HpoError
 from hpo.families import FAMILIES
 from hpo.present.figures import Figure
-from hpo.settings import DEFAULT_METRIC, RunConfig, StageSettings, greater_is_better
+from hpo.settings import RunConfig, StageSettings
 from hpo.stages._context import StageContext
+from hpo.tasks import CLASSIFICATION, greater_is_better, task_kind
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection, point_key
 from hpo.tuning.workers import share
@@ -131,7 +132,7 @@ class GridStage:
     scores_validation_rows: ClassVar[bool] = False
     families: ClassVar[frozenset[str]] = ALL_FAMILIES
 
-    def __init__(self, name: str, settings: StageSettings, *, task: str = "classification") -> None:
+    def __init__(self, name: str, settings: StageSettings, *, task: str = CLASSIFICATION.name) -> None:
         self.name = name
         self.settings = settings
         self.task = task
@@ -139,7 +140,7 @@ class GridStage:
     @property
     def direction(self) -> Direction:
         metric = getattr(self.settings, "metric", None)
-        return metric_direction(metric or DEFAULT_METRIC[self.task])
+        return metric_direction(metric or task_kind(self.task).default_metric)
 
     def tuned(self) -> dict[str, dict[str, list[Any]]]:
         return {}

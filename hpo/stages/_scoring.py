@@ -18,14 +18,13 @@ import numpy as np
 import optuna
 import torch
 
-from hpo.settings import better, greater_is_better
-from hpo.tasks import Task
+from hpo.tasks import Task, better, greater_is_better
 from hpo.training import Callback, EvalRecord
 from hpo.tuning import records
 
 
 class Scorer:
-    """The stage's metric of an evaluation, in the metric's direction (:data:`METRIC_SPECS`)."""
+    """The stage's metric of an evaluation, in the metric's direction (:data:`hpo.tasks.METRICS`)."""
 
     def __init__(self, metric: str, task: Task, y_val: torch.Tensor) -> None:
         self.metric = metric

@@ -18,8 +18,7 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from hpo import evidence
-from hpo.settings import greater_is_better
-from hpo.tasks import Classification, Task, from_record
+from hpo.tasks import Classification, Task, from_record, greater_is_better
 from hpo.tuning import records
 from hpo.tuning.records import Evidence
 

@@ -32,11 +32,12 @@ from hpo.families import family_of
 from hpo.families.mlp import count_parameters
 from hpo.model_file import ModelFile, save_model_file
 from hpo.present import figures
-from hpo.settings import DEFAULT_METRIC, PositiveInt, RunConfig, StageSettings, metrics_of
+from hpo.settings import PositiveInt, RunConfig, StageSettings
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import GridStage
 from hpo.stages._scoring import Scorer, TrialScore
+from hpo.tasks import metrics_of, task_kind
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 
@@ -164,7 +165,7 @@ class Final(GridStage):
     ) -> Selection:
         (trial,) = self.finished(trials, cfg_in)
         m = trial.user_attrs[records.TEST_METRICS]
-        headline = DEFAULT_METRIC[self.task]
+        headline = task_kind(self.task).default_metric
         s = self.settings
         if s.ensemble:
             seeds = (

@@ -31,20 +31,18 @@ from hpo.errors import ConfigError
 from hpo.families import family_of
 from hpo.present import figures
 from hpo.settings import (
-    DEFAULT_METRIC,
     LearningRate,
     NonNegativeInt,
     PositiveInt,
     Precision,
     RunConfig,
     StageSettings,
-    better,
-    greater_is_better,
 )
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import TORCH_FAMILIES, GridStage, Work
 from hpo.stages._scoring import Scorer, TrialScore
+from hpo.tasks import better, greater_is_better, task_kind
 from hpo.training import range_test, resolve_device
 from hpo.training.seeding import seeded
 from hpo.tuning import records, runner
@@ -142,14 +140,12 @@ class LrRange(GridStage):
         (trial,) = self.finished(trials, cfg_in)
         picked = float(trial.user_attrs[records.SUGGESTED_LR])
         trivial = trial.user_attrs.get(records.TRIVIAL_SCORE, trial.user_attrs.get(records.MAJORITY_SHARE))
-        headline = DEFAULT_METRIC[self.task]
+        headline = task_kind(self.task).default_metric
         value = float(trial.value if trial.value is not None else math.nan)
         if trial.user_attrs[records.VERIFICATION_DIVERGED] or not _usable(picked):
             lr, why = cfg_in.lr, f"the pick {picked:.3g} diverged in verification; kept {cfg_in.lr:g}"
         elif trivial is not None and not better(headline, value, float(trivial)):
-            what = (
-                "the majority class's" if self.task == "classification" else "predicting the training mean,"
-            )
+            what = task_kind(self.task).trivial
             lr, why = (
                 cfg_in.lr,
                 f"the pick {picked:.3g} learned nothing in verification "

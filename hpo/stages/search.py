@@ -56,6 +56,7 @@ from hpo.stages._jobs import Budget, train_claims
 from hpo.stages._protocol import ALL_FAMILIES, Direction, Work, metric_direction, validation_records
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.stages._selection import Candidate, best_word, choose, how_compared
+from hpo.tasks import CLASSIFICATION
 from hpo.tuning import budget, records, runner
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.records import Selection
@@ -184,7 +185,7 @@ class Search:
     scores_validation_rows: ClassVar[bool] = True
     families: ClassVar[frozenset[str]] = ALL_FAMILIES
 
-    def __init__(self, name: str, settings: StageSettings, *, task: str = "classification") -> None:
+    def __init__(self, name: str, settings: StageSettings, *, task: str = CLASSIFICATION.name) -> None:
         self.name = name
         assert isinstance(settings, SearchSettings)
         self.settings = settings

@@ -29,7 +29,6 @@ from hpo.settings import (
     RunConfig,
     SelectingSettings,
     StageSettings,
-    greater_is_better,
     param_value,
     setting_value,
 )
@@ -39,6 +38,7 @@ from hpo.stages._protocol import GridStage
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.stages._selection import Candidate, best_word, choose, how_compared
 from hpo.stages.grid_cv import Choices, check_choices
+from hpo.tasks import greater_is_better
 from hpo.tuning import records, runner
 from hpo.tuning.records import Selection
 

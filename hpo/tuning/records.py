@@ -25,6 +25,7 @@ import numpy.typing as npt
 import optuna
 
 from hpo.settings import RunConfig
+from hpo.tasks import CLASSIFICATION
 
 # study attributes
 STAGE = "hpo:stage"
@@ -203,7 +204,7 @@ def _range_precision(current: Mapping[str, Any]) -> Any:
 #: ran in fp32 whatever the configuration said); a final stage's ``ensemble`` came with
 #: ensembles (before: the first seed's model alone).
 ADDED_LATER: dict[str, tuple[Any, Callable[[Mapping[str, Any]], Any]]] = {
-    "data.task": ("classification", lambda current: current.get("data.task")),
+    "data.task": (CLASSIFICATION.name, lambda current: current.get("data.task")),
     "stage.range_precision": ("fp32", _range_precision),
     "stage.ensemble": (False, lambda current: current.get("stage.ensemble")),
 }
