@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
 from hpo.present._figures_common import OTHER, SELECTED, Figure, _complete, _fig, _prefix, learning_curves
+from hpo.tasks import CLASSIFICATION, task_kind
 from hpo.tuning import records
 
 
@@ -67,7 +68,7 @@ def final_figures(study: optuna.Study) -> list[Figure]:
         learning_curves(trial, "Final run: learning curves (dashed: best epoch)"),
     )
     members = _members_figure(trial, m, p)
-    if m.get("task") == "regression":
+    if not task_kind(str(m.get("task", CLASSIFICATION.name))).has_classes:
         return [curves, *members, *regression_figures(m, p)]
     names = list(m["per_class"])
     cm = np.asarray(m["confusion"], dtype=np.float64)
@@ -107,7 +108,7 @@ def _members_figure(trial: FrozenTrial, m: Mapping[str, Any], prefix: str) -> li
     per_seed = trial.user_attrs.get(records.SEED_TEST_METRICS)
     if not per_seed:
         return []
-    key = "rmse" if m.get("task") == "regression" else "accuracy"
+    key = task_kind(str(m.get("task", CLASSIFICATION.name))).default_metric
     what = "the ensemble" if m.get("ensemble") else "their mean"
     fig = _fig(f"Test {key}: each model and {what}", xaxis_title="model", yaxis_title=f"test {key}")
     fig.add_bar(
