@@ -186,8 +186,40 @@ def era(years: npt.NDArray[np.integer], spec: SyntheticSpec) -> npt.NDArray[np.f
     return (np.asarray(years, dtype=np.float64) - spec.era_center) / spec.era_scale
 
 
+@dataclass(frozen=True)
+class Latent:
+    """A draw before its marginals: what :mod:`hpo.data.oracle` reads to compute the ceiling."""
+
+    years: npt.NDArray[np.int16]
+    genres: npt.NDArray[np.int8]
+    scores: npt.NDArray[np.float64]  # (n, 90): the latent scores after the era's spread
+    spread_mean: npt.NDArray[np.float64]  # (K,): the draw's mean of the spread features, removed
+    world: _World
+    profile: dict[str, Any]
+
+
 def draw(spec: SyntheticSpec) -> SyntheticDraw:
     """Draw ``spec.rows`` songs: years, 90 features (float64, full precision), latent genres."""
+    lat = draw_latent(spec)
+    latent = lat.scores
+    m = lat.world.marginals
+    _normal_scores(latent)
+    log_scale = np.flatnonzero(m[:, 4] > 0.5)
+    for rows in _blocks(spec.rows):  # features = m0 + m1 * sinh((arcsinh(latent) + m2) / m3), in place
+        block = latent[rows]
+        np.arcsinh(block, out=block)
+        block += m[:, 2]
+        block /= m[:, 3]
+        np.sinh(block, out=block)
+        block *= m[:, 1]
+        block += m[:, 0]
+        block[:, log_scale] = np.exp(block[:, log_scale])
+    return SyntheticDraw(years=lat.years, features=latent, genres=lat.genres)
+
+
+def draw_latent(spec: SyntheticSpec) -> Latent:
+    """The draw's years, genres and latent scores (each feature is a monotone map of its score,
+    through the draw's ranks and the fitted marginal: :func:`draw`)."""
     profile = _load_profile()
     world = _world(spec, profile)
     rng = np.random.default_rng(spec.seed)
@@ -225,24 +257,13 @@ def draw(spec: SyntheticSpec) -> SyntheticDraw:
         latent[rows] += spec.genre_separation * world.centroids[g]
         latent[rows] += ageing[rows] * (shared + spec.genre_era * world.genre_directions[g])
     k = world.spread_features
+    spread_mean = np.zeros(k.size)
     if k.size and spec.era_spread:
-        centred = latent[:, k] - latent[:, k].mean(axis=0)
+        spread_mean = latent[:, k].mean(axis=0)
+        centred = latent[:, k] - spread_mean
         latent[:, k] = centred * np.exp(spec.era_spread * world.spread_signs * np.tanh(e)[:, None])
         del centred
-
-    _normal_scores(latent)
-    m = world.marginals
-    log_scale = np.flatnonzero(m[:, 4] > 0.5)
-    for rows in _blocks(n):  # features = m0 + m1 * sinh((arcsinh(latent) + m2) / m3), in place
-        block = latent[rows]
-        np.arcsinh(block, out=block)
-        block += m[:, 2]
-        block /= m[:, 3]
-        np.sinh(block, out=block)
-        block *= m[:, 1]
-        block += m[:, 0]
-        block[:, log_scale] = np.exp(block[:, log_scale])
-    return SyntheticDraw(years=years, features=latent, genres=genres)
+    return Latent(years, genres, latent, spread_mean, world, profile)
 
 
 def _blocks(n: int, size: int = 65_536) -> list[slice]:
