@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from hpo.data.columns import NUMERIC, Column
 from hpo.data.preprocess import Preprocessor
 from hpo.errors import DataError, DataFileError, HpoError, first_line
+from hpo.families._kinds import DEFAULT_FAMILY
 from hpo.settings import RunConfig, lookup
 from hpo.tasks import CLASSIFICATION, Task, from_record
 
@@ -228,7 +229,7 @@ def load_model_file(path: Path) -> ModelFile:
     assert isinstance(raw, dict)
     field = _Fields(raw, str(path))
     if fmt == _FORMAT_2:
-        family = "mlp"
+        family = DEFAULT_FAMILY  # format 2 held hpo's MLP only
         payloads = [
             {"state_dict": field.get("state_dict", dict), "model_config": field.get("model_config", dict)}
         ]

@@ -177,7 +177,7 @@ def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> M
     given = set(raw) if isinstance(raw, Mapping) else set()
     for key in SETTINGS:
         if key in given and key not in cfg.own:
-            names = ", ".join(k for k in cfg.own) + (", params" if cfg.family != "mlp" else "")
+            names = ", ".join(k for k in cfg.own) + (", params" if cfg.family in FAMILY_KEY else "")
             raise _fail(
                 shown,
                 f"defaults.{key}",

@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from hpo.families._kinds import DEFAULT_FAMILY, FAMILY_KINDS
 from hpo.tasks._kinds import task_kind
 
 Activation = Literal["relu", "leaky_relu", "gelu"]
@@ -60,11 +61,12 @@ T = TypeVar("T")
 
 FamilyName = Literal["mlp", "torch", "sklearn"]
 FAMILY_NAMES: tuple[str, ...] = get_args(FamilyName)
+assert tuple(FAMILY_KINDS) == FAMILY_NAMES
 FAMILY_KEYS = ("family", "module", "estimator", "params")
-#: the [defaults] key naming what a family trains (mlp: its named settings)
-FAMILY_KEY: dict[str, str] = {"torch": "module", "sklearn": "estimator"}
+#: the [defaults] key naming what a family trains (hpo's MLP: its named settings)
+FAMILY_KEY: dict[str, str] = {k.name: k.key for k in FAMILY_KINDS.values() if k.key is not None}
 #: hpo's settings of the MLP (its architecture) and of every model trained by hpo's torch trainers
-MLP_SETTINGS = ("hidden", "activation", "norm", "init", "dropout")
+MLP_SETTINGS = FAMILY_KINDS[DEFAULT_FAMILY].model_settings
 TRAINING_SETTINGS = (
     "optimizer",
     "lr",
@@ -81,9 +83,8 @@ TRAINING_SETTINGS = (
 #: own parameters (a torch factory's keyword arguments, an estimator's constructor arguments).
 #: An estimator gets ``seed`` as its ``random_state``.
 FAMILY_SETTINGS: dict[str, tuple[str, ...]] = {
-    "mlp": MLP_SETTINGS + TRAINING_SETTINGS,
-    "torch": TRAINING_SETTINGS,
-    "sklearn": ("seed",),
+    k.name: k.model_settings + (TRAINING_SETTINGS if k.trained_by_hpo else ("seed",))
+    for k in FAMILY_KINDS.values()
 }
 MAX_WIDTH = 16_384
 MAX_LAYERS = 16
@@ -207,21 +208,23 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits_family(self) -> RunConfig:
-        for family, key in FAMILY_KEY.items():
-            value = getattr(self, key)
-            if self.family == family and not value:
-                example = (
-                    "my_net.py:make" if key == "module" else "sklearn.ensemble.HistGradientBoostingClassifier"
-                )
-                raise ValueError(f'{key} is required for family = "{family}" (e.g. {key} = "{example}")')
-            if self.family != family and value is not None:
+        for kind in FAMILY_KINDS.values():
+            if kind.key is None:
+                continue
+            value = getattr(self, kind.key)
+            if self.family == kind.name and not value:
                 raise ValueError(
-                    f'{key} is for family = "{family}"; this configuration\'s family is "{self.family}"'
+                    f'{kind.key} is required for family = "{kind.name}" (e.g. {kind.key} = "{kind.example}")'
                 )
-        if self.family == "mlp" and self.params:
+            if self.family != kind.name and value is not None:
+                raise ValueError(
+                    f'{kind.key} is for family = "{kind.name}"; '
+                    f'this configuration\'s family is "{self.family}"'
+                )
+        if FAMILY_KINDS[self.family].key is None and self.params:
             raise ValueError(
-                f'params are the parameters of a torch factory or an estimator; family = "mlp" has named '
-                f"settings ({', '.join(FAMILY_SETTINGS['mlp'])})"
+                f"params are the parameters of a torch factory or an estimator; family = "
+                f'"{self.family}" has named settings ({", ".join(FAMILY_SETTINGS[self.family])})'
             )
         for name, value in self.params.items():
             if not is_json_value(value):
@@ -310,7 +313,7 @@ class RunConfig(BaseModel):
         pinned, so stored fingerprints still match)."""
         full = self.model_dump(mode="json")
         keys = [k for k in full if k in self.own and not (k == "compile" and full[k] == "auto")]
-        if self.family != "mlp":
+        if self.family in FAMILY_KEY:
             keys = ["family", FAMILY_KEY[self.family], "params", *keys]
         return {k: full[k] for k in keys}
 

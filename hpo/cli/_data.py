@@ -18,6 +18,7 @@ from hpo.cli._common import (
 )
 from hpo.cli._present import Report
 from hpo.errors import ConfigError
+from hpo.tasks import CLASSIFICATION, TASK_KINDS, task_kind
 
 if TYPE_CHECKING:
     from hpo.settings import DataSettings
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="take [data] from this study file (the flags below override it)")
     p.add_argument("--source", choices=("synthetic", "msd", "csv", "parquet"))
-    p.add_argument("--task", choices=("classification", "regression"))
+    p.add_argument("--task", choices=tuple(TASK_KINDS))
     p.add_argument("--file", type=Path, help="msd: a local YearPredictionMSD .zip or .txt")
     p.add_argument("--path", type=Path, help="csv / parquet: the table")
     p.add_argument("--target", help="csv / parquet: the label column")
@@ -88,7 +89,7 @@ class Prepare(Command):
             f"prepared {summary['rows']:,} rows from {summary['source']} -> {summary['path']}",
             f"source {summary['source_file']} (sha256 {summary['source_sha256']})",
             f"{summary['features']} features, target {summary['target']} "
-            f"({summary.get('task', 'classification')})",
+            f"({summary.get('task', CLASSIFICATION.name)})",
             "",
         ]
         target = summary.get("target_summary")
@@ -173,7 +174,7 @@ class Calibrate(Command):
         settings = _data_settings(args)
         out = calibration.calibrate(settings, config=config, data_dir=args.data_dir)
         out["nonlinearity"] = None
-        if args.draws > 0 and settings.source == "synthetic" and settings.task == "classification":
+        if args.draws > 0 and settings.source == "synthetic" and task_kind(settings.task).has_classes:
             check = calibration.NonlinearityConfig(draws=args.draws)
             out["nonlinearity"] = calibration.nonlinearity(config=check, real_file=args.real)
         return out
@@ -181,7 +182,7 @@ class Calibrate(Command):
     @classmethod
     def render(cls, result: dict[str, Any]) -> str:
         r = result
-        if r.get("task") == "regression":
+        if not task_kind(str(r.get("task", CLASSIFICATION.name))).has_classes:
             head = (
                 f"{r['source']}: {r['rows']:,} rows "
                 f"({r['train_rows']:,} train, {r['test_rows']:,} test); test"

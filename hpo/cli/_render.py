@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hpo.tasks import CLASSIFICATION, task_kind
+
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -65,14 +67,19 @@ def _render_status(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _classes(m: dict[str, Any]) -> bool:
+    """Whether test metrics ``m`` are of a task with classes."""
+    return task_kind(str(m.get("task", CLASSIFICATION.name))).has_classes
+
+
 def _headline(m: dict[str, Any]) -> str:
-    if m.get("task") == "regression":
+    if not _classes(m):
         return f"RMSE {m['rmse']:.4g}"
     return f"accuracy {m['accuracy']:.2%}"
 
 
 def _test_line(m: dict[str, Any]) -> str:
-    if m.get("task") == "regression":
+    if not _classes(m):
         line = (
             f"RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}, loss {m['loss']:.4f} "
             f"(predicting the training mean: RMSE {m['constant_rmse']:.4g})"

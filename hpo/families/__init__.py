@@ -9,32 +9,71 @@ torch    your ``nn.Module``: ``module = "my_net.py:make"``, called ``make(n_feat
 sklearn  any scikit-learn-API estimator: ``estimator = "sklearn.ensemble.HistGradientBoostingClassifier"``
 ======== ==========================================================================================
 
-A family's settings are hpo's settings that apply to it (:data:`hpo.settings.FAMILY_SETTINGS`)
+A family's settings are hpo's settings that apply to it (:data:`hpo.settings.FAMILY_SETTINGS`,
+built from :data:`FAMILY_KINDS`)
 and its own parameters (``params``: the factory's keyword arguments, the estimator's constructor
 arguments); stages tune either by its plain name.
 """
 
 from __future__ import annotations
 
-from hpo.families._protocol import Job, ModelFamily
-from hpo.families.mlp import MlpFamily
-from hpo.families.sklearn_api import SklearnFamily
-from hpo.families.torch_module import TorchFamily
-from hpo.settings import UNTUNED, RunConfig, lookup
+import importlib
+from typing import TYPE_CHECKING, Any
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (MlpFamily(), TorchFamily(), SklearnFamily())}
+from hpo.families._kinds import DEFAULT_FAMILY, FAMILY_KINDS, FamilyKind
 
-__all__ = ["FAMILIES", "Job", "ModelFamily", "family_of", "tunable"]
+if TYPE_CHECKING:
+    from hpo.families._protocol import Job, ModelFamily
+    from hpo.settings import RunConfig
+
+    FAMILIES: dict[str, ModelFamily]
+
+__all__ = [
+    "DEFAULT_FAMILY",
+    "FAMILIES",
+    "FAMILY_KINDS",
+    "FamilyKind",
+    "Job",
+    "ModelFamily",
+    "family_of",
+    "tunable",
+]
+
+#: where each family's class lives; imported on first use (torch, scikit-learn), so that the
+#: study file's checks can read :mod:`hpo.families._kinds` at load (PEP 562)
+_CLASSES = {
+    "mlp": ("hpo.families.mlp", "MlpFamily"),
+    "torch": ("hpo.families.torch_module", "TorchFamily"),
+    "sklearn": ("hpo.families.sklearn_api", "SklearnFamily"),
+}
+assert tuple(_CLASSES) == tuple(FAMILY_KINDS)
+_registry: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FAMILIES":
+        if not _registry:
+            for family, (module, cls) in _CLASSES.items():
+                _registry[family] = getattr(importlib.import_module(module), cls)()
+        return _registry
+    if name in ("Job", "ModelFamily"):
+        return getattr(importlib.import_module("hpo.families._protocol"), name)
+    raise AttributeError(f"module 'hpo.families' has no attribute {name!r}")
 
 
 def family_of(cfg: RunConfig) -> ModelFamily:
-    return lookup(FAMILIES, cfg.family, "family")
+    from hpo.settings import lookup
+
+    families: dict[str, ModelFamily] = __getattr__("FAMILIES")
+    return lookup(families, cfg.family, "family")
 
 
 def tunable(cfg: RunConfig) -> tuple[list[str], bool]:
     """The names a stage may tune for ``cfg``'s family: hpo's settings that apply to it (but
     seed, precision and device) and its own parameters; and whether it takes any other name too
     (a factory with ``**kwargs``)."""
+    from hpo.settings import UNTUNED
+
     own = family_of(cfg).own_params(cfg)
     names = [s for s in cfg.own if s not in UNTUNED]
     return names + sorted(own or {}), own is None

@@ -36,6 +36,9 @@ class ModelFamily(Protocol):
     name: ClassVar[str]
     #: a torch module trained by hpo's trainers (the LR range test and baselines need one)
     torch_based: ClassVar[bool]
+    #: its stacks may train through torch.compile (hpo's stacked MLP trainer; measured per
+    #: pipeline where ``compile = "auto"``, hpo.tuning.numerics)
+    compiles_stacks: ClassVar[bool]
 
     def describe(self, cfg: RunConfig) -> str:
         """How messages name the family of ``cfg`` (``family "torch" (my_net.py:make)``)."""

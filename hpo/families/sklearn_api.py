@@ -124,6 +124,7 @@ def _validated(cls: type, spec: str, params: Mapping[str, Any]) -> Any:
 class SklearnFamily:
     name: ClassVar[str] = "sklearn"
     torch_based: ClassVar[bool] = False
+    compiles_stacks: ClassVar[bool] = False
 
     def describe(self, cfg: RunConfig) -> str:
         return f'family "sklearn" ({cfg.estimator})'

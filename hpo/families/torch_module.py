@@ -54,6 +54,7 @@ def _signature(make: Any, spec: str) -> inspect.Signature:
 class TorchFamily:
     name: ClassVar[str] = "torch"
     torch_based: ClassVar[bool] = True
+    compiles_stacks: ClassVar[bool] = False
 
     def describe(self, cfg: RunConfig) -> str:
         return f'family "torch" ({cfg.module})'

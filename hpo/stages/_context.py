@@ -282,11 +282,11 @@ class StageContext:
     def compile(self, cfg: RunConfig, resolved: TrainPrecision) -> bool:
         """Whether stacks of models like ``cfg`` (trained in ``resolved`` precision) train through
         ``torch.compile``: as ``cfg.compile`` pins it, or for "auto" the pipeline's numerics for
-        the MLP family's bf16 stacks on the CPU (fp32 stays eager, equal to the one-model
-        trainer; a model trained alone never compiles)."""
+        bf16 stacks on the CPU of a family that compiles stacks (the MLP; fp32 stays eager, equal
+        to the one-model trainer; a model trained alone never compiles)."""
         if cfg.compile != "auto":
             return cfg.compile
-        if cfg.family != "mlp" or resolved != "bf16" or resolve_device(cfg.device) != "cpu":
+        if not family_of(cfg).compiles_stacks or resolved != "bf16" or resolve_device(cfg.device) != "cpu":
             return False
         return self._numerics().compile
 
@@ -331,7 +331,7 @@ class StageContext:
         source["compile"] = "measured" if cfg.compile == "auto" else "study file"
         if cfg.compile != "auto":
             compiles = cfg.compile
-        elif cfg.family != "mlp" or resolved != "bf16" or device != "cpu" or width < 2:
+        elif not family_of(cfg).compiles_stacks or resolved != "bf16" or device != "cpu" or width < 2:
             compiles = False
             source["compile"] = "not a candidate"
         else:

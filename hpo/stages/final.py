@@ -178,7 +178,7 @@ class Final(GridStage):
             seeds = ""
         how = (
             f"retrained {s.epochs} epochs, early stopping with patience {s.patience}"
-            if cfg_in.family != "sklearn"
+            if family_of(cfg_in).torch_based
             else f"refitted {cfg_in.estimator} on the training rows"
         )
         return Selection(

@@ -38,6 +38,7 @@ __all__ = [
 class MlpFamily:
     name: ClassVar[str] = "mlp"
     torch_based: ClassVar[bool] = True
+    compiles_stacks: ClassVar[bool] = True
 
     def describe(self, cfg: RunConfig) -> str:
         return 'family "mlp"'
