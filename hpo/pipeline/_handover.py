@@ -1,0 +1,63 @@
+"""The configuration a stage starts from: what the stage it builds on handed on, read back from the
+storage and not trusted whole."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from hpo.errors import ConfigError
+from hpo.families import family_of
+from hpo.settings import FAMILY_KEYS, UNTUNED, RunConfig, describe_error, error_path, format_input
+from hpo.stages import Stage
+from hpo.tuning import records
+
+if TYPE_CHECKING:
+    from hpo.pipeline._pipeline import Pipeline
+
+
+def input_config(pipe: Pipeline, stage: Stage) -> RunConfig:
+    """The handed-on configuration of the stage ``stage`` builds on, rebuilt on ``[defaults]``, else
+    ``[defaults]`` (see :meth:`hpo.pipeline.Pipeline.input_config`)."""
+    source = pipe.plan.input_stage(stage.name)
+    if source is None:
+        return pipe.plan.defaults
+    study = pipe.ctx.find_study(pipe.ctx.study_name(source))
+    assert study is not None
+    where = f"stage {source!r} in {pipe.ctx.storage_url} hands on"
+    fix = (
+        f"start that stage over (hpo run-stage {source} --force --config {pipe.plan.path}) and check "
+        "who can write the storage"
+    )
+    try:
+        selection = records.read_selection(study.user_attrs)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = error_path(tuple(error["loc"]))
+        value = format_input(error.get("input"))
+        raise ConfigError(f"{where} {key} = {value}: {describe_error(error)}; {fix}") from None
+    assert selection is not None
+    return rebuild(pipe, selection.config_out, where, fix)
+
+
+def rebuild(pipe: Pipeline, carried: RunConfig, where: str, fix: str) -> RunConfig:
+    """``[defaults]`` plus ``carried``'s values of the settings a stage may tune, each checked by the
+    study file's family; ``carried`` must name the study file's family, module and estimator."""
+    cfg = pipe.plan.defaults
+    for key in FAMILY_KEYS[:3]:
+        if getattr(carried, key) != getattr(cfg, key):
+            raise ConfigError(
+                f"{where} {key} = {getattr(carried, key)!r}, and {pipe.plan.path} says "
+                f"{getattr(cfg, key)!r}: a storage does not choose what runs; {fix}"
+            )
+    family = family_of(cfg)
+    point: dict[str, Any] = {}
+    for name, value in carried.settings().items():
+        if name in UNTUNED:
+            continue
+        try:
+            point[name] = family.check_value(cfg, name, value)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {name} = {value!r}: {exc}; {fix}") from None
+    return cfg.with_point(point)
