@@ -69,3 +69,26 @@ def test_only_a_synthetic_draw_has_a_ceiling(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="the ceiling is known only for a synthetic draw"):
         oracle.oracle(DataSettings(source="csv", path=str(tmp_path / "x.csv"), target="y"), data_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_hpo_data_oracle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hpo import cli
+
+    common = ["--data-dir", str(tmp_path / "data"), "--format", "json"]
+    args = ["-q", "data", "oracle", "--source", "synthetic", "--rows", "3000", "--seed", "2", *common]
+    assert cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ceiling"]["test_rows"] == 450 and 0.58 < out["ceiling"]["accuracy"] < 0.8
+    assert out["baselines"]["majority_accuracy"] < out["ceiling"]["accuracy"]
+    table = tmp_path / "t.csv"
+    table.write_text("x,y\n1,a\n2,b\n")
+    csv = ["-q", "data", "oracle", "--source", "csv", "--path", str(table), "--target", "y"]
+    assert cli.main([*csv, "--data-dir", str(tmp_path / "csv")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hpo: error:")]
+    assert err == [
+        "hpo: error: data.source = 'csv': the ceiling is known only for a synthetic draw, whose "
+        'generator hpo knows; use data.source = "synthetic"'
+    ]
+    assert not (tmp_path / "csv").exists()

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpo.cli._ceiling import Oracle
 from hpo.cli._common import (
     Command,
     Group,
@@ -261,4 +262,4 @@ class Data(Group):
     help = "prepare, generate and inspect data"
     dest = "data_command"
     metavar = "ACTION"
-    actions = (Prepare, Calibrate, Nonlinearity, Synth, Explore)
+    actions = (Prepare, Calibrate, Nonlinearity, Synth, Explore, Oracle)

@@ -123,12 +123,16 @@ def _check(settings: DataSettings) -> synthetic.SyntheticSpec:
     return synthetic.SyntheticSpec(rows=settings.rows or synthetic.FULL_ROWS, seed=settings.seed)
 
 
-def oracle(settings: DataSettings, *, data_dir: Path | None = None) -> dict[str, Any]:
+def oracle(
+    settings: DataSettings, *, data_dir: Path | None = None, prepared: Prepared | None = None
+) -> dict[str, Any]:
     """The Bayes-optimal figures on the test rows of the synthetic draw ``settings`` prepares:
     for classification its accuracy and log loss, for regression its RMSE. Stored beside the
-    prepared cache (``oracle.json``) and read back: the same draw always gives the same figures."""
+    prepared cache (``oracle.json``) and read back: the same draw always gives the same figures.
+    ``prepared``: the draw's prepared data where the caller holds it."""
     spec = _check(settings)
-    prepared = prepare(settings, data_dir=data_dir, progressbar=False)
+    if prepared is None:
+        prepared = prepare(settings, data_dir=data_dir, progressbar=False)
     stored = prepared.path / "oracle.json"
     if stored.is_file():
         found: dict[str, Any] = json.loads(stored.read_text())
