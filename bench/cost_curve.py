@@ -139,7 +139,7 @@ def _stage(
 
 def rows_curve(work: Path, skip: set[int], precision: str) -> list[dict[str, Any]]:
     from hpo import data
-    from hpo.settings import DataSettings
+    from hpo.sections import DataSettings
 
     out = []
     for rows in ROWS:

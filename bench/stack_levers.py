@@ -46,7 +46,8 @@ from _precision import add_argument, resolve
 
 from hpo import data
 from hpo.families.mlp import stacked
-from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.sections import DataSettings
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
 from hpo.training import TensorData
 from hpo.training.precision import Resolved, cpu_description

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from hpo import data
 from hpo import training as train
 from hpo.families.mlp import model as models
-from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.sections import DataSettings
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import Classification
 from hpo.training.precision import Resolved, cpu_description
 

@@ -41,7 +41,8 @@ from hpo import data
 from hpo import training as train
 from hpo.families.mlp import model as models
 from hpo.families.mlp import stacked
-from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.sections import DataSettings
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.settings import TrainPrecision as Precision
 from hpo.tasks import Classification
 from hpo.training.optim import build_optimizer

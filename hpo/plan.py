@@ -27,15 +27,12 @@ from pydantic import BaseModel, ValidationError
 
 from hpo.errors import ConfigError
 from hpo.families import FAMILIES, ModelFamily, tunable
+from hpo.sections import DataSettings, PipelineSection, ReportSettings, StageSettings
 from hpo.settings import (
     FAMILY_KEY,
     SETTINGS,
     TRAINING_SETTINGS,
-    DataSettings,
-    PipelineSection,
-    ReportSettings,
     RunConfig,
-    StageSettings,
     describe_error,
     error_path,
     format_input,

@@ -1,9 +1,9 @@
 """Write the generated reference pages of the documentation site.
 
 * ``docs/reference/study-file.md``: every key of a study file, from the pydantic models that
-  validate it (``hpo.settings`` for ``[pipeline]``, ``[data]``, ``[defaults]``, ``[report]``;
-  each stage kind's settings model from the registry ``hpo.stages.KINDS``): its name, type,
-  default and the comment or description written beside it in the source.
+  validate it (``hpo.sections`` for ``[pipeline]``, ``[data]``, ``[report]``; ``hpo.settings``
+  for ``[defaults]``; each stage kind's settings model from the registry ``hpo.stages.KINDS``):
+  its name, type, default and the comment or description written beside it in the source.
 * ``docs/reference/cli.md``: every command of ``hpo``, from the argparse parser
   (``hpo.cli.build_parser``): its usage, what it does and each option's help.
 
@@ -232,6 +232,7 @@ def _family_settings(settings: types.ModuleType) -> list[str]:
 
 
 def study_file_page() -> str:
+    from hpo import sections as section_models
     from hpo import settings
     from hpo.stages import KINDS
 
@@ -251,10 +252,10 @@ def study_file_page() -> str:
         "",
     ]
     sections: list[tuple[str, type[BaseModel], str]] = [
-        ("pipeline", settings.PipelineSection, "The pipeline: its name namespaces the studies."),
-        ("data", settings.DataSettings, ""),
+        ("pipeline", section_models.PipelineSection, "The pipeline: its name namespaces the studies."),
+        ("data", section_models.DataSettings, ""),
         ("defaults", settings.RunConfig, ""),
-        ("report", settings.ReportSettings, "What the HTML report shows besides the defaults."),
+        ("report", section_models.ReportSettings, "What the HTML report shows besides the defaults."),
     ]
     for section, model, fallback in sections:
         out += [

@@ -12,7 +12,7 @@ from typing import NoReturn
 import pytest
 
 from hpo import data
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO.parent / "shared" / "data" / "msd-sample"

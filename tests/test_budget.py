@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from hpo import cli
 from hpo.pipeline import Pipeline
-from hpo.settings import parse_duration
+from hpo.sections import parse_duration
 from hpo.tuning import budget, records, runner
 
 SEARCH = """

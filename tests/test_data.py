@@ -8,7 +8,7 @@ import pytest
 from hpo import data
 from hpo.data import labels, sources, synthetic
 from hpo.errors import DataError, DataFileError
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 
 
 def test_decade_labels() -> None:

@@ -61,7 +61,8 @@ def test_the_check_names_a_stale_page(
 def test_the_reference_covers_every_key_and_command(gen_reference: ModuleType) -> None:
     from pydantic import BaseModel
 
-    from hpo.settings import DataSettings, PipelineSection, ReportSettings, RunConfig
+    from hpo.sections import DataSettings, PipelineSection, ReportSettings
+    from hpo.settings import RunConfig
     from hpo.stages import KINDS
 
     page = gen_reference.study_file_page()

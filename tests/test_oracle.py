@@ -12,7 +12,7 @@ import pytest
 
 from hpo.data import oracle, synthetic
 from hpo.errors import ConfigError
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 
 
 def test_the_posterior_is_calibrated_on_tiny_draws() -> None:

@@ -23,7 +23,8 @@ from hpo import training as train
 from hpo.families.mlp import stacked
 from hpo.pipeline import resolve_study_file
 from hpo.present.progress import LiveProgress, LogProgress, clock
-from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.sections import DataSettings
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.stages._context import StageContext
 from hpo.stages.search import Dimension, Search, SearchSettings
 from hpo.training import EvalRecord

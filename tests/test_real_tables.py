@@ -18,7 +18,7 @@ import pytest
 from hpo import data
 from hpo.data import preprocess as pp
 from hpo.data.preprocess import MATRIX, NATIVE, ONEHOT, TARGET, Preprocessor
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 from hpo.stages._context import StageData
 
 

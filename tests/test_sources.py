@@ -13,7 +13,7 @@ import pytest
 
 from hpo import cli, data
 from hpo.errors import DataFileError
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 
 
 def table(rows: int = 3000, seed: int = 0) -> pd.DataFrame:

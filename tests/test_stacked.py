@@ -398,7 +398,7 @@ def test_bf16_matches_fp32_on_the_real_architecture(tmp_path: Path) -> None:
     fp32 seed sds for the mean accuracy and one for the mean loss: a bf16 path that trained worse
     by a few tenths of a point, or not at all, fails."""
     from hpo import data
-    from hpo.settings import DataSettings
+    from hpo.sections import DataSettings
 
     prepared = data.prepare(DataSettings(rows=40_000, seed=7), data_dir=tmp_path, progressbar=False)
     split, scaler = prepared.split, prepared.scaler

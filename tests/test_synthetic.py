@@ -7,7 +7,7 @@ import pytest
 from scipy import special, stats
 
 from hpo.data import _parse, calibration, labels, synthetic
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 
 
 def test_full_size_counts_are_the_real_files() -> None:
@@ -96,7 +96,7 @@ def test_prepared_synthetic_values_are_those_of_the_written_text(tmp_path: Path)
     """Preparing synthetic data skips writing and parsing UCI's text layout; the values are
     bit for bit what parsing the written file gives."""
     from hpo import data
-    from hpo.settings import DataSettings
+    from hpo.sections import DataSettings
 
     spec = synthetic.SyntheticSpec(rows=5000, seed=13)
     parsed = _parse.parse_uci(synthetic.write_uci_text(spec, tmp_path / "s.txt"))

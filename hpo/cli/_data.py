@@ -22,7 +22,7 @@ from hpo.errors import ConfigError
 from hpo.tasks import CLASSIFICATION, TASK_KINDS, task_kind
 
 if TYPE_CHECKING:
-    from hpo.settings import DataSettings
+    from hpo.sections import DataSettings
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -43,7 +43,8 @@ def _data_settings(args: argparse.Namespace) -> DataSettings:
     """``[data]`` of ``--config``, with the data flags given on the command line applied."""
     from pydantic import ValidationError
 
-    from hpo.settings import DataSettings, describe_error, error_path
+    from hpo.sections import DataSettings
+    from hpo.settings import describe_error, error_path
 
     base: dict[str, Any] = {}
     if getattr(args, "config", None):

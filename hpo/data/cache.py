@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import pooch
 
 from hpo.data import labels as labels_mod
@@ -33,8 +32,9 @@ from hpo.data import sources, synthetic
 from hpo.data.columns import NUMERIC, Column
 from hpo.data.labels import Labeling
 from hpo.data.splits import Scaler, Split, head_split, stratified_split
+from hpo.data.targets import regression_strata, regression_target
 from hpo.errors import DataError, DataFileError
-from hpo.settings import TABLE_TYPING_KEYS, DataSettings
+from hpo.sections import TABLE_TYPING_KEYS, DataSettings
 from hpo.tasks import CLASSIFICATION, task_kind
 
 if TYPE_CHECKING:
@@ -419,55 +419,6 @@ def _write(work: Path, arrays: dict[str, npt.NDArray[Any]], meta: dict[str, Any]
     for key, values in arrays.items():
         np.save(work / f"{key}.npy", values)
     (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-
-
-#: deciles of a regression target stratify its split and CV folds
-STRATA = 10
-
-
-def regression_target(table: sources.Table) -> npt.NDArray[np.float64]:
-    """The target's values as numbers; a target that is not numeric, or a missing or infinite
-    value, is one line naming the column (and the line)."""
-    raw = np.asarray(table.target)
-    if raw.dtype == np.bool_ or not np.issubdtype(raw.dtype, np.number):
-        shown = next((v for v in raw if not _is_number(v)), raw[0] if raw.size else "")
-        raise DataFileError(
-            table.file,
-            f'target column {table.target_name!r} is not numeric (e.g. {shown!r}); task = "regression" '
-            "predicts a number",
-            fix='use a numeric target column, or task = "classification"',
-        )
-    values = raw.astype(np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataFileError(
-            table.file,
-            f"{table.target_name} is empty or not finite",
-            line=row + table.first_line,
-            fix="give every row a numeric target, or drop the row",
-        )
-    if np.ptp(values) == 0:
-        raise DataFileError(
-            table.file,
-            f"target column {table.target_name!r} has one value ({values[0]:g}); there is nothing to predict",
-            fix="choose another target column",
-        )
-    return values
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return not isinstance(value, bool | np.bool_)
-
-
-def regression_strata(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    """The target's deciles (fewer where values tie), as classes to stratify by."""
-    codes = pd.qcut(values, q=STRATA, labels=False, duplicates="drop")
-    return np.asarray(codes, dtype=np.int64)
 
 
 def load(path: Path) -> Prepared:

@@ -24,7 +24,8 @@ from sklearn.metrics import accuracy_score, mean_absolute_error, mean_squared_er
 from hpo.data import labels as labels_mod
 from hpo.data.cache import Prepared, prepare
 from hpo.families.mlp import build_model
-from hpo.settings import DataSettings, ModelConfig, OptimConfig, TrainConfig
+from hpo.sections import DataSettings
+from hpo.settings import ModelConfig, OptimConfig, TrainConfig
 from hpo.tasks import REGRESSION, Classification, Regression, task_kind
 from hpo.training import TensorData, fit, predict_outputs
 

@@ -37,7 +37,7 @@ from scipy import linalg, special
 from hpo.data import synthetic
 from hpo.data.cache import Prepared, prepare
 from hpo.errors import ConfigError, DataError
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 from hpo.tasks import task_kind
 
 logger = logging.getLogger(__name__)

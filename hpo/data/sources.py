@@ -34,7 +34,7 @@ from hpo.data import columns as cols
 from hpo.data.columns import Column
 from hpo.data.labels import Labeling, decades
 from hpo.errors import DataFileError
-from hpo.settings import DataSettings
+from hpo.sections import DataSettings
 
 logger = logging.getLogger(__name__)
 

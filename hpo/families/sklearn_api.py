@@ -74,7 +74,8 @@ def data_encoding(cfg: RunConfig) -> str:
     columns passed as ``categorical_features``, or to LightGBM's fit as ``categorical_feature``)
     for HistGradientBoosting* and LightGBM, else ``"matrix"`` (one-hot / target encoded, imputed,
     standardised)."""
-    from hpo.data.preprocess import MATRIX, encoding_for
+    from hpo.data.encodings import encoding_for
+    from hpo.data.preprocess import MATRIX
 
     if cfg.family != "sklearn" or cfg.estimator is None:
         return MATRIX

@@ -22,10 +22,12 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpo import data
-from hpo.data.preprocess import MATRIX, NATIVE_MAX_LEVELS, Preprocessor, describe_columns
+from hpo.data.encodings import describe_columns
+from hpo.data.preprocess import MATRIX, NATIVE_MAX_LEVELS, Preprocessor
 from hpo.families import family_of
 from hpo.present.progress import LogProgress, Progress
-from hpo.settings import DataSettings, RunConfig, TrainPrecision
+from hpo.sections import DataSettings
+from hpo.settings import RunConfig, TrainPrecision
 from hpo.tasks import Regression, Task, balanced_class_weights
 from hpo.training import TensorData, precision, resolve_device
 from hpo.tuning.budget import TimeLimit
@@ -40,7 +42,7 @@ class StageData:
     split's training rows for train/val/test, each CV fold's own training rows for its fold
     (:class:`hpo.data.preprocess.Preprocessor`; on a numeric complete table, exactly the
     scaler's standardisation). ``encoding``: what the family takes (a float matrix, or native
-    categorical codes, :func:`hpo.data.preprocess.encoding_for`).
+    categorical codes, :func:`hpo.data.encodings.encoding_for`).
 
     Targets are what the task trains on: class indices, or the target standardised with the
     training rows' mean and standard deviation (:class:`hpo.tasks.Regression`)."""
@@ -256,7 +258,7 @@ class StageContext:
         default=lambda name, trials: None, repr=False
     )
     numerics: Numerics | None = None  # the pipeline's, decided before its first training
-    encoding: str = MATRIX  # what the family takes (hpo.data.preprocess.encoding_for)
+    encoding: str = MATRIX  # what the family takes (hpo.data.encodings.encoding_for)
     native_levels: int = NATIVE_MAX_LEVELS  # levels kept per column, native (sklearn_api.native_levels)
     _data: StageData | None = field(default=None, repr=False)
 

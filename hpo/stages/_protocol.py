@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import HpoError
 from hpo.families import FAMILIES
 from hpo.present.figures import Figure
-from hpo.settings import RunConfig, StageSettings
+from hpo.sections import StageSettings
+from hpo.settings import RunConfig
 from hpo.stages._context import StageContext
 from hpo.tasks import CLASSIFICATION, greater_is_better, task_kind
 from hpo.tuning import records, runner

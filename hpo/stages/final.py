@@ -32,7 +32,8 @@ from hpo.families import family_of
 from hpo.families.mlp import count_parameters
 from hpo.model_file import ModelFile, save_model_file
 from hpo.present import figures
-from hpo.settings import PositiveInt, RunConfig, StageSettings
+from hpo.sections import StageSettings
+from hpo.settings import PositiveInt, RunConfig
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import GridStage

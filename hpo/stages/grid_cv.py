@@ -19,7 +19,8 @@ from optuna.trial import FrozenTrial
 from pydantic import Field, model_validator
 
 from hpo.present import figures
-from hpo.settings import PositiveInt, RunConfig, SelectingSettings, StageSettings, param_value, setting_value
+from hpo.sections import SelectingSettings, StageSettings
+from hpo.settings import PositiveInt, RunConfig, param_value, setting_value
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import GridStage, Work

@@ -30,14 +30,8 @@ from pydantic import Field
 from hpo.errors import ConfigError
 from hpo.families import family_of
 from hpo.present import figures
-from hpo.settings import (
-    LearningRate,
-    NonNegativeInt,
-    PositiveInt,
-    Precision,
-    RunConfig,
-    StageSettings,
-)
+from hpo.sections import StageSettings
+from hpo.settings import LearningRate, NonNegativeInt, PositiveInt, Precision, RunConfig
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import TORCH_FAMILIES, GridStage, Work

@@ -42,15 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hpo.errors import HpoError
 from hpo.families import family_of
 from hpo.present import figures
-from hpo.settings import (
-    Duration,
-    PositiveInt,
-    RunConfig,
-    SelectingSettings,
-    StageSettings,
-    param_value,
-    setting_value,
-)
+from hpo.sections import Duration, SelectingSettings, StageSettings
+from hpo.settings import PositiveInt, RunConfig, param_value, setting_value
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Budget, train_claims
 from hpo.stages._protocol import ALL_FAMILIES, Direction, Work, metric_direction, validation_records

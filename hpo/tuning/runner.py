@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 import uuid
 import warnings
@@ -40,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError, StorageError, first_line
 from hpo.tuning import budget, records, stopping
+from hpo.tuning.heartbeat import Heartbeat, heartbeat_interval
 from hpo.tuning.locks import claim_lock
 from hpo.tuning.storage import outages_of
 
@@ -181,7 +181,7 @@ class _Runner:
         self.objective = objective
         self.batch_size = batch_size
         self.name = study.study_name
-        self.heartbeats = _heartbeat_interval(storage)
+        self.heartbeats = heartbeat_interval(storage)
 
     def count(self, state: TrialState) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(state,)))
@@ -391,7 +391,7 @@ class _Runner:
         numbers = [c.trial.number for c in claims]
         logger.info("%s: trial(s) %s: %s", self.name, numbers, [c.point for c in claims])
         whose = f"{self.name}'s trial(s) {numbers}"
-        with _Heartbeat(self.storage, [c.trial._trial_id for c in claims], self.heartbeats, whose):
+        with Heartbeat(self.storage, [c.trial._trial_id for c in claims], self.heartbeats, whose):
             try:
                 with stopping.interruptible():
                     outcomes = list(self.objective(claims))
@@ -463,70 +463,3 @@ def _owner(trials: Sequence[FrozenTrial], key: str | None) -> int | None:
         return min(done)
     running = [t.number for t in same if t.state == TrialState.RUNNING]
     return min(running) if running else None
-
-
-def _heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
-    getter = getattr(storage, "get_heartbeat_interval", None)
-    interval = getter() if getter is not None else None
-    return int(interval) if interval is not None else None
-
-
-def grace_period(storage: optuna.storages.BaseStorage) -> str:
-    """The storage's grace period, as messages say it (``"the grace period (60 s)"``): how long
-    other workers wait without a heartbeat before they count a trial or a worker dead."""
-    inner = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
-    seconds = getattr(inner, "grace_period", None)
-    if seconds is None:
-        interval = _heartbeat_interval(storage)
-        seconds = 2 * interval if interval is not None else None  # Optuna's default
-    return f"the grace period ({seconds} s)" if seconds is not None else "the grace period"
-
-
-def heartbeat_stopped(exc: BaseException, whose: str, then: str) -> None:
-    """Say once, as a WARNING, that a heartbeat thread stopped on ``exc`` and what follows."""
-    logger.warning(
-        "the heartbeat of %s stopped (%s: %s); %s", whose, type(exc).__name__, first_line(exc, 200), then
-    )
-
-
-class _Heartbeat:
-    """Records Optuna heartbeats for a batch of ask/tell trials until the batch is told."""
-
-    def __init__(
-        self,
-        storage: optuna.storages.BaseStorage,
-        trial_ids: list[int],
-        interval: int | None,
-        whose: str = "the batch's trials",
-    ) -> None:
-        self.storage = storage
-        self.trial_ids = trial_ids
-        self.interval = interval
-        self.whose = whose
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="hpo-heartbeat")
-
-    def _run(self) -> None:
-        assert self.interval is not None
-        while not self.stop.wait(self.interval):
-            try:
-                for trial_id in self.trial_ids:
-                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-            except Exception as exc:  # an outage past its limit (the main thread reports it), or worse
-                heartbeat_stopped(
-                    exc,
-                    self.whose,
-                    f"other workers will count them stale after {grace_period(self.storage)} without one "
-                    "and run their points again, whatever this worker's training reports",
-                )
-                return
-
-    def __enter__(self) -> _Heartbeat:
-        if self.interval is not None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()

@@ -22,7 +22,8 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.tuning import records
-from hpo.tuning.runner import WORKER_ID, grace_period, heartbeat_stopped
+from hpo.tuning.heartbeat import grace_period, heartbeat_stopped
+from hpo.tuning.runner import WORKER_ID
 
 logger = logging.getLogger(__name__)
 
