@@ -749,3 +749,42 @@ def test_settings_added_later_mean_what_a_study_made_before_had() -> None:
         None,
         "classification",
     )
+
+
+def test_an_estimator_is_resolved_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study file's estimator is imported and its defaults built once per process, however
+    many parameters its stages tune and however many times the stages ask (before: 2 + N imports
+    and 3 + 2N constructions at load, and again on every fit)."""
+    from hpo.families import sklearn_api
+
+    spec = "sklearn.ensemble.ExtraTreesClassifier"  # a class no other test of this process names
+    import functools
+
+    from hpo.families._imports import load_object
+
+    imports: list[str] = []
+
+    def loaded(name: str) -> Any:
+        imports.append(name)
+        return load_object(name)
+
+    monkeypatch.setattr(sklearn_api, "load_object", loaded)
+    sklearn_api._estimator_class.cache_clear()
+    sklearn_api._default_params.cache_clear()
+    built = 0
+    original = sklearn_api._default_params.__wrapped__
+
+    def counted(cls: type, name: str) -> Any:
+        nonlocal built
+        built += 1
+        return original(cls, name)
+
+    monkeypatch.setattr(sklearn_api, "_default_params", functools.cache(counted))
+    family = SklearnFamily()
+    cfg = RunConfig(family="sklearn", estimator=spec, params={"n_estimators": 5})
+    for _ in range(3):  # a plan's load, a stage's check, a fit's build: each asks again
+        family.check(cfg, "classification")
+        for name, value in (("max_depth", 3), ("min_samples_leaf", 2), ("max_features", 0.5)):
+            family.check_value(cfg, name, value)
+        family.own_params(cfg)
+    assert imports == [spec] and built == 1

@@ -30,12 +30,14 @@ study file's class when the class's name is the same.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import sys
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,11 +61,24 @@ _EPS = 1e-12
 
 
 def estimator_class(cfg: RunConfig) -> type:
+    """``cfg``'s estimator class, resolved once per process (the study file's check, every
+    stage's validation and every fit ask for it: before, the class was imported 2 + N times and
+    built 3 + 2N times at load for N tuned parameters, and again on every fit)."""
     assert cfg.estimator is not None
-    cls = load_object(cfg.estimator)
+    if is_file_spec(cfg.estimator):  # relative to the working directory: the file's own cache
+        return _checked(load_object(cfg.estimator), cfg.estimator)
+    return _estimator_class(cfg.estimator)
+
+
+@functools.cache
+def _estimator_class(spec: str) -> type:
+    return _checked(load_object(spec), spec)
+
+
+def _checked(cls: Any, spec: str) -> type:
     if not isinstance(cls, type) or not all(hasattr(cls, a) for a in ("fit", "get_params", "set_params")):
         raise ValueError(
-            f"{cfg.estimator} is not a scikit-learn estimator class (it needs fit, get_params and "
+            f"{spec} is not a scikit-learn estimator class (it needs fit, get_params and "
             "set_params); name the class, e.g. sklearn.ensemble.HistGradientBoostingClassifier"
         )
     return cls
@@ -99,8 +114,14 @@ def native_levels(defaults: RunConfig, stages: Iterable[Any]) -> int:
 
 
 def _defaults(cls: type, spec: str) -> dict[str, Any]:
+    """The estimator's constructor defaults (a copy; built once per class and process)."""
+    return dict(_default_params(cls, spec))
+
+
+@functools.cache
+def _default_params(cls: type, spec: str) -> Mapping[str, Any]:
     try:
-        return dict(cls().get_params(deep=False))
+        return MappingProxyType(dict(cls().get_params(deep=False)))
     except Exception as exc:
         raise ValueError(
             f"{spec} cannot be constructed without arguments ({type(exc).__name__}: {first_line(exc, 120)})"
