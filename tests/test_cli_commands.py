@@ -113,6 +113,7 @@ def test_ctrl_c_exits_130_marks_the_trial_and_the_rerun_finishes(tmp_path: Path)
     assert len(trials) == 3  # the interrupted trial, kept, and one per point
 
 
+@pytest.mark.slow
 def test_init_prepares_and_status_shows_every_stage_pending(tmp_path: Path) -> None:
     cfg = tmp_path / "long.toml"
     cfg.write_text(LONG.replace("EPOCHS", "1"))
@@ -179,6 +180,7 @@ def _on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_the_live_display_and_json_stays_clean(tmp_path: Path) -> None:
     cfg = tmp_path / "long.toml"
     cfg.write_text(LONG.replace("EPOCHS", "3"))

@@ -114,6 +114,7 @@ def _graph_ids(storage: optuna.storages.BaseStorage, study_id: int) -> set[str]:
     return {k.split(":")[2] for k in attrs if k.startswith("dashboard:plot_data:")}
 
 
+@pytest.mark.slow
 def test_every_stage_saved_its_figures_and_note(done: Run) -> None:
     storage = done.pipeline().ctx.storage
     for name, expected in EXPECTED_FIGURES.items():

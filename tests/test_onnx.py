@@ -132,6 +132,7 @@ HGB = (  # written by hpo.onnx_trees, not skl2onnx
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "defaults", "final"),
     [

@@ -15,6 +15,7 @@ from hpo.errors import ConfigError
 from hpo.sections import DataSettings
 
 
+@pytest.mark.slow
 def test_the_posterior_is_calibrated_on_tiny_draws() -> None:
     gaps, accs = [], []
     for seed in range(4):

@@ -119,6 +119,7 @@ def _onnx_outputs(model: Path, frame: pd.DataFrame) -> Any:
     return session.run(None, feeds)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [

@@ -110,6 +110,7 @@ def _hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_quick_pipeline_end_to_end_and_status_json(tmp_path: Path) -> None:
     proc = _hpo("run", "--config", str(QUICK), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -148,6 +149,7 @@ def test_python_api_runs_and_reads_back(tmp_path: Path, tiny: Path) -> None:
     assert {r.status for r in again.runs} == {"already complete"}
 
 
+@pytest.mark.slow
 def test_carry_forward_across_processes(tmp_path: Path, tiny: Path) -> None:
     for stage in ("baseline", "lr_range", "weight_decay"):
         proc = _hpo("run-stage", stage, "--config", str(tiny), cwd=tmp_path)
@@ -167,6 +169,7 @@ def test_carry_forward_across_processes(tmp_path: Path, tiny: Path) -> None:
     assert selection is not None and selection.config_out.weight_decay == selection.selected["weight_decay"]
 
 
+@pytest.mark.slow
 def test_prerequisite_error_is_one_line_and_writes_nothing(tmp_path: Path, tiny: Path) -> None:
     proc = _hpo("run-stage", "weight_decay", "--config", str(tiny), cwd=tmp_path)
     assert proc.returncode == 2
@@ -402,6 +405,7 @@ def test_predict_before_final_says_what_to_run(tmp_path: Path, tiny: Path) -> No
         pipe.final_model()
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_pipeline_on_postgresql(tmp_path: Path, tiny: Path, postgres_url: str) -> None:
     pipe = load(tmp_path, tiny, storage=postgres_url)
@@ -417,6 +421,7 @@ def _trials(pipe: Pipeline, stage: str) -> list[optuna.trial.FrozenTrial]:
     return sorted(study.get_trials(), key=lambda t: json.dumps(t.params, sort_keys=True))
 
 
+@pytest.mark.slow
 def test_stacked_stages_keep_every_trial_and_match_one_at_a_time(tmp_path: Path, tiny: Path) -> None:
     """grid_cv and sweep stages trained stacked (the default) vs one trial at a time
     (stack = 1): the same trials, params, intermediate values and scores."""
@@ -440,6 +445,7 @@ def test_stacked_stages_keep_every_trial_and_match_one_at_a_time(tmp_path: Path,
             assert got[0].user_attrs[records.TRAIN]["stacked"] == 3
 
 
+@pytest.mark.slow
 def test_a_legacy_study_file_runs_the_same_trials(tmp_path: Path) -> None:
     """Study files written before kinds existed ([stages.components], grid = [...]) still run,
     as the same trials (components becomes four sweeps, weight_decay a grid_cv)."""
@@ -471,6 +477,7 @@ def test_a_legacy_study_file_runs_the_same_trials(tmp_path: Path) -> None:
         ]
 
 
+@pytest.mark.slow
 def test_an_appended_dropout_sweep_runs_before_final(tmp_path: Path) -> None:
     """Issue: pipelines as data. A sweep over a new setting, appended to the shipped quick file,
     runs after the shipped stages, and the final stage trains with what it selected."""

@@ -177,6 +177,7 @@ def test_pruned_failed_and_interrupted_trials(tmp_path: Path) -> None:
     assert sorted(t.state.name for t in stopped.trials) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
 
 
+@pytest.mark.slow
 def test_a_batch_beats_while_it_trains(url: str, fast_heartbeats: None) -> None:
     """A batch that trains for longer than the grace period is not failed as stale by a second
     worker: its thread records the batch's heartbeats (ask/tell gets none from Optuna)."""
@@ -278,6 +279,7 @@ def test_budget_runs_sampler_trials(tmp_path: Path) -> None:
     assert len({t.params["lr"] for t in trials}) == 7
 
 
+@pytest.mark.slow
 def test_storage_calls_wait_out_an_outage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

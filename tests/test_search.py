@@ -56,6 +56,7 @@ def _run(root: Path, stack: bool) -> list[optuna.trial.FrozenTrial]:
     return sorted(study.get_trials(), key=lambda t: t.number)
 
 
+@pytest.mark.slow
 def test_batched_stacked_trials_equal_the_same_trials_one_at_a_time(tmp_path: Path) -> None:
     stacked, alone = _run(tmp_path / "stacked", True), _run(tmp_path / "alone", False)
     assert len(stacked) == len(alone) == 8

@@ -470,6 +470,7 @@ NORM_SWEEP = [
 ]
 
 
+@pytest.mark.slow
 def test_compiled_bf16_stack_matches_eager_within_bf16_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled step (for this bf16 norm sweep) trains what the eager step trains: the same
     histories to bf16 rounding, and the returned weights are the trained ones."""

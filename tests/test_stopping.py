@@ -239,6 +239,7 @@ def test_apply_sets_torch_threads() -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_worker_stops_before_its_deadline_and_a_later_one_finishes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -160,6 +160,7 @@ def _whole_array_draw(spec: synthetic.SyntheticSpec) -> np.ndarray:
     return features
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", [7_000, 150_001])  # one row block; three, the last ragged
 def test_in_place_draw_gives_the_same_bytes_as_whole_array_expressions(rows: int) -> None:
     """The generator works in place to stay small (1.04 GB peak instead of 2.28 GB at full size);

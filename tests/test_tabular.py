@@ -62,6 +62,7 @@ def test_digits_from_a_csv_export(tmp_path: Path) -> None:
     assert (got["class"] == truth).mean() > 0.9  # mostly rows it trained on
 
 
+@pytest.mark.slow
 def test_a_binned_numeric_target_with_groups(tmp_path: Path) -> None:
     r = np.random.default_rng(3)
     rows = 4000

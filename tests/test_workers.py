@@ -273,6 +273,7 @@ def _finish(workers: list[subprocess.Popen[str]], timeout: float = 600) -> list[
     return logs
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("stack", [1, 2])  # one trial at a time; batches of two stacked trials
 def test_workers_run_the_whole_pipeline_and_a_late_one_joins(
@@ -294,6 +295,7 @@ def test_workers_run_the_whole_pipeline_and_a_late_one_joins(
     assert len(registry) == 4 and all(t.state == TrialState.COMPLETE for t in registry)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("stack", [1, 5])
 def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str, stack: int) -> None:
@@ -352,6 +354,7 @@ class _Lines:
         return "".join(self.lines)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_sigtermed_worker_releases_its_trials_at_once(tmp_path: Path, postgres_url: str) -> None:
     """SIGTERM (Slurm's time limit, preemption, scancel; docker stop) while a worker trains all
@@ -427,6 +430,7 @@ def test_second_sqlite_worker_is_refused(tmp_path: Path, capsys: pytest.CaptureF
     locks.exclusive_sqlite_worker(pipe.ctx.storage, "x")  # free again once the other process is gone
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("stack", [1, 2])
 def test_workers_survive_dropped_connections(tmp_path: Path, postgres_url: str, stack: int) -> None:
@@ -455,6 +459,7 @@ def test_workers_survive_dropped_connections(tmp_path: Path, postgres_url: str, 
     _check_pipeline_done_once(postgres_url)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("stack", [1, 2])
 def test_workers_ride_out_a_database_outage(tmp_path: Path, private_postgres: Any, stack: int) -> None:
