@@ -59,8 +59,9 @@ def _sides(
 ) -> npt.NDArray[np.float32]:
     """Per slot: 0.0 where the split sends the slot's code left, 1.0 right."""
     missing_left = bool(node["missing_go_to_left"])
-    valid = ~np.isnan(codes) & (np.nan_to_num(codes, nan=-1.0) >= 0) & (np.nan_to_num(codes) < 256)
-    ints = np.where(valid, np.nan_to_num(codes), 0).astype(np.int64)
+    filled = np.nan_to_num(codes, nan=-1.0)  # NaN: empty, or a code the fit never saw
+    valid = (filled >= 0) & (filled < 256)
+    ints = np.where(valid, filled, 0).astype(np.int64)
     left = valid & _in_bitset(left_bitset, ints)
     right = valid & ~left & _in_bitset(known_bitset, ints)
     goes_left = left | (~left & ~right & missing_left)

@@ -57,10 +57,8 @@ def calibrate(
     y_val = np.asarray(prepared.labels[split.val], dtype=np.int64)
     y_test = np.asarray(prepared.labels[split.test], dtype=np.int64)
 
-    majority = int(np.bincount(y_train).argmax())
     t0 = time.perf_counter()
-    logreg = LogisticRegression(max_iter=cfg.logreg_max_iter).fit(x_train, y_train)
-    logreg_acc = float(accuracy_score(y_test, logreg.predict(x_test)))
+    linear = linear_references(prepared, logreg_max_iter=cfg.logreg_max_iter)
     t1 = time.perf_counter()
     task = Classification(tuple(prepared.class_names))
     model = build_model(
@@ -81,8 +79,8 @@ def calibrate(
         "rows": prepared.rows,
         "train_rows": int(split.train.size),
         "test_rows": int(split.test.size),
-        "majority_accuracy": float(np.mean(y_test == majority)),
-        "logreg_accuracy": logreg_acc,
+        "majority_accuracy": linear["majority_accuracy"],
+        "logreg_accuracy": linear["logreg_accuracy"],
         "mlp_accuracy": test["accuracy"],
         "mlp_loss": test["loss"],
         "mlp_balanced_accuracy": test["balanced_accuracy"],
@@ -97,6 +95,40 @@ def calibrate(
 
 #: ridge's penalties, chosen by RidgeCV's efficient leave-one-out on the training rows
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 15))
+
+
+def linear_references(prepared: Prepared, *, logreg_max_iter: int = 500) -> dict[str, Any]:
+    """On the test rows, what needs no tuning: the majority class and multinomial logistic
+    regression, or for a regression target the training mean and ridge regression (RidgeCV over
+    :data:`RIDGE_ALPHAS`), each fitted on the standardised training rows."""
+    split, scaler = prepared.split, prepared.scaler
+    x_train = scaler.transform(prepared.features[split.train])
+    x_test = scaler.transform(prepared.features[split.test])
+    if task_kind(prepared.task_name).has_classes:
+        y_train = np.asarray(prepared.labels[split.train], dtype=np.int64)
+        y_test = np.asarray(prepared.labels[split.test], dtype=np.int64)
+        logreg = LogisticRegression(max_iter=logreg_max_iter).fit(x_train, y_train)
+        return {
+            "majority_accuracy": float(np.mean(y_test == np.bincount(y_train).argmax())),
+            "logreg_accuracy": float(accuracy_score(y_test, logreg.predict(x_test))),
+        }
+    assert prepared.targets is not None
+    targets = np.asarray(prepared.targets, dtype=np.float64)
+    t_train, t_test = targets[split.train], targets[split.test]
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(x_train, t_train)
+    return {
+        "constant": _regression_scores(t_test, np.full(t_test.shape, float(np.mean(t_train)))),
+        "ridge": _regression_scores(t_test, np.asarray(ridge.predict(x_test), dtype=np.float64)),
+        "ridge_alpha": float(ridge.alpha_),
+    }
+
+
+def _regression_scores(y: npt.NDArray[np.float64], pred: npt.NDArray[np.float64]) -> dict[str, float]:
+    return {
+        "rmse": float(np.sqrt(mean_squared_error(y, pred))),
+        "mae": float(mean_absolute_error(y, pred)),
+        "r2": float(r2_score(y, pred)),
+    }
 
 
 def calibrate_regression(prepared: Prepared, cfg: CalibrationConfig) -> dict[str, Any]:
@@ -114,15 +146,10 @@ def calibrate_regression(prepared: Prepared, cfg: CalibrationConfig) -> dict[str
     assert isinstance(task, Regression)
 
     def scores(pred: npt.NDArray[np.float64]) -> dict[str, float]:
-        return {
-            "rmse": float(np.sqrt(mean_squared_error(y_test, pred))),
-            "mae": float(mean_absolute_error(y_test, pred)),
-            "r2": float(r2_score(y_test, pred)),
-        }
+        return _regression_scores(y_test, pred)
 
     t0 = time.perf_counter()
-    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(x_train, y_train)
-    ridge_scores = scores(np.asarray(ridge.predict(x_test), dtype=np.float64))
+    linear = linear_references(prepared)
     t1 = time.perf_counter()
     model = build_model(
         ModelConfig(hidden=(256, 256), n_features=prepared.n_features, n_outputs=1), seed=cfg.seed
@@ -143,9 +170,9 @@ def calibrate_regression(prepared: Prepared, cfg: CalibrationConfig) -> dict[str
         "rows": prepared.rows,
         "train_rows": int(split.train.size),
         "test_rows": int(split.test.size),
-        "constant": scores(np.full(y_test.shape, float(np.mean(y_train)))),
-        "ridge": ridge_scores,
-        "ridge_alpha": float(ridge.alpha_),
+        "constant": linear["constant"],
+        "ridge": linear["ridge"],
+        "ridge_alpha": linear["ridge_alpha"],
         "mlp": mlp_scores,
         "mlp_epochs_run": fitted.history[-1].epoch,
         "ridge_seconds": round(t1 - t0, 1),

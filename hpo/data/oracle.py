@@ -185,31 +185,20 @@ def _compute(spec: synthetic.SyntheticSpec, prepared: Prepared) -> dict[str, Any
 
 def baselines(settings: DataSettings, *, data_dir: Path | None = None) -> dict[str, Any]:
     """The majority class (or the training mean) and a linear model on the same test rows:
-    logistic regression, or ridge regression (:mod:`hpo.data.calibration`'s own)."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-
-    from hpo.data.calibration import RIDGE_ALPHAS
+    :func:`hpo.data.calibration.linear_references`."""
+    from hpo.data.calibration import linear_references
 
     _check(settings)
     prepared = prepare(settings, data_dir=data_dir, progressbar=False)
-    split, scaler = prepared.split, prepared.scaler
-    x_train = scaler.transform(prepared.features[split.train])
-    x_test = scaler.transform(prepared.features[split.test])
+    found = linear_references(prepared)
     if task_kind(prepared.task_name).has_classes:
-        y_train = np.asarray(prepared.labels[split.train], dtype=np.int64)
-        y_test = np.asarray(prepared.labels[split.test], dtype=np.int64)
-        linear = LogisticRegression(max_iter=300).fit(x_train, y_train)
         return {
-            "majority_accuracy": float(np.mean(y_test == np.bincount(y_train).argmax())),
-            "linear_accuracy": float(np.mean(linear.predict(x_test) == y_test)),
-            "linear": "logistic regression (lbfgs, 300 iterations) on the standardised features",
+            "majority_accuracy": found["majority_accuracy"],
+            "linear_accuracy": found["logreg_accuracy"],
+            "linear": "logistic regression (lbfgs, 500 iterations) on the standardised features",
         }
-    assert prepared.targets is not None
-    t_train = np.asarray(prepared.targets[split.train], dtype=np.float64)
-    t_test = np.asarray(prepared.targets[split.test], dtype=np.float64)
-    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(x_train, t_train)
     return {
-        "mean_rmse": float(np.sqrt(np.mean((t_test - t_train.mean()) ** 2))),
-        "linear_rmse": float(np.sqrt(np.mean((ridge.predict(x_test) - t_test) ** 2))),
-        "linear": "ridge regression (RidgeCV over the calibration's penalties) on the standardised features",
+        "mean_rmse": found["constant"]["rmse"],
+        "linear_rmse": found["ridge"]["rmse"],
+        "linear": f"ridge regression (RidgeCV, alpha {found['ridge_alpha']:.3g}) on standardised features",
     }
