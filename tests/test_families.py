@@ -164,7 +164,7 @@ BAD = {
         '[stages.lr_range]\nkind = "lr_range"\n[stages.final]\nkind = "final"\n',
         'stages.lr_range.kind = "lr_range": does not serve family "sklearn" '
         "(sklearn.ensemble.HistGradientBoostingClassifier) (it trains torch modules); "
-        "kinds for this family: grid_cv, sweep, search, final",
+        "kinds for this family: grid, grid_cv, sweep, search, final",
     ),
     "regression with bins": (
         'task = "regression"\nsource = "csv"\npath = "t.csv"\ntarget = "y"\nbins = [0, 1, 2]\n'

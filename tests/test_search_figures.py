@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from hpo.pipeline import Pipeline
 from hpo.present import figures
 from hpo.settings import RunConfig
-from hpo.stages.grid_cv import GridCv, GridCvSettings
+from hpo.stages.grid import GridCvSettings
+from hpo.stages.grid_cv import GridCv
 from hpo.stages.search import Dimension, Search, SearchSettings
 from hpo.tuning import records
 

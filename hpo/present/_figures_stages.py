@@ -151,17 +151,21 @@ def _fold_scores(t: FrozenTrial) -> list[float]:
     return [float(v) for v in t.user_attrs.get(records.FOLD_SCORES, [])]
 
 
-def sweep_figures(study: optuna.Study, setting: str, *, metric: str) -> list[Figure]:
+def sweep_figures(study: optuna.Study, settings: Sequence[str], *, metric: str) -> list[Figure]:
+    """Each point's peak validation score (a bar per point) and its validation curve; a grid's
+    point is labelled by its settings' values."""
     trials = _complete(study)
-    chosen = _selected(study).get(setting)
-    choices = [str(t.params[setting]) for t in trials]
+    chosen = _selected(study)
+    choices = [", ".join(str(t.params[s]) for s in settings) for t in trials]
+    picked = ", ".join(str(chosen.get(s)) for s in settings)
+    what = f"Sweep '{settings[0]}'" if len(settings) == 1 else f"Grid '{' x '.join(settings)}'"
     name = metric.replace("_", " ")
-    bar = _fig(f"Sweep '{setting}': peak validation {name}", yaxis_title=f"peak validation {name}")
+    bar = _fig(f"{what}: peak validation {name}", yaxis_title=f"peak validation {name}")
     values = [float(t.value or 0.0) for t in trials]
     bar.add_bar(
         x=choices,
         y=values,
-        marker_color=[SELECTED if c == str(chosen) else OTHER for c in choices],
+        marker_color=[SELECTED if c == picked else OTHER for c in choices],
         text=[f"{v:.4f}" for v in values],
         textposition="outside",
     )
@@ -170,7 +174,7 @@ def sweep_figures(study: optuna.Study, setting: str, *, metric: str) -> list[Fig
         bar.update_yaxes(range=[min(values) - max(spread, 0.005) * 2, max(values) + max(spread, 0.005)])
     bar.update_xaxes(type="category")
     score = _score_name(_history(trials[0])) if trials else "accuracy"
-    curves = _fig(f"Sweep '{setting}': validation {score} per epoch", xaxis_title="epoch")
+    curves = _fig(f"{what}: validation {score} per epoch", xaxis_title="epoch")
     for c, t in zip(choices, trials, strict=True):
         h = _history(t)
         curves.add_scatter(

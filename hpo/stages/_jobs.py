@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from hpo.families import Job, family_of
+from hpo.families import Fitting, Job, family_of
 from hpo.settings import RunConfig
 from hpo.stages._context import StageContext
 from hpo.stages._scoring import TrialScore, seed_values
@@ -114,13 +114,8 @@ class Batch:
             return []
         jobs = [self.jobs[i] for i in picked]
         family = family_of(jobs[0].config)
-        return family.fit_many(
-            jobs,
-            self.datasets,
-            self.ctx.data().task,
-            callbacks=[self.callbacks[i] for i in picked],
-            stack=stack,
-        )
+        callbacks = [self.callbacks[i] for i in picked]
+        return family.fit_many(Fitting(jobs, self.datasets, self.ctx.data().task, callbacks, stack))
 
 
 def train_claims(

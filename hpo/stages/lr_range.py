@@ -57,6 +57,10 @@ class LrRangeSettings(StageSettings):
     range_precision: Precision | None = None
 
 
+#: the settings that go to the range test itself (the rest shape the stage)
+FINDER_KEYS = ("end_lr", "num_iter", "smooth_f", "diverge_th", "skip_start", "skip_end")
+
+
 class LrRange(GridStage):
     kind: ClassVar[str] = "lr_range"
     settings_model: ClassVar[type[StageSettings]] = LrRangeSettings
@@ -99,12 +103,7 @@ class LrRange(GridStage):
                         train,
                         tv,
                         task=task,
-                        end_lr=s.end_lr,
-                        num_iter=s.num_iter,
-                        smooth_f=s.smooth_f,
-                        diverge_th=s.diverge_th,
-                        skip_start=s.skip_start,
-                        skip_end=s.skip_end,
+                        **s.model_dump(include=set(FINDER_KEYS)),
                     )
             except ValueError as exc:
                 raise ConfigError(f"{ctx.study_file}: stages.{self.name}: {exc}") from None

@@ -40,15 +40,14 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.errors import HpoError
-from hpo.families import family_of
 from hpo.present import figures
-from hpo.sections import Duration, SelectingSettings, StageSettings
+from hpo.sections import Duration, StageSettings
 from hpo.settings import PositiveInt, RunConfig, param_value, setting_value
 from hpo.stages._context import StageContext
-from hpo.stages._jobs import Budget, train_claims
+from hpo.stages._evaluation import Candidates, EvaluatedSettings, HoldOut, KFold, evaluation_of
+from hpo.stages._jobs import Budget
 from hpo.stages._protocol import ALL_FAMILIES, Direction, Work, metric_direction, validation_records
-from hpo.stages._scoring import Scorer, TrialScore
-from hpo.stages._selection import Candidate, best_word, choose, how_compared
+from hpo.stages._selection import Candidate, best_word, choose
 from hpo.tasks import CLASSIFICATION
 from hpo.tuning import budget, records, runner
 from hpo.tuning.locks import claim_lock
@@ -102,7 +101,7 @@ def _whole(*values: int | float | None) -> bool:
     return all(v is None or isinstance(v, int) for v in values)
 
 
-class SearchSettings(SelectingSettings):
+class SearchSettings(EvaluatedSettings):
     kind: Literal["search"] = "search"
     space: Annotated[dict[str, Dimension], Field(min_length=1)]
     n_trials: Annotated[int, Field(ge=1, le=10_000)] = 24
@@ -125,7 +124,15 @@ class SearchSettings(SelectingSettings):
         sampler_class(self.sampler)
         if self.min_epochs > self.epochs:
             raise ValueError(f"min_epochs = {self.min_epochs} exceeds epochs = {self.epochs}")
+        if self.cv is not None and self.pruner in ("hyperband", "successive_halving"):
+            raise ValueError(
+                f'cv = {self.cv} with pruner = "{self.pruner}": a cross-validated trial is compared '
+                'fold by fold, not epoch by epoch; use pruner = "median" or "none"'
+            )
         return self
+
+    def evaluation(self) -> HoldOut | KFold:
+        return evaluation_of(self.cv)
 
 
 def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
@@ -190,12 +197,12 @@ class Search:
 
     def planned(self, cfg: RunConfig, train_rows: int) -> Work:
         s = self.settings  # every trial trained to the end: pruning only shortens it
-        model_epochs = s.n_trials * s.seeds * s.epochs
-        return Work(model_epochs, model_epochs * train_rows)
+        model_epochs = s.n_trials * s.seeds * s.epochs * self.folds()
+        return Work(model_epochs, s.evaluation().samples(model_epochs, train_rows))
 
     def stack_width(self, cfg: RunConfig) -> int:
         s = self.settings
-        return s.batch * s.seeds if s.stack else 1
+        return s.batch * s.seeds * self.folds() if s.stack else 1
 
     def tuned(self) -> dict[str, dict[str, list[Any]]]:
         space = {}
@@ -226,7 +233,7 @@ class Search:
         return f"{self.name} ({self.kind})"
 
     def folds(self) -> int:
-        return 1
+        return self.settings.evaluation().folds
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         name = self.settings.sampler
@@ -257,7 +264,8 @@ class Search:
         if s.pruner == "successive_halving":
             return optuna.pruners.SuccessiveHalvingPruner(min_resource=s.min_epochs, reduction_factor=3)
         if s.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=s.batch, n_warmup_steps=s.min_epochs)
+            warmup = 0 if s.cv is not None else s.min_epochs  # with cv, the steps are folds
+            return optuna.pruners.MedianPruner(n_startup_trials=s.batch, n_warmup_steps=warmup)
         return optuna.pruners.NopPruner()
 
     def distributions(self) -> dict[str, BaseDistribution]:
@@ -276,7 +284,7 @@ class Search:
         return out
 
     def study_records(self, ctx: StageContext) -> dict[str, Any]:
-        return validation_records(ctx)
+        return validation_records(ctx) if self.folds() == 1 else {}
 
     def run(self, ctx: StageContext, study: optuna.Study, cfg_in: RunConfig) -> None:
         if self.settings.select == "keep_unless_better":
@@ -315,37 +323,20 @@ class Search:
 
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         s = self.settings
-        data = ctx.data()
-        scorer = Scorer(s.metric, data.task, data.train_val().y_val)
-        family = family_of(cfg_in)
-
-        def objective(batch: Sequence[runner.Claim]) -> list[runner.Outcome]:
-            # trials that cannot share a stack train in groups, one group after another; ordering
-            # the batch by group makes "one after another" the same order, so the pruner decides
-            # alike either way (each trial sees the same step of the trials before it)
-            order = sorted(range(len(batch)), key=lambda i: family.group_key(_configure(cfg_in, s, batch[i])))
-            claims = [batch[i] for i in order]
-            scores = train_claims(
-                ctx,
-                claims,
+        return s.evaluation().objective(
+            ctx,
+            Candidates(
                 label=ctx.study_name(self.name),
                 configure=lambda c: _configure(cfg_in, s, c),
-                score=lambda c: TrialScore(c.trial, scorer, seeds=s.seeds, prune=True),
                 budget=Budget(epochs=s.epochs),
+                metric=s.metric,
                 seeds=s.seeds,
                 stack=s.stack,
-            )
-            outcomes: dict[int, runner.Outcome] = {}
-            for i, (claim, scored) in enumerate(zip(claims, scores, strict=True)):
-                if scored.pruned:
-                    claim.trial.set_user_attr(records.SCORE, scored.value)
-                    outcomes[order[i]] = runner.Pruned()
-                    continue
-                scored.store(metric=s.metric)
-                outcomes[order[i]] = scored.value
-            return [outcomes[i] for i in range(len(batch))]
-
-        return objective
+                prune=s.pruner != "none",
+                seed=cfg_in.seed,
+                group_order=True,
+            ),
+        )
 
     def select(
         self, trials: Sequence[FrozenTrial], cfg_in: RunConfig, study_attrs: Mapping[str, Any]
@@ -360,10 +351,12 @@ class Search:
             metric=s.metric,
             policy=s.select,
             incumbent=_incumbent(cfg_in, s),
-            how=how_compared(cv=False, seeds=s.seeds),
+            how=s.evaluation().how(s.seeds),
             study_attrs=study_attrs,
+            folds=self.folds(),
         )
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        described = s.evaluation().describe(s.metric, seeds=s.seeds, epochs=s.epochs)
         stopped = study_attrs.get(records.STOPPED_ASKING)
         if stopped:
             note += (
@@ -371,9 +364,8 @@ class Search:
                 f"({stopped['why']})"
             )
         return Selection(
-            selected={**chosen.label, f"peak_val_{s.metric}": chosen.score},
-            reason=f"{best_word(s.metric)} peak validation "
-            f"{s.metric.replace('_', ' ')} of {len(done)} complete trials "
+            selected={**chosen.label, **s.evaluation().figures_of(chosen.trial, s.metric, chosen.score)},
+            reason=f"{best_word(s.metric)} {described} of {len(done)} complete trials "
             f"({pruned} pruned; sampler {s.sampler}, pruner {s.pruner}){note}",
             config_out=records.read_config(chosen.trial.user_attrs),
             evidence=evidence,
