@@ -439,6 +439,7 @@ def test_native_estimators_get_their_categorical_columns(tmp_path: Path, estimat
     fit: each sees the coded columns as categories (and NaN as missing)."""
     import warnings
 
+    from hpo.families import Fitting
     from hpo.families._protocol import Job
     from hpo.families.sklearn_api import SklearnFamily, data_encoding
     from hpo.settings import RunConfig
@@ -452,7 +453,7 @@ def test_native_estimators_get_their_categorical_columns(tmp_path: Path, estimat
     job = Job(cfg, cfg.train(epochs=1, device="cpu", seed=0, precision="fp32"), 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        (result,) = SklearnFamily().fit_many([job], [tv], sd.task, callbacks=[[]], stack=False)
+        (result,) = SklearnFamily().fit_many(Fitting([job], [tv], sd.task, [[]], stack=False))
     model = result.model
     if estimator.startswith("lightgbm"):
         infos = model.booster_.dump_model()["feature_infos"]

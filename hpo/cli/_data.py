@@ -1,5 +1,5 @@
 """``hpo data``: prepare a dataset, calibrate it, check its nonlinearity, write a synthetic file,
-explore it as HTML."""
+explore it as HTML, compute a synthetic draw's ceiling (the Bayes-optimal figure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo.cli._ceiling import Oracle
 from hpo.cli._common import (
     Command,
     Group,
@@ -256,6 +255,51 @@ class Explore(Command):
     @classmethod
     def render(cls, result: dict[str, Any]) -> str:
         return Report.render(result)
+
+
+class Oracle(Command):
+    name = "oracle"
+    help = "the Bayes-optimal test figure of a synthetic draw (the ceiling no tuner can pass)"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        _data_options(parser)
+        parser.add_argument(
+            "--no-linear", action="store_true", help="skip the linear model (minutes on a full-size draw)"
+        )
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> dict[str, Any]:
+        from hpo.data import oracle
+
+        settings = _data_settings(args)
+        ceiling = oracle.oracle(settings, data_dir=args.data_dir)
+        baselines = None if args.no_linear else oracle.baselines(settings, data_dir=args.data_dir)
+        return {"ceiling": ceiling, "baselines": baselines}
+
+    @classmethod
+    def render(cls, result: dict[str, Any]) -> str:
+        c, b = result["ceiling"], result["baselines"]
+        head = f"synthetic draw rows={c['rows']:,} seed={c['seed']}: {c['test_rows']:,} test rows"
+        if "accuracy" in c:
+            lines = [
+                head,
+                f"Bayes-optimal (the ceiling) accuracy {c['accuracy']:.2%}, loss {c['loss']:.4f} "
+                f"(it expects {c['expected_accuracy']:.2%} of itself)",
+            ]
+            if b:
+                lines += [
+                    f"majority class               accuracy {b['majority_accuracy']:.2%}",
+                    f"linear model                 accuracy {b['linear_accuracy']:.2%} ({b['linear']})",
+                ]
+            return "\n".join(lines)
+        lines = [head, f"Bayes-optimal (the ceiling) RMSE {c['rmse']:.4g} years, MAE {c['mae']:.4g}"]
+        if b:
+            lines += [
+                f"training mean                RMSE {b['mean_rmse']:.4g}",
+                f"linear model                 RMSE {b['linear_rmse']:.4g} ({b['linear']})",
+            ]
+        return "\n".join(lines)
 
 
 class Data(Group):

@@ -241,10 +241,7 @@ def _labels(settings: DataSettings, table: sources.Table) -> tuple[Labeling, npt
         table.target,
         file=table.file,
         column=table.target_name,
-        bins=settings.bins,
-        bin_width=settings.bin_width,
-        origin=settings.origin,
-        class_names=settings.class_names,
+        **settings.model_dump(include={"bins", "bin_width", "origin", "class_names"}),
     )
     y = labeling.apply(table.target, file=table.file, column=table.target_name, first_line=table.first_line)
     labels_mod.check_classes(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.families._kinds import DEFAULT_FAMILY, FAMILY_KINDS, FamilyKind
 
 if TYPE_CHECKING:
-    from hpo.families._protocol import Job, ModelFamily
+    from hpo.families._protocol import Fitting, Job, ModelFamily
     from hpo.settings import RunConfig
 
     FAMILIES: dict[str, ModelFamily]
@@ -33,6 +33,7 @@ __all__ = [
     "FAMILIES",
     "FAMILY_KINDS",
     "FamilyKind",
+    "Fitting",
     "Job",
     "ModelFamily",
     "family_of",
@@ -56,7 +57,7 @@ def __getattr__(name: str) -> Any:
             for family, (module, cls) in _CLASSES.items():
                 _registry[family] = getattr(importlib.import_module(module), cls)()
         return _registry
-    if name in ("Job", "ModelFamily"):
+    if name in ("Fitting", "Job", "ModelFamily"):
         return getattr(importlib.import_module("hpo.families._protocol"), name)
     raise AttributeError(f"module 'hpo.families' has no attribute {name!r}")
 

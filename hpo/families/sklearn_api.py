@@ -36,7 +36,7 @@ import json
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -49,10 +49,10 @@ from torch import nn
 from hpo.errors import first_line
 from hpo.families import _trees
 from hpo.families._imports import is_file_spec, legacy_module, load_object
-from hpo.families._protocol import Job
+from hpo.families._protocol import Fitting, ModelFamily
 from hpo.settings import RunConfig
-from hpo.tasks import Task, task_kind
-from hpo.training import Callback, EarlyStopping, EvalRecord, FitResult, TensorData
+from hpo.tasks import task_kind
+from hpo.training import EarlyStopping, EvalRecord, FitResult
 
 #: the types (exact names) any saved estimator may hold besides its own class and those skops
 #: trusts; tree estimators add their tree types (hpo.families._trees.tree_types)
@@ -143,13 +143,9 @@ def _validated(cls: type, spec: str, params: Mapping[str, Any]) -> Any:
     return est
 
 
-class SklearnFamily:
+class SklearnFamily(ModelFamily):
     name: ClassVar[str] = "sklearn"
     torch_based: ClassVar[bool] = False
-    compiles_stacks: ClassVar[bool] = False
-
-    def describe(self, cfg: RunConfig) -> str:
-        return f'family "sklearn" ({cfg.estimator})'
 
     def own_params(self, cfg: RunConfig) -> Mapping[str, Any] | None:
         assert cfg.estimator is not None
@@ -225,20 +221,12 @@ class SklearnFamily:
             params["random_state"] = seed
         return cls(**params)
 
-    def fit_many(
-        self,
-        jobs: Sequence[Job],
-        datasets: Sequence[TensorData],
-        task: Task,
-        *,
-        callbacks: Sequence[Sequence[Callback]],
-        stack: bool,
-    ) -> list[FitResult]:
+    def fit_many(self, fitting: Fitting) -> list[FitResult]:
         """Each job fitted on its training rows, then scored once on them and on its validation
         rows (one evaluation record, epoch 1)."""
         results = []
-        for job, cbs in zip(jobs, callbacks, strict=True):
-            data = datasets[job.data]
+        task = fitting.task
+        for job, data, cbs in fitting.each():
             est = self.estimator(job.config, job.train.seed)
             fit_args: dict[str, Any] = {}
             if data.categorical:  # native encoding: codes, NaN for empty (hpo.data.preprocess)
@@ -284,21 +272,8 @@ class SklearnFamily:
         data = sio.dumps(model)
         return {"skops": torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()}
 
-    def restore(
-        self,
-        payload: Mapping[str, Any],
-        cfg: RunConfig,
-        *,
-        n_features: int,
-        n_outputs: int,
-        trusted: Sequence[str] = (),
-    ) -> Any:
+    def _rebuild(self, payload: Mapping[str, Any], cfg: RunConfig, n_features: int, n_outputs: int) -> Any:
         assert cfg.estimator is not None
-        if cfg.estimator not in trusted:
-            raise ValueError(
-                f"the model file names estimator {cfg.estimator!r}, which the study file does not "
-                f"(trusted: {', '.join(trusted) or 'none'}); predict with the study file it was trained with"
-            )
         cls = estimator_class(cfg)  # the study file's own: imported as it names it
         expected = _trees.type_name(cls)
         data = bytes(payload["skops"].numpy().tobytes())

@@ -18,7 +18,7 @@ was not measured here).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -26,10 +26,9 @@ from torch import nn
 
 from hpo.errors import first_line
 from hpo.families._imports import load_object
-from hpo.families._protocol import Job
+from hpo.families._protocol import Fitting, ModelFamily
 from hpo.settings import TRAINING_SETTINGS, RunConfig, check_setting, is_json_value
-from hpo.tasks import Task
-from hpo.training import Callback, FitResult, TensorData, fit, predict_outputs
+from hpo.training import FitResult, fit, predict_outputs
 from hpo.training.seeding import seeded
 
 
@@ -51,13 +50,8 @@ def _signature(make: Any, spec: str) -> inspect.Signature:
         ) from None
 
 
-class TorchFamily:
+class TorchFamily(ModelFamily):
     name: ClassVar[str] = "torch"
-    torch_based: ClassVar[bool] = True
-    compiles_stacks: ClassVar[bool] = False
-
-    def describe(self, cfg: RunConfig) -> str:
-        return f'family "torch" ({cfg.module})'
 
     def own_params(self, cfg: RunConfig) -> Mapping[str, Any] | None:
         assert cfg.module is not None
@@ -151,23 +145,12 @@ class TorchFamily:
             )
         return model
 
-    def fit_many(
-        self,
-        jobs: Sequence[Job],
-        datasets: Sequence[TensorData],
-        task: Task,
-        *,
-        callbacks: Sequence[Sequence[Callback]],
-        stack: bool,
-    ) -> list[FitResult]:
-        n_features = int(datasets[0].x_train.shape[1])
+    def fit_many(self, fitting: Fitting) -> list[FitResult]:
         out = []
-        for job, cbs in zip(jobs, callbacks, strict=True):
+        for job, data, cbs in fitting.each():
             with seeded(job.train.seed):  # initialisation, then dropout, as drawn alone
-                model = self._make(job.config, n_features, task.n_outputs)
-                out.append(
-                    fit(model, job.config.optim(), job.train, datasets[job.data], task=task, callbacks=cbs)
-                )
+                model = self._make(job.config, fitting.n_features, fitting.task.n_outputs)
+                out.append(fit(model, job.config.optim(), job.train, data, task=fitting.task, callbacks=cbs))
         return out
 
     def outputs(self, model: Any, x: torch.Tensor, n_outputs: int) -> torch.Tensor:
@@ -177,20 +160,7 @@ class TorchFamily:
         assert isinstance(model, nn.Module)
         return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
-    def restore(
-        self,
-        payload: Mapping[str, Any],
-        cfg: RunConfig,
-        *,
-        n_features: int,
-        n_outputs: int,
-        trusted: Sequence[str] = (),
-    ) -> Any:
-        if cfg.module not in trusted:
-            raise ValueError(
-                f"the model file names module {cfg.module!r}, which the study file does not "
-                f"(trusted: {', '.join(trusted) or 'none'}); predict with the study file it was trained with"
-            )
+    def _rebuild(self, payload: Mapping[str, Any], cfg: RunConfig, n_features: int, n_outputs: int) -> Any:
         model = self.build(cfg, n_features=n_features, n_outputs=n_outputs, seed=0)
         try:
             model.load_state_dict(payload["state_dict"])

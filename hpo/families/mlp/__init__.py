@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from hpo.families._protocol import Job
+from hpo.families._protocol import Fitting, ModelFamily
 from hpo.families.mlp.model import MLP, build_model, count_parameters
 from hpo.families.mlp.stacked import Member, StackOptions, fit_stacked, stack_key
 from hpo.settings import ModelConfig, RunConfig, check_setting
@@ -35,13 +35,9 @@ __all__ = [
 ]
 
 
-class MlpFamily:
+class MlpFamily(ModelFamily):
     name: ClassVar[str] = "mlp"
-    torch_based: ClassVar[bool] = True
     compiles_stacks: ClassVar[bool] = True
-
-    def describe(self, cfg: RunConfig) -> str:
-        return 'family "mlp"'
 
     def own_params(self, cfg: RunConfig) -> Mapping[str, Any] | None:
         return {}
@@ -64,27 +60,21 @@ class MlpFamily:
     def build(self, cfg: RunConfig, *, n_features: int, n_outputs: int, seed: int) -> nn.Module:
         return build_model(cfg.model(n_features=n_features, n_outputs=n_outputs), seed=seed)
 
-    def fit_many(
-        self,
-        jobs: Sequence[Job],
-        datasets: Sequence[TensorData],
-        task: Task,
-        *,
-        callbacks: Sequence[Sequence[Callback]],
-        stack: bool,
-    ) -> list[FitResult]:
+    def fit_many(self, fitting: Fitting) -> list[FitResult]:
         """One result per job, in order. Jobs with equal :func:`stack_key` train as one stack."""
-        n_features = int(datasets[0].x_train.shape[1])
+        n_outputs = fitting.task.n_outputs
         members = [
             Member(
-                j.config.model(n_features=n_features, n_outputs=task.n_outputs),
+                j.config.model(n_features=fitting.n_features, n_outputs=n_outputs),
                 j.config.optim(),
                 j.train,
                 j.data,
             )
-            for j in jobs
+            for j in fitting.jobs
         ]
-        return fit_members(members, datasets, task, callbacks=callbacks, stack=stack)
+        return fit_members(
+            members, fitting.datasets, fitting.task, callbacks=fitting.callbacks, stack=fitting.stack
+        )
 
     def outputs(self, model: Any, x: torch.Tensor, n_outputs: int) -> torch.Tensor:
         return predict_outputs(model, x).cpu()
@@ -98,15 +88,7 @@ class MlpFamily:
             },
         }
 
-    def restore(
-        self,
-        payload: Mapping[str, Any],
-        cfg: RunConfig,
-        *,
-        n_features: int,
-        n_outputs: int,
-        trusted: Sequence[str] = (),
-    ) -> Any:
+    def _rebuild(self, payload: Mapping[str, Any], cfg: RunConfig, n_features: int, n_outputs: int) -> Any:
         config = dict(payload["model_config"])
         if "n_classes" in config:  # a model file of format 2
             config["n_outputs"] = config.pop("n_classes")
