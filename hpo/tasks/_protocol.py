@@ -104,9 +104,21 @@ class Task(Protocol):
         """Everything the final stage stores about the test rows (JSON-ready)."""
         ...
 
-    def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def combine(
+        self, outputs: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+    ) -> torch.Tensor:
         """An ensemble's raw outputs from its members' ``[N, n_outputs]``: the log of the mean
-        class probabilities (classification), the mean value (regression)."""
+        class probabilities (classification), the mean value (regression); ``weights``: a
+        weighted mean (a greedy ensemble's selection counts)."""
+        ...
+
+    def blend(self, out: torch.Tensor) -> torch.Tensor:
+        """A member's outputs where an ensemble averages them (float64): class probabilities,
+        or the value; :meth:`unblend` of their (weighted) mean is :meth:`combine`'s result."""
+        ...
+
+    def unblend(self, mean: torch.Tensor) -> torch.Tensor:
+        """The raw outputs of a mean in :meth:`blend`'s space."""
         ...
 
     def predictions(self, out: torch.Tensor) -> npt.NDArray[np.float64]:

@@ -190,13 +190,25 @@ class Classification:
             per_class={name: {k: float(v) for k, v in report[name].items()} for name in names},
         ).to_dict()
 
-    def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The log of the members' mean class probabilities (soft voting): its softmax is that
-        mean, its cross-entropy the ensemble's loss."""
+    def combine(
+        self, outputs: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+    ) -> torch.Tensor:
+        """The log of the members' (weighted) mean class probabilities (soft voting): its
+        softmax is that mean, its cross-entropy the ensemble's loss."""
         if not outputs:
             raise ValueError("an ensemble needs at least one member")
         log_p = torch.stack([torch.log_softmax(o.double(), dim=-1) for o in outputs])
-        return (torch.logsumexp(log_p, dim=0) - math.log(len(outputs))).float()
+        if weights is None:
+            return (torch.logsumexp(log_p, dim=0) - math.log(len(outputs))).float()
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        log_w = torch.log(w / w.sum()).view(-1, *([1] * (log_p.dim() - 1)))
+        return torch.logsumexp(log_p + log_w, dim=0).float()
+
+    def blend(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(out.double(), dim=-1)
+
+    def unblend(self, mean: torch.Tensor) -> torch.Tensor:
+        return torch.log(mean.clamp_min(1e-300)).float()
 
     def predictions(self, out: torch.Tensor) -> npt.NDArray[np.float64]:
         return torch.softmax(out.double(), dim=-1).numpy()

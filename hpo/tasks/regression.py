@@ -143,11 +143,23 @@ class Regression:
             "residuals": {"edges": r_edges.tolist(), "counts": r_counts.astype(int).tolist()},
         }
 
-    def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The members' mean (standardised) value."""
+    def combine(
+        self, outputs: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+    ) -> torch.Tensor:
+        """The members' (weighted) mean (standardised) value."""
         if not outputs:
             raise ValueError("an ensemble needs at least one member")
-        return torch.stack([o.double() for o in outputs]).mean(dim=0).float()
+        stacked = torch.stack([o.double() for o in outputs])
+        if weights is None:
+            return stacked.mean(dim=0).float()
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        return ((w / w.sum()).view(-1, *([1] * (stacked.dim() - 1))) * stacked).sum(dim=0).float()
+
+    def blend(self, out: torch.Tensor) -> torch.Tensor:
+        return out.double()
+
+    def unblend(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean.float()
 
     def predictions(self, out: torch.Tensor) -> npt.NDArray[np.float64]:
         return self.units(_out(out.double()).numpy())
