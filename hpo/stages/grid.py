@@ -81,6 +81,7 @@ class PointsSettings(EvaluatedSettings):
     epochs: PositiveInt = 15
     stack: PositiveInt = 3  # points trained together (x folds x seeds models); 1 = one at a time
     retune: Choices | None = None  # nuisance settings re-tuned for every studied point
+    studied_key: ClassVar[str] = "grid"  # the table key listing the studied settings
 
     @property
     def studied(self) -> dict[str, list[Any]]:
@@ -101,7 +102,7 @@ class PointsSettings(EvaluatedSettings):
 
     @model_validator(mode="after")
     def _valid_points(self) -> PointsSettings:
-        key = next(k for k in ("grid", "choices") if k in type(self).model_fields)
+        key = self.studied_key
         object.__setattr__(self, key, check_choices(self.studied, key=key))
         object.__setattr__(self, "retune", check_retune(self.retune, self.studied))
         return self
@@ -149,7 +150,6 @@ class Grid(GridStage):
     settings_model: ClassVar[type[StageSettings]] = GridSettings
     scores_validation_rows: ClassVar[bool] = True
     settings: PointsSettings
-    studied_key: ClassVar[str] = "grid"  # the table key listing the studied settings
 
     def studied(self) -> dict[str, list[Any]]:
         return self.settings.studied
@@ -164,7 +164,7 @@ class Grid(GridStage):
         return self.settings.prunes
 
     def tuned(self) -> dict[str, dict[str, list[Any]]]:
-        out = {self.studied_key: self.studied()}
+        out = {self.settings.studied_key: self.studied()}
         if self.nuisance():
             out["retune"] = self.nuisance()
         return out

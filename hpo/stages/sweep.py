@@ -27,6 +27,7 @@ from hpo.stages.grid import Choices, Grid, PointsSettings
 class SweepSettings(PointsSettings):
     kind: Literal["sweep"] = "sweep"
     choices: Choices
+    studied_key: ClassVar[str] = "choices"
 
     @model_validator(mode="after")
     def _one_setting(self) -> SweepSettings:
@@ -49,4 +50,3 @@ class SweepSettings(PointsSettings):
 class Sweep(Grid):
     kind: ClassVar[str] = "sweep"
     settings_model: ClassVar[type[StageSettings]] = SweepSettings
-    studied_key: ClassVar[str] = "choices"
