@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ import jinja2
 import plotly
 import plotly.io as pio
 
-from hpo.pipeline import Pipeline
 from hpo.present import figures
+from hpo.present._source import PipelineView
 from hpo.stages._context import column_listing
 from hpo.tasks import CLASSIFICATION, metrics_of, task_kind
 from hpo.tuning import records
@@ -81,7 +82,7 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def data_section(pipe: Pipeline) -> Section:
+def data_section(pipe: PipelineView) -> Section:
     prepared = pipe.dataset()
     meta = prepared.meta
     split = prepared.split
@@ -147,7 +148,7 @@ def data_section(pipe: Pipeline) -> Section:
     return section
 
 
-def result_section(pipe: Pipeline) -> Section:
+def result_section(pipe: PipelineView) -> Section:
     section = Section("results", "Result")
     m = pipe.status().test_metrics
     if not m:
@@ -187,7 +188,7 @@ def result_section(pipe: Pipeline) -> Section:
     return section
 
 
-def _ceiling_rows(pipe: Pipeline, metric: str, *, columns: int = 1) -> list[list[str]]:
+def _ceiling_rows(pipe: PipelineView, metric: str, *, columns: int = 1) -> list[list[str]]:
     """On a synthetic draw, the Bayes-optimal figures of its test rows (hpo.data.oracle; stored
     beside the prepared data once computed)."""
     if pipe.plan.data.source != "synthetic":
@@ -206,6 +207,21 @@ def _ceiling_rows(pipe: Pipeline, metric: str, *, columns: int = 1) -> list[list
 
 def _members(section: Section, m: dict[str, Any]) -> None:
     """How the test figures above came about where the final stage trained several models."""
+    if m.get("ensemble") == "greedy":
+        key = "accuracy" if "accuracy" in m else "rmse"
+        section.p(
+            f"The final model is a greedy ensemble of {m['members']} models chosen from the search's "
+            "trials on their validation outputs (each weighted by how often the selection took it); "
+            "the figures above are the ensemble's. Each member alone on the test rows:"
+        )
+        section.table(
+            [
+                [str(x["stage"]), str(x["trial"]), str(x["weight"]), f"{x[key]:.4g}", f"{x['loss']:.4f}"]
+                for x in m["member_figures"]
+            ],
+            ["stage", "trial", "weight", f"test {key}", "test loss"],
+        )
+        return
     seeds = int(m.get("seeds", 1))
     if seeds < 2:
         return
@@ -221,7 +237,7 @@ def _members(section: Section, m: dict[str, Any]) -> None:
         section.p(f"The figures above are the mean of {seeds} models (seeds); mean ± sd: {spread}.")
 
 
-def stage_sections(pipe: Pipeline) -> list[Section]:
+def stage_sections(pipe: PipelineView) -> list[Section]:
     out = []
     for i, stage in enumerate(pipe.plan.stages, start=1):
         section = Section(f"stage-{stage.name}", f"{i}. {stage.name} ({stage.kind})", stage=stage.name)
@@ -264,7 +280,7 @@ def stage_sections(pipe: Pipeline) -> list[Section]:
     return out
 
 
-def provenance(pipe: Pipeline) -> dict[str, Any]:
+def provenance(pipe: PipelineView) -> dict[str, Any]:
     meta = pipe.dataset().meta
     versions = {}
     for pkg in PACKAGES:
@@ -301,7 +317,7 @@ def provenance(pipe: Pipeline) -> dict[str, Any]:
     return out
 
 
-def build(pipe: Pipeline, *, stages: bool = True) -> tuple[str, dict[str, Any]]:
+def build(pipe: PipelineView, *, stages: bool = True) -> tuple[str, dict[str, Any]]:
     """The report's HTML and a summary (sections and figure counts) for the CLI."""
     sections = [data_section(pipe)]
     if stages:
@@ -323,7 +339,7 @@ def build(pipe: Pipeline, *, stages: bool = True) -> tuple[str, dict[str, Any]]:
     return page, {"figures": counts, "sections": [s.anchor for s in sections]}
 
 
-def comparison_section(pipes: list[Pipeline]) -> Section:
+def comparison_section(pipes: Sequence[PipelineView]) -> Section:
     """Pipelines of one storage side by side: their task and family, selections, test metrics (of
     every task among them), compute, and per-class recall of the classifiers. Pipelines of other
     families or tasks compare as well (e.g. an MLP and a gradient-boosting pipeline of one
@@ -403,12 +419,12 @@ COMPARED = (
 )
 
 
-def _what(pipe: Pipeline) -> str:
+def _what(pipe: PipelineView) -> str:
     d = pipe.plan.defaults
     return f" ({d.module or d.estimator})" if d.module or d.estimator else ""
 
 
-def write_comparison(pipes: list[Pipeline], out: Path) -> dict[str, Any]:
+def write_comparison(pipes: Sequence[PipelineView], out: Path) -> dict[str, Any]:
     """One page comparing pipelines (e.g. the faithful protocol and one that beats it)."""
     sections = [comparison_section(pipes)]
     title = "hpo comparison: " + " vs ".join(p.plan.name for p in pipes)
@@ -424,7 +440,7 @@ def write_comparison(pipes: list[Pipeline], out: Path) -> dict[str, Any]:
     return {"path": str(out), "bytes": out.stat().st_size, "figures": {"comparison": sections[0].figures}}
 
 
-def write(pipe: Pipeline, out: Path, *, stages: bool = True) -> dict[str, Any]:
+def write(pipe: PipelineView, out: Path, *, stages: bool = True) -> dict[str, Any]:
     page, summary = build(pipe, stages=stages)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
