@@ -11,8 +11,11 @@ types checked (:mod:`hpo.families.sklearn_api`). Format 5 adds the preprocessing
 training rows (:class:`hpo.data.preprocess.Preprocessor`: imputation, missing indicators,
 standardisation, category levels, target encodings) and the raw input columns as read
 (:class:`hpo.data.Column`), which ``hpo predict`` reads raw rows by; ``feature_names`` are those
-raw columns. Files of format 4 (a scaler, numeric complete features), 3 (one model) and 2 (an MLP
-classifier, before families existed) still load, as numeric-only models.
+raw columns. Format 6 adds each member's configuration (``member_configs``: a greedy ensemble's
+members were tuned apart; a member chosen k times is held k times, so the members' plain mean is
+the selection's weighted mean). Files of format 5, 4 (a scaler, numeric complete features),
+3 (one model) and 2 (an MLP classifier, before families existed) still load, the last three as
+numeric-only models.
 
 A file that is not one (random bytes, cut short, another format, a field of the wrong type), a
 model that cannot be restored from it or that does not fit its own features is one line naming
@@ -42,7 +45,8 @@ from hpo.families._kinds import DEFAULT_FAMILY
 from hpo.settings import RunConfig, lookup
 from hpo.tasks import CLASSIFICATION, Task, from_record
 
-MODEL_FORMAT = "hpo-model/5"
+MODEL_FORMAT = "hpo-model/6"
+_FORMAT_5 = "hpo-model/5"  # every member of one configuration
 _FORMAT_4 = "hpo-model/4"  # a scaler only: numeric complete features
 _FORMAT_3 = "hpo-model/3"  # one model: "payload" instead of "payloads"
 _FORMAT_2 = "hpo-model/2"  # an MLP classifier: state_dict and model_config at the top level
@@ -71,9 +75,17 @@ class ModelFile:
     # format 5: the preprocessing (Preprocessor.to_state()) and the raw columns (Column.to_dict())
     preprocessor: dict[str, Any] | None = None
     columns: list[dict[str, Any]] | None = None
+    # format 6: each member's configuration (RunConfig records), one per payload
+    member_configs: list[dict[str, Any]] | None = None
 
     def config(self) -> RunConfig:
         return RunConfig.model_validate(self.run_config)
+
+    def configs(self) -> list[RunConfig]:
+        """Each member's configuration (every member's is :meth:`config` before format 6)."""
+        if self.member_configs is None:
+            return [self.config()] * len(self.payloads)
+        return [RunConfig.model_validate(c) for c in self.member_configs]
 
     def prep(self) -> Preprocessor | None:
         """The preprocessing fit on the training rows (None for a file of format 4 or before:
@@ -108,11 +120,13 @@ class ModelFile:
         trained with: the file itself does not choose what code runs."""
         from hpo.families import FAMILIES
 
-        cfg = self.config()
-        if self.family != cfg.family:
-            raise HpoError(
-                f"{self.origin}: the model file says family {self.family!r} but was trained as {cfg.family!r}"
-            )
+        configs = self.configs()
+        for cfg in configs:
+            if self.family != cfg.family:
+                raise HpoError(
+                    f"{self.origin}: the model file says family {self.family!r} "
+                    f"but was trained as {cfg.family!r}"
+                )
         if not self.payloads:
             raise HpoError(f"{self.origin}: the model file holds no model; export it again")
         family = lookup(FAMILIES, self.family, "family")
@@ -125,7 +139,7 @@ class ModelFile:
                     n_outputs=self.task_of().n_outputs,
                     trusted=trusted,
                 )
-                for payload in self.payloads
+                for payload, cfg in zip(self.payloads, configs, strict=True)
             ]
         except ValueError as exc:
             raise HpoError(f"{self.origin}: the model cannot be loaded: {first_line(exc, 400)}") from None
@@ -202,6 +216,12 @@ def save_model_file(path: Path, model_file: ModelFile) -> None:
     if model_file.preprocessor is not None:
         payload["preprocessor"] = model_file.preprocessor
         payload["columns"] = list(model_file.columns or [])
+        if model_file.member_configs is None:  # one configuration: a file older hpo versions read
+            payload["format"] = _FORMAT_5
+        else:
+            payload["member_configs"] = list(model_file.member_configs)
+    elif model_file.member_configs is not None:
+        raise ValueError("a model file with member configurations holds its preprocessing too")
     else:  # numeric complete features and their scaler only: a file older hpo versions read
         payload["format"] = _FORMAT_4
     torch.save(payload, path)
@@ -217,7 +237,7 @@ def load_model_file(path: Path) -> ModelFile:
             str(path), f"cannot be read as a model file ({type(exc).__name__})", fix=_FIX
         ) from None
     fmt = raw.get("format") if isinstance(raw, dict) else None
-    if fmt not in (MODEL_FORMAT, _FORMAT_4, _FORMAT_3, _FORMAT_2):
+    if fmt not in (MODEL_FORMAT, _FORMAT_5, _FORMAT_4, _FORMAT_3, _FORMAT_2):
         if isinstance(fmt, str) and fmt.startswith("hpo-model/"):
             raise DataFileError(
                 str(path),
@@ -249,7 +269,12 @@ def load_model_file(path: Path) -> ModelFile:
     preprocessor: dict[str, Any] | None = None
     columns: list[dict[str, Any]] | None = None
     n_scaled = len(feature_names)
+    member_configs: list[dict[str, Any]] | None = None
     if fmt == MODEL_FORMAT:
+        member_configs = field.get("member_configs", list)
+        if len(member_configs) != len(payloads) or not all(isinstance(c, dict) for c in member_configs):
+            raise field.bad("member_configs", "is not one configuration per member")
+    if fmt in (MODEL_FORMAT, _FORMAT_5):
         preprocessor = field.get("preprocessor", dict)
         columns = field.get("columns", list)
         try:
@@ -279,8 +304,10 @@ def load_model_file(path: Path) -> ModelFile:
         origin=str(path),
         preprocessor=preprocessor,
         columns=columns,
+        member_configs=[dict(c) for c in member_configs] if member_configs is not None else None,
     )
     try:
+        model_file.configs()
         model_file.config()
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -39,6 +39,7 @@ from hpo.settings import (
     setting_kind,
 )
 from hpo.stages import KINDS, Stage
+from hpo.stages._evaluation import EvaluatedSettings, HoldOut
 from hpo.tasks import metrics_of, task_kind
 
 TOP_LEVEL = ("pipeline", "data", "defaults", "report", "stages")
@@ -74,6 +75,10 @@ class Plan:
 
     def folds(self) -> int:
         return max((s.folds() for s in self.stages), default=1)
+
+    def library(self) -> frozenset[str]:
+        """The stages whose trials store their validation outputs (a greedy final's library)."""
+        return frozenset(name for s in self.stages for name in s.library())
 
     def input_stage(self, name: str) -> str | None:
         """The stage whose selection ``name`` starts from (the last it requires), if any."""
@@ -284,6 +289,29 @@ def _kind_of(default: Any) -> str | None:
     return "int" if isinstance(default, int) else "float"
 
 
+def _check_library(shown: str, stages: Sequence[Stage]) -> None:
+    """Each stage a greedy final draws its library from is a stage of the pipeline that scores
+    its trials on the validation rows (whose outputs it can store)."""
+    by_name = {s.name: s for s in stages}
+    for stage in stages:
+        for name in stage.library():
+            where = f"stages.{stage.name}.members_from"
+            member = by_name.get(name)
+            if member is None or member is stage:
+                others = ", ".join(s.name for s in stages if s is not stage)
+                raise _fail(
+                    shown, where, f"names {name!r}, which is not a stage before it; stages are: {others}"
+                )
+            settings = member.settings
+            if not isinstance(settings, EvaluatedSettings) or not isinstance(settings.evaluation(), HoldOut):
+                raise _fail(
+                    shown,
+                    where,
+                    f"names {name!r}, a {member.kind} stage whose trials leave no validation outputs; "
+                    "name grid, sweep or search stages scored on the validation rows (cv unset)",
+                )
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     shown = str(path)
     try:
@@ -397,6 +425,7 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
                     f"names {r!r}, which runs after it; the order is {' -> '.join(names)}",
                 )
         requires[stage.name] = tuple(req)
+    _check_library(shown, ordered)
     return Plan(
         path=shown,
         pipeline=pipeline,

@@ -8,7 +8,7 @@ Pure data, no torch, like :mod:`hpo.settings`, on which it builds.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -164,6 +164,23 @@ class StageSettings(Section):
 
     kind: str
     requires: list[str] | None = None  # stages that must be complete first (default: the previous one)
+
+
+class NewerKeys(StageSettings):
+    """A kind with keys newer than the kind itself (``omitted_unset``): they are stored only when
+    set to other than their default, so the stored fingerprints of study files written before
+    they existed still match."""
+
+    omitted_unset: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _newer_keys_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        fields = type(self).model_fields
+        for key in self.omitted_unset:
+            if key in out and out[key] == fields[key].default:
+                del out[key]
+        return out
 
 
 SelectPolicy = Literal["best", "keep_unless_better"]

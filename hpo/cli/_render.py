@@ -91,6 +91,11 @@ def _test_line(m: dict[str, Any]) -> str:
             f"{m['balanced_accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}"
         )
         member = f"accuracy {m.get('accuracy_mean', 0.0):.2%} ± {m.get('accuracy_sd', 0.0):.2%}"
+    if m.get("ensemble") == "greedy":
+        key = "accuracy" if _classes(m) else "rmse"
+        best = m["best_member"][key]
+        shown = f"{best:.2%}" if key == "accuracy" else f"{best:.4g}"
+        return f"{line}; a greedy ensemble of {m['members']} models (its best single member: {key} {shown})"
     if m.get("ensemble"):
         return f"{line}; an ensemble of {m['ensemble']} models (the members: {member})"
     if m.get("seeds", 1) > 1:

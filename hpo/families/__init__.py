@@ -37,6 +37,7 @@ __all__ = [
     "Job",
     "ModelFamily",
     "family_of",
+    "rebuilt",
     "tunable",
 ]
 
@@ -78,3 +79,30 @@ def tunable(cfg: RunConfig) -> tuple[list[str], bool]:
     own = family_of(cfg).own_params(cfg)
     names = [s for s in cfg.own if s not in UNTUNED]
     return names + sorted(own or {}), own is None
+
+
+def rebuilt(base: RunConfig, carried: RunConfig, *, where: str, fix: str) -> RunConfig:
+    """``base`` plus ``carried``'s values of the settings a stage may tune, each checked by
+    ``base``'s family: how a configuration read from a storage is taken in, since whoever can write
+    the storage must not choose the code that runs. ``carried`` must name ``base``'s family, module
+    and estimator (else a :class:`~hpo.errors.ConfigError` line, ``where`` it was read and ``fix``);
+    its untuned settings (seed, precision, compile, device) are ``base``'s."""
+    from hpo.errors import ConfigError
+    from hpo.settings import FAMILY_KEYS, UNTUNED
+
+    for key in FAMILY_KEYS[:3]:
+        if getattr(carried, key) != getattr(base, key):
+            raise ConfigError(
+                f"{where} {key} = {getattr(carried, key)!r}, and the study file says "
+                f"{getattr(base, key)!r}: a storage does not choose what runs; {fix}"
+            )
+    family = family_of(base)
+    point: dict[str, Any] = {}
+    for name, value in carried.settings().items():
+        if name in UNTUNED:
+            continue
+        try:
+            point[name] = family.check_value(base, name, value)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {name} = {value!r}: {exc}; {fix}") from None
+    return base.with_point(point)

@@ -238,7 +238,8 @@ class SklearnFamily(ModelFamily):
                 warnings.filterwarnings("ignore", message="X does not have valid feature names")
                 est.fit(data.x_train.numpy(), data.y_train.numpy(), **fit_args)
             train = task.evaluate(self.outputs(est, data.x_train, task.n_outputs), data.y_train)
-            val = task.evaluate(self.outputs(est, data.x_val, task.n_outputs), data.y_val)
+            val_out = self.outputs(est, data.x_val, task.n_outputs)
+            val = task.evaluate(val_out, data.y_val)
             record = EvalRecord(
                 epoch=1,
                 step=1,
@@ -249,6 +250,7 @@ class SklearnFamily(ModelFamily):
                 metric=task.headline,
                 val_pred=val.pred,
                 val_nll=val.per_row,
+                val_out=val_out.float().cpu(),
             )
             result = FitResult(model=est)
             EarlyStopping(patience=None).observe(result, record, cbs)

@@ -3,13 +3,13 @@ storage and not trusted whole."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from hpo.errors import ConfigError
-from hpo.families import family_of
-from hpo.settings import FAMILY_KEYS, UNTUNED, RunConfig, describe_error, error_path, format_input
+from hpo.families import rebuilt
+from hpo.settings import RunConfig, describe_error, error_path, format_input
 from hpo.stages import Stage
 from hpo.tuning import records
 
@@ -44,20 +44,4 @@ def input_config(pipe: Pipeline, stage: Stage) -> RunConfig:
 def rebuild(pipe: Pipeline, carried: RunConfig, where: str, fix: str) -> RunConfig:
     """``[defaults]`` plus ``carried``'s values of the settings a stage may tune, each checked by the
     study file's family; ``carried`` must name the study file's family, module and estimator."""
-    cfg = pipe.plan.defaults
-    for key in FAMILY_KEYS[:3]:
-        if getattr(carried, key) != getattr(cfg, key):
-            raise ConfigError(
-                f"{where} {key} = {getattr(carried, key)!r}, and {pipe.plan.path} says "
-                f"{getattr(cfg, key)!r}: a storage does not choose what runs; {fix}"
-            )
-    family = family_of(cfg)
-    point: dict[str, Any] = {}
-    for name, value in carried.settings().items():
-        if name in UNTUNED:
-            continue
-        try:
-            point[name] = family.check_value(cfg, name, value)
-        except ValueError as exc:
-            raise ConfigError(f"{where} {name} = {value!r}: {exc}; {fix}") from None
-    return cfg.with_point(point)
+    return rebuilt(pipe.plan.defaults, carried, where=where, fix=fix)

@@ -87,6 +87,7 @@ def check_prerequisites(pipe: Pipeline, stage: Stage) -> None:
                 f"stage {stage.name!r} needs stage {required!r}, which is not complete in "
                 f"{pipe.ctx.storage_url}; run first: hpo run-stage {required} --config {pipe.plan.path}"
             )
+    stage.check_inputs(pipe.ctx)
 
 
 def material(pipe: Pipeline, stage: Stage, cfg_in: RunConfig) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class Pipeline:
             progress=progress or LogProgress(),
             encoding=data_encoding(plan.defaults),
             native_levels=native_levels(plan.defaults, plan.stages),
+            library=plan.library(),
         )
         pipe = cls(plan=plan, ctx=ctx, progress=ctx.progress)
         ctx.search_budget = pipe.search_budget

@@ -106,13 +106,19 @@ def _members_figure(trial: FrozenTrial, m: Mapping[str, Any], prefix: str) -> li
     """Where the final stage trained several models: each member's test headline beside the
     ensemble's (or their mean)."""
     per_seed = trial.user_attrs.get(records.SEED_TEST_METRICS)
+    greedy = m.get("ensemble") == "greedy"
+    if greedy:  # a greedy ensemble's members: trials of the library, with their weights
+        per_seed = m["member_figures"]
     if not per_seed:
         return []
     key = task_kind(str(m.get("task", CLASSIFICATION.name))).default_metric
     what = "the ensemble" if m.get("ensemble") else "their mean"
     fig = _fig(f"Test {key}: each model and {what}", xaxis_title="model", yaxis_title=f"test {key}")
     fig.add_bar(
-        x=[f"member {i}" for i in range(len(per_seed))],
+        x=[
+            f"{x['stage']} trial {x['trial']} (x{x['weight']})" if greedy else f"member {i}"
+            for i, x in enumerate(per_seed)
+        ],
         y=[float(x[key]) for x in per_seed],
         marker_color=OTHER,
         name="members",

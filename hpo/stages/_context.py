@@ -260,6 +260,8 @@ class StageContext:
     numerics: Numerics | None = None  # the pipeline's, decided before its first training
     encoding: str = MATRIX  # what the family takes (hpo.data.encodings.encoding_for)
     native_levels: int = NATIVE_MAX_LEVELS  # levels kept per column, native (sklearn_api.native_levels)
+    # stages whose trials store their validation outputs: the library of a greedy final
+    library: frozenset[str] = frozenset()
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:

@@ -23,10 +23,10 @@ from typing import Annotated, Any, ClassVar, Protocol
 
 import numpy as np
 from optuna.trial import FrozenTrial
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 
 from hpo.families import family_of
-from hpo.sections import SelectingSettings
+from hpo.sections import NewerKeys, SelectingSettings
 from hpo.settings import RunConfig
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget, train_claims
@@ -39,21 +39,15 @@ Folds = Annotated[int, Field(ge=2, le=20)]
 Configure = Callable[[runner.Claim], RunConfig]
 
 
-class EvaluatedSettings(SelectingSettings):
+class EvaluatedSettings(SelectingSettings, NewerKeys):
     """Settings of a kind that may score by k-fold CV (``cv = k``; unset: the validation rows)."""
 
     cv: Folds | None = None
     omitted_unset: ClassVar[frozenset[str]] = frozenset({"cv"})  # keys newer than the kind
 
-    @model_serializer(mode="wrap")
-    def _newer_keys_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Keys newer than the kind (``cv``) appear only when set, so the stored fingerprints
-        of study files written before they existed still match."""
-        out: dict[str, Any] = handler(self)
-        for key in self.omitted_unset:
-            if out.get(key) is None:
-                out.pop(key, None)
-        return out
+    def evaluation(self) -> HoldOut | KFold:
+        """``cv = k``: k-fold CV; unset: the validation rows."""
+        return evaluation_of(self.cv)
 
 
 @dataclass(frozen=True)
@@ -69,6 +63,7 @@ class Candidates:
     prune: bool  # ask the stage's pruner
     seed: int  # the carried-in configuration's: it draws the CV folds
     group_order: bool = False  # train a batch ordered by the family's stacking groups
+    keep_outputs: bool = False  # store each trial's validation outputs (a greedy final's library)
 
 
 class Evaluation(Protocol):
@@ -143,7 +138,14 @@ class HoldOut:
                 claims,
                 label=run.label,
                 configure=run.configure,
-                score=lambda c: TrialScore(c.trial, scorer, seeds=run.seeds, prune=run.prune, last=self.last),
+                score=lambda c: TrialScore(
+                    c.trial,
+                    scorer,
+                    seeds=run.seeds,
+                    prune=run.prune,
+                    last=self.last,
+                    keep_outputs=run.keep_outputs,
+                ),
                 budget=run.budget,
                 seeds=run.seeds,
                 stack=run.stack,
@@ -154,7 +156,7 @@ class HoldOut:
                     claim.trial.set_user_attr(records.SCORE, scored.value)
                     outcomes[order[i]] = runner.Pruned()
                     continue
-                scored.store(metric=run.metric)
+                scored.store(metric=run.metric, artifacts=ctx.artifacts)
                 outcomes[order[i]] = scored.value
             return [outcomes[i] for i in range(len(batch))]
 

@@ -107,6 +107,16 @@ class Stage(Protocol):
         them, checked and typed by the pipeline's family)."""
         ...
 
+    def library(self) -> tuple[str, ...]:
+        """The stages whose trials' stored validation outputs this stage reads (a greedy
+        final's ``members_from``; none for the others)."""
+        ...
+
+    def check_inputs(self, ctx: StageContext) -> None:
+        """That what it reads of other stages besides their selections is in the storage (one
+        line saying what to run otherwise); writes nothing."""
+        ...
+
 
 def metric_direction(metric: str) -> Direction:
     return "maximize" if greater_is_better(metric) else "minimize"
@@ -151,6 +161,12 @@ class GridStage:
 
     def with_values(self, values: dict[str, dict[str, list[Any]]]) -> StageSettings:
         return self.settings.model_copy(update=values) if values else self.settings
+
+    def library(self) -> tuple[str, ...]:
+        return ()
+
+    def check_inputs(self, ctx: StageContext) -> None:
+        return None
 
     @property
     def title(self) -> str:

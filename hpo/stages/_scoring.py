@@ -5,18 +5,26 @@ record's own score or loss, or a metric recomputed from its per-row predictions)
 train several seeds (models); its :class:`TrialScore` collects every seed's evaluations, reports
 the mean over the seeds as the trial's intermediate value once all of them have reached a step,
 asks the pruner then, and keeps each seed's best evaluation (and, for one seed, that evaluation's
-per-row predictions and losses, which paired comparisons between trials need).
+per-row predictions and losses, which paired comparisons between trials need). With
+``keep_outputs`` (a stage a greedy final draws its library from) it also keeps the first seed's
+raw validation outputs at its scored evaluation and stores them as an Optuna artifact (float32
+``.npy``; its id in ``hpo:val_outputs``), read back by :func:`read_outputs`.
 """
 
 from __future__ import annotations
 
+import io
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import optuna
 import torch
+from optuna.artifacts import download_artifact, upload_artifact
 
 from hpo.tasks import Task, better, greater_is_better
 from hpo.training import Callback, EvalRecord
@@ -49,6 +57,7 @@ class _Seed:
     best: float | None = None
     pred: torch.Tensor | None = None
     nll: torch.Tensor | None = None
+    out: torch.Tensor | None = None
 
 
 @dataclass
@@ -62,6 +71,7 @@ class TrialScore:
     report: bool = True
     prune: bool = False
     last: bool = False  # score a seed by its last evaluation, not its best
+    keep_outputs: bool = False  # keep the first seed's raw outputs at its scored evaluation
     pruned: bool = False
     pruned_at: int | None = None
     _seeds: list[_Seed] = field(default_factory=list)
@@ -78,6 +88,8 @@ class TrialScore:
                 s.best = value
                 if self.seeds == 1:
                     s.pred, s.nll = record.val_pred, record.val_nll
+                if self.keep_outputs and seed == 0:
+                    s.out = record.val_out
             at = record.epoch if self.step == "epoch" else record.step
             values = self._pending.setdefault(at, [])
             values.append(value)
@@ -100,9 +112,16 @@ class TrialScore:
         """The trial's score: the mean over its seeds of each seed's best (or last) evaluation."""
         return float(np.mean(self.seed_scores))
 
-    def store(self, *, metric: str) -> None:
-        """Write the seeds' scores and (one seed) the scored evaluation's per-row results."""
+    def store(self, *, metric: str, artifacts: Any = None) -> None:
+        """Write the seeds' scores and (one seed) the scored evaluation's per-row results; with
+        ``keep_outputs``, the first seed's raw validation outputs into ``artifacts`` (an Optuna
+        artifact store)."""
         self.trial.set_user_attr(records.SCORE, self.value)
+        out = self._seeds[0].out
+        if self.keep_outputs and out is not None:
+            if artifacts is None:
+                raise ValueError("keep_outputs needs the artifact store to write the outputs to")
+            self.trial.set_user_attr(records.VAL_OUTPUTS, _upload(artifacts, self.trial, out))
         if self.seeds > 1:
             self.trial.set_user_attr(records.SEED_SCORES, self.seed_scores)
             return
@@ -111,6 +130,26 @@ class TrialScore:
             self.trial.set_user_attr(records.VAL_PREDICTIONS, self.scorer.task.pack_predictions(s.pred))
         if metric == "loss" and s.nll is not None:
             self.trial.set_user_attr(records.VAL_LOSSES, records.pack_floats(s.nll.numpy()))
+
+
+def _upload(artifacts: Any, trial: optuna.Trial, out: torch.Tensor) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"val_outputs_{trial.number}.npy"
+        np.save(path, out.float().numpy(), allow_pickle=False)
+        return upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=trial)
+
+
+def read_outputs(artifacts: Any, artifact_id: str) -> npt.NDArray[np.float32]:
+    """A trial's stored validation outputs (``hpo:val_outputs``), as float32; ``allow_pickle``
+    off, so the bytes can hold numbers only."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "outputs.npy"
+        download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=artifact_id)
+        data = path.read_bytes()
+    arr: npt.NDArray[np.float32] = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.dtype != np.float32 or arr.ndim not in (1, 2):
+        raise ValueError(f"artifact {artifact_id} is not a float32 matrix of outputs")
+    return arr
 
 
 def seed_values(base: int, seeds: int) -> Sequence[int]:

@@ -10,6 +10,14 @@ final model is the ensemble of the N members (the task combines their outputs: m
 probabilities, mean values) and is saved whole; the top-level test metrics are the ensemble's,
 each member's are kept (``seed_test_metrics``) with their mean and standard deviation beside
 (``accuracy_mean``, ``accuracy_sd``). Either way the test rows are read once per member.
+
+With ``ensemble = "greedy"`` the members are configurations, not seeds: the stages named in
+``members_from`` store each trial's validation outputs, and the final stage selects among their
+``candidates`` best trials by Caruana's forward selection with replacement (``max_members``
+rounds, optionally ``bags`` selections on random halves of the library, :mod:`hpo.stages._greedy`),
+retrains each chosen configuration once with its own settings, tests each member and the
+ensemble (weighted by the selection counts), and stores the evidence of the ensemble against its
+best single member on the validation rows.
 """
 
 from __future__ import annotations
@@ -32,32 +40,62 @@ from hpo.families import family_of
 from hpo.families.mlp import count_parameters
 from hpo.model_file import ModelFile, save_model_file
 from hpo.present import figures
-from hpo.sections import StageSettings
+from hpo.sections import NewerKeys, StageSettings
 from hpo.settings import PositiveInt, RunConfig
+from hpo.stages import _greedy
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
 from hpo.stages._protocol import GridStage
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.tasks import metrics_of, task_kind
 from hpo.tuning import records, runner
-from hpo.tuning.records import Selection
+from hpo.tuning.records import Evidence, Selection
 
 
-class FinalSettings(StageSettings):
+class FinalSettings(NewerKeys):
     kind: Literal["final"] = "final"
     epochs: PositiveInt = 15  # torch families; an estimator is fitted once
     patience: PositiveInt | None = 5
     seeds: Annotated[int, Field(ge=1, le=64)] = 1  # models trained (stacked); test metrics as mean ± sd
-    ensemble: bool = False  # the final model is the seeds' ensemble (needs seeds >= 2)
+    # true: the final model is the seeds' ensemble (needs seeds >= 2); "greedy": Caruana's
+    # selection over the validation outputs of the trials of the stages in members_from
+    ensemble: bool | Literal["greedy"] = False
+    members_from: Annotated[list[str], Field(min_length=1)] | None = None  # the library's stages
+    candidates: Annotated[int, Field(ge=1, le=100)] = 10  # each stage's best trials in the library
+    max_members: Annotated[int, Field(ge=1, le=100)] = 10  # selection rounds (with replacement)
+    bags: Annotated[int, Field(ge=0, le=100)] = 0  # selections on random halves of the library, summed
+    omitted_unset: ClassVar[frozenset[str]] = frozenset({"members_from", "candidates", "max_members", "bags"})
 
     @model_validator(mode="after")
     def _ensemble_has_members(self) -> FinalSettings:
+        if self.ensemble == "greedy":
+            if not self.members_from:
+                raise ValueError(
+                    'ensemble = "greedy" needs members_from, the stages whose trials form the '
+                    'library (e.g. members_from = ["search"])'
+                )
+            if self.seeds != 1:
+                raise ValueError(
+                    f'ensemble = "greedy" trains each chosen configuration once (got seeds = '
+                    f"{self.seeds}); leave seeds out"
+                )
+            return self
+        greedy_keys = sorted(k for k in self.omitted_unset if k in self.model_fields_set)
+        if greedy_keys:
+            raise ValueError(
+                f'{", ".join(greedy_keys)} belong to a greedy ensemble; set ensemble = "greedy" '
+                "or leave them out"
+            )
         if self.ensemble and self.seeds < 2:
             raise ValueError(
                 f"ensemble = true needs seeds >= 2 (got seeds = {self.seeds}); "
                 "set seeds to the number of members"
             )
         return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.ensemble == "greedy"
 
 
 class Final(GridStage):
@@ -69,7 +107,16 @@ class Final(GridStage):
     def stack_width(self, cfg: RunConfig) -> int:
         return self.settings.seeds
 
+    def library(self) -> tuple[str, ...]:
+        return tuple(self.settings.members_from or ()) if self.settings.greedy else ()
+
+    def check_inputs(self, ctx: StageContext) -> None:
+        if self.settings.greedy:
+            _greedy.check_library(ctx, self.name, self.library())
+
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
+        if self.settings.greedy:
+            return self._greedy_objective(ctx, cfg_in)
         s = self.settings
         data = ctx.data()
         task = data.task
@@ -112,33 +159,99 @@ class Final(GridStage):
                 trial.set_user_attr(records.SEED_TEST_METRICS, per_seed)
             trial.set_user_attr(records.TEST_METRICS, metrics)
             members = results if s.ensemble else results[:1]
-            # a numeric complete table keeps format 4 (its scaler is the whole preprocessing)
-            plain = all(c.kind == NUMERIC and c.missing == 0 for c in data.input_columns)
-            model_file = ModelFile(
-                family=family.name,
-                payloads=[family.payload(r.model) for r in members],
-                run_config=cfg_in.to_record(),
-                task=task.to_record(),
-                scaler_mean=data.preprocessor.scaler.mean,
-                scaler_scale=data.preprocessor.scaler.scale,
-                feature_names=[c.name for c in data.input_columns],
-                class_names=data.class_names,
-                labeling=data.labeling.to_dict() if data.labeling is not None else None,
-                target=str(data.meta["target"]),
-                hpo_version=__version__,
-                preprocessor=None if plain else data.preprocessor.to_state(),
-                columns=None if plain else [c.to_dict() for c in data.input_columns],
-            )
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.pt"
-                save_model_file(path, model_file)
-                artifact_id = upload_artifact(
-                    artifact_store=ctx.artifacts, file_path=str(path), study_or_trial=trial
-                )
-            trial.set_user_attr(records.MODEL_ARTIFACT, artifact_id)
+            _save_model(ctx, trial, cfg_in, [family.payload(r.model) for r in members])
             if isinstance(results[0].model, nn.Module):
                 trial.set_user_attr(records.PARAMETERS, sum(count_parameters(r.model) for r in members))
             return [float(metrics[task.headline])]
+
+        return objective
+
+    def _greedy_objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
+        """Select the ensemble on the library's stored validation outputs, retrain each chosen
+        configuration once (stacked where shapes allow), read the test rows once per member, and
+        save the ensemble (each member's payload as many times as it was chosen: the weighted
+        mean is the plain mean of that multiset, so predict and ONNX need no weights)."""
+        s = self.settings
+        data = ctx.data()
+        task = data.task
+        tv = data.train_val()
+        family = family_of(cfg_in)
+        label = ctx.study_name(self.name)
+
+        def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
+            (claim,) = claims
+            trial = claim.trial
+            lib = _greedy.library(ctx, cfg_in, self.library(), s.candidates, int(tv.y_val.shape[0]))
+            members, chosen = _greedy.select(
+                lib, tv.y_val, task, max_members=s.max_members, bags=s.bags, seed=cfg_in.seed
+            )
+            ev, val_figures, best = _greedy.versus_best_member(members, tv.y_val, task, task.headline)
+            batch = Batch(ctx, [tv], label)
+            for m in members:
+                c = m.candidate
+                batch.add(
+                    trial,
+                    c.config,
+                    Budget(epochs=s.epochs, patience=s.patience),
+                    name=f"{label} member {c.stage} trial {c.number}",
+                    attrs={"members": len(members)},
+                )
+            records.write_config(trial, cfg_in)
+            results = batch.train(stack=True)
+            trial.set_user_attr(records.HISTORY, results[0].history_dicts())
+            trial.set_user_attr(records.BEST_EPOCH, results[0].best.epoch)
+            outputs, per_member, y_test = [], [], None
+            for m, result in zip(members, results, strict=True):
+                c = m.candidate
+                x_test, y_test = data.read_test_rows(
+                    reader=f"stage {self.name} member {c.stage} trial {c.number}"
+                )
+                outputs.append(family.outputs(result.model, x_test, task.n_outputs))
+                per_member.append(task.test_metrics(outputs[-1], y_test))
+            assert y_test is not None
+            weights = [float(m.count) for m in members]
+            metrics = dict(task.test_metrics(task.combine(outputs, weights), y_test))
+            headline = task.headline
+            metrics.update(
+                task=task.kind,
+                ensemble="greedy",
+                members=len(members),
+                best_member={headline: per_member[best][headline], "loss": per_member[best]["loss"]},
+                member_figures=[
+                    {**m.candidate.label, "weight": m.count, headline: pm[headline], "loss": pm["loss"]}
+                    for m, pm in zip(members, per_member, strict=True)
+                ],
+            )
+            trial.set_user_attr(records.TEST_METRICS, metrics)
+            trial.set_user_attr(
+                records.MEMBERS,
+                {
+                    "library": [c.label for c in lib],
+                    "path": chosen.losses,
+                    "evidence": ev.to_dict(),
+                    "validation": val_figures,
+                    "best": best,
+                    "members": [
+                        {
+                            **m.candidate.label,
+                            "weight": m.count,
+                            "val_score": m.candidate.value,
+                            f"test_{headline}": pm[headline],
+                            "test_loss": pm["loss"],
+                            "config": m.candidate.config.to_record(),
+                        }
+                        for m, pm in zip(members, per_member, strict=True)
+                    ],
+                },
+            )
+            payloads, configs = [], []
+            for m, result in zip(members, results, strict=True):
+                payloads += [family.payload(result.model)] * m.count
+                configs += [m.candidate.config.to_record()] * m.count
+            _save_model(ctx, trial, cfg_in, payloads, member_configs=configs)
+            if isinstance(results[0].model, nn.Module):
+                trial.set_user_attr(records.PARAMETERS, sum(count_parameters(r.model) for r in results))
+            return [float(metrics[headline])]
 
         return objective
 
@@ -168,6 +281,8 @@ class Final(GridStage):
         m = trial.user_attrs[records.TEST_METRICS]
         headline = task_kind(self.task).default_metric
         s = self.settings
+        if s.greedy:
+            return self._greedy_selection(trial, cfg_in, headline)
         if s.ensemble:
             seeds = (
                 f"; an ensemble of {s.seeds} seeds, test metrics the ensemble's "
@@ -193,5 +308,70 @@ class Final(GridStage):
             extra={"test_metrics": m, "model_artifact": trial.user_attrs[records.MODEL_ARTIFACT]},
         )
 
+    def _greedy_selection(self, trial: FrozenTrial, cfg_in: RunConfig, headline: str) -> Selection:
+        s = self.settings
+        m = trial.user_attrs[records.TEST_METRICS]
+        ens = trial.user_attrs[records.MEMBERS]
+        chosen = ", ".join(f"{x['stage']} trial {x['trial']} x{x['weight']}" for x in ens["members"])
+        return Selection(
+            selected={
+                f"test_{headline}": m[headline],
+                "test_loss": m["loss"],
+                f"best_member_test_{headline}": m["best_member"][headline],
+                "members": m["members"],
+            },
+            reason=(
+                f"greedy forward selection with replacement (Caruana et al. 2004) over the stored "
+                f"validation outputs of {len(ens['library'])} trial(s) of {', '.join(self.library())} "
+                f"({s.max_members} rounds{f', {s.bags} bags' if s.bags else ''}): {chosen}; each "
+                f"retrained {s.epochs} epochs, early stopping with patience {s.patience}; test rows "
+                "evaluated once per member, the ensemble's figures its weighted mean's"
+            ),
+            config_out=cfg_in,
+            evidence=Evidence.from_dict(ens["evidence"]),
+            extra={
+                "test_metrics": m,
+                "model_artifact": trial.user_attrs[records.MODEL_ARTIFACT],
+                "members": ens["members"],
+                "validation": ens["validation"],
+            },
+        )
+
     def figures(self, study: optuna.Study) -> list[figures.Figure]:
         return figures.final_figures(study)
+
+
+def _save_model(
+    ctx: StageContext,
+    trial: optuna.Trial,
+    cfg_in: RunConfig,
+    payloads: list[dict[str, Any]],
+    *,
+    member_configs: list[dict[str, Any]] | None = None,
+) -> None:
+    """The model file (the family's payloads, the configuration, task, preprocessing, names) as
+    the trial's Optuna artifact."""
+    data = ctx.data()
+    # a numeric complete table keeps format 4 (its scaler is the whole preprocessing)
+    plain = member_configs is None and all(c.kind == NUMERIC and c.missing == 0 for c in data.input_columns)
+    model_file = ModelFile(
+        family=family_of(cfg_in).name,
+        payloads=payloads,
+        run_config=cfg_in.to_record(),
+        task=data.task.to_record(),
+        scaler_mean=data.preprocessor.scaler.mean,
+        scaler_scale=data.preprocessor.scaler.scale,
+        feature_names=[c.name for c in data.input_columns],
+        class_names=data.class_names,
+        labeling=data.labeling.to_dict() if data.labeling is not None else None,
+        target=str(data.meta["target"]),
+        hpo_version=__version__,
+        preprocessor=None if plain else data.preprocessor.to_state(),
+        columns=None if plain else [c.to_dict() for c in data.input_columns],
+        member_configs=member_configs,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        save_model_file(path, model_file)
+        artifact_id = upload_artifact(artifact_store=ctx.artifacts, file_path=str(path), study_or_trial=trial)
+    trial.set_user_attr(records.MODEL_ARTIFACT, artifact_id)

@@ -36,7 +36,6 @@ from hpo.stages._evaluation import (
     Folds,
     HoldOut,
     KFold,
-    evaluation_of,
     group_best,
 )
 from hpo.stages._jobs import Budget
@@ -96,9 +95,6 @@ class PointsSettings(EvaluatedSettings):
     @property
     def prunes(self) -> bool:
         return False
-
-    def evaluation(self) -> HoldOut | KFold:
-        return evaluation_of(self.cv)
 
     @model_validator(mode="after")
     def _valid_points(self) -> PointsSettings:
@@ -225,6 +221,7 @@ class Grid(GridStage):
                 stack=self._stack() > 1,
                 prune=self.prunes(),
                 seed=cfg_in.seed,
+                keep_outputs=self.name in ctx.library,
             ),
         )
 

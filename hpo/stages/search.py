@@ -44,7 +44,7 @@ from hpo.present import figures
 from hpo.sections import Duration, StageSettings
 from hpo.settings import PositiveInt, RunConfig, param_value, setting_value
 from hpo.stages._context import StageContext
-from hpo.stages._evaluation import Candidates, EvaluatedSettings, HoldOut, KFold, evaluation_of
+from hpo.stages._evaluation import Candidates, EvaluatedSettings
 from hpo.stages._jobs import Budget
 from hpo.stages._protocol import ALL_FAMILIES, Direction, Work, metric_direction, validation_records
 from hpo.stages._selection import Candidate, best_word, choose
@@ -131,9 +131,6 @@ class SearchSettings(EvaluatedSettings):
             )
         return self
 
-    def evaluation(self) -> HoldOut | KFold:
-        return evaluation_of(self.cv)
-
 
 def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
     """The Optuna sampler class ``sampler = name`` stands for: one of :data:`SAMPLERS` or a
@@ -213,6 +210,12 @@ class Search:
     def ranges(self) -> list[str]:
         """The dimensions given as a range (the rest are choices)."""
         return [n for n, dim in self.settings.space.items() if dim.choices is None]
+
+    def library(self) -> tuple[str, ...]:
+        return ()
+
+    def check_inputs(self, ctx: StageContext) -> None:
+        return None
 
     def with_values(self, values: dict[str, dict[str, list[Any]]]) -> StageSettings:
         space = {}
@@ -335,6 +338,7 @@ class Search:
                 prune=s.pruner != "none",
                 seed=cfg_in.seed,
                 group_order=True,
+                keep_outputs=self.name in ctx.library,
             ),
         )
 

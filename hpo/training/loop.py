@@ -102,10 +102,13 @@ class EvalRecord:
     val_pred: torch.Tensor | None = field(default=None, compare=False, repr=False)
     #: the loss of every validation row (CPU float32), for paired comparisons
     val_nll: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    #: the model's raw outputs for every validation row (CPU float32: logits, or the standardised
+    #: value), what a greedy ensemble's library keeps (hpo.ensemble)
+    val_out: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def light(self) -> EvalRecord:
         """The record without its per-row tensors (what a history keeps)."""
-        return replace(self, val_pred=None, val_nll=None)
+        return replace(self, val_pred=None, val_nll=None, val_out=None)
 
     def as_dict(self) -> dict[str, float]:
         """As stored in a trial's history: the scores named by their metric (``val_accuracy``)."""
@@ -256,6 +259,7 @@ def fit(
             metric=task.headline,
             val_pred=ev.pred.cpu(),
             val_nll=ev.per_row.cpu(),
+            val_out=out.cpu(),
         )
         run_loss.zero_()
         run_hits.zero_()

@@ -60,6 +60,11 @@ MEAN = "hpo:mean"
 STD = "hpo:std"
 VAL_PREDICTIONS = "hpo:val_predictions"  # at the scored evaluation (packed)
 VAL_LOSSES = "hpo:val_losses"  # per-row cross-entropy at the scored evaluation (packed float16)
+#: the artifact id of the raw validation outputs at the scored evaluation (float32 .npy), stored for
+#: the stages a greedy final draws its library from (hpo.stages._scoring.read_outputs)
+VAL_OUTPUTS = "hpo:val_outputs"
+#: the final stage's greedy ensemble: its members (stage, trial, configuration, weight)
+MEMBERS = "hpo:members"
 VAL_ACCURACY = "hpo:val_accuracy"
 CURVE = "hpo:curve"
 SUGGESTED_LR = "hpo:suggested_lr"

@@ -74,6 +74,10 @@ def _check(members: Sequence[Member], datasets: Sequence[TensorData]) -> None:
             raise ValueError(f"member data index {mb.data} is not one of the {len(datasets)} datasets")
 
 
+#: one member's evaluation: val loss, val score, per-row predictions, per-row losses, raw outputs
+_Scores = tuple[float, float, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 @torch.no_grad()
 def _evaluate(
     stack: StackedMLP,
@@ -82,9 +86,10 @@ def _evaluate(
     eval_batch: int,
     precision: str,
     batched: bool,
-) -> list[tuple[float, float, torch.Tensor, torch.Tensor]]:
-    """(val loss, val score, per-row predictions, per-row losses) of every member, by stack
-    position: all members in one pass per chunk of rows (``batched``), or member by member."""
+) -> list[_Scores]:
+    """(val loss, val score, per-row predictions, per-row losses, raw outputs) of every member,
+    by stack position: all members in one pass per chunk of rows (``batched``), or member by
+    member."""
     if not batched:
         return [
             _evaluate_one(stack, datasets[mb.data], task, p, eval_batch, precision)
@@ -98,6 +103,7 @@ def _evaluate(
     loss_sum = torch.zeros(m, dtype=torch.float64, device=stack.device)
     preds: list[list[torch.Tensor]] = [[] for _ in range(m)]
     losses: list[list[torch.Tensor]] = [[] for _ in range(m)]
+    outs: list[list[torch.Tensor]] = [[] for _ in range(m)]
     for s in range(0, max(sizes), chunk):
         if one_dataset:
             xb = vals[0].x_val[s : s + chunk][None].expand(m, -1, -1)
@@ -123,24 +129,31 @@ def _evaluate(
             real = max(0, min(chunk, sizes[p] - s))
             preds[p].append(pred[p, :real])
             losses[p].append(per_row[p, :real])
+            outs[p].append(out[p, :real])
     result = []
     for p, v in enumerate(vals):
         pred = torch.cat(preds[p])
         loss = float(loss_sum[p]) / sizes[p]
         result.append(
-            (loss, task.score_rows(pred, v.y_val, loss), pred.cpu(), torch.cat(losses[p]).float().cpu())
+            (
+                loss,
+                task.score_rows(pred, v.y_val, loss),
+                pred.cpu(),
+                torch.cat(losses[p]).float().cpu(),
+                torch.cat(outs[p]).cpu(),
+            )
         )
     return result
 
 
 def _evaluate_one(
     stack: StackedMLP, data: TensorData, task: Task, p: int, eval_batch: int, precision: str
-) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+) -> _Scores:
     """One member's evaluation (the stack's layers, sliced to that member)."""
     mb = stack.members[p].model
     sel = slice(p, p + 1)
     loss_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
-    preds, losses = [], []
+    preds, losses, outs = [], [], []
     for s in range(0, data.x_val.shape[0], eval_batch):
         xb, yb = data.x_val[s : s + eval_batch], data.y_val[s : s + eval_batch]
         with autocast(precision, stack.device):
@@ -153,10 +166,17 @@ def _evaluate_one(
         loss_sum += per_row.double().sum()
         preds.append(pred)
         losses.append(per_row)
+        outs.append(out)
     pred = torch.cat(preds)
     n = data.x_val.shape[0]
     loss = float(loss_sum) / n
-    return loss, task.score_rows(pred, data.y_val, loss), pred.cpu(), torch.cat(losses).cpu()
+    return (
+        loss,
+        task.score_rows(pred, data.y_val, loss),
+        pred.cpu(),
+        torch.cat(losses).cpu(),
+        torch.cat(outs).cpu(),
+    )
 
 
 def fit_stacked(
@@ -281,7 +301,7 @@ def fit_stacked(
         # in the caller's member order: a pruner then decides for each member with what it
         # would see if the members trained one after another (the earlier members' same epoch)
         for p in sorted(range(stack.m), key=lambda q: stack.order[q]):
-            val_loss, val_score, val_pred, val_nll = scores[p]
+            val_loss, val_score, val_pred, val_nll, val_out = scores[p]
             i = stack.order[p]
             if done[i]:  # stopped earlier, still in the stack (compaction off)
                 continue
@@ -296,6 +316,7 @@ def fit_stacked(
                 metric=task.headline,
                 val_pred=val_pred,
                 val_nll=val_nll,
+                val_out=val_out,
             )
             stop, snapshot = trackers[i].observe(results[i], record, cbs[i])
             if snapshot:

@@ -1,0 +1,196 @@
+"""A greedy final (``[stages.final] ensemble = "greedy"``): the library stages store each trial's
+validation outputs, the final selects on them, retrains the chosen configurations, tests the
+ensemble once per member and saves it as one model file that ``hpo predict`` and
+``export-model`` read; a study file that cannot make one is refused before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hpo import cli
+from hpo.errors import DataFileError
+from hpo.model_file import load_model_file, read_model_artifact
+from hpo.pipeline import Pipeline
+from hpo.stages import FinalSettings
+from hpo.stages._scoring import read_outputs
+from hpo.tuning import records
+
+GREEDY = 'ensemble = "greedy"\nmembers_from = ["search"]\ncandidates = 4\nmax_members = 6'
+
+
+def _study(tmp_path: Path, final: str = GREEDY, *, name: str = "greedy") -> Path:
+    from sklearn.datasets import load_digits
+
+    table = tmp_path / "table.csv"
+    if not table.exists():
+        load_digits(as_frame=True).frame.to_csv(table, index=False)
+    cfg = tmp_path / f"{name}.toml"
+    cfg.write_text(
+        f'[pipeline]\nname = "greedy"\n\n[data]\nsource = "csv"\npath = "{table}"\ntarget = "target"\n'
+        "seed = 42\n\n[defaults]\nhidden = [32]\nbatch_size = 64\n\n"
+        '[stages.search]\nkind = "search"\nsampler = "random"\npruner = "none"\nn_trials = 4\nbatch = 4\n'
+        "epochs = 3\n\n[stages.search.space]\nlr = { low = 1e-3, high = 1e-2, log = true }\n"
+        "hidden = { choices = [[32], [64]] }\n\n"
+        f'[stages.final]\nkind = "final"\nepochs = 3\n{final}\n'
+    )
+    return cfg
+
+
+def _args(tmp_path: Path) -> list[str]:
+    return ["--storage", f"sqlite:///{tmp_path / 'hpo.db'}", "--artifacts", str(tmp_path / "artifacts")]
+
+
+def test_a_greedy_final_selects_retrains_tests_and_saves_the_weighted_members(tmp_path: Path) -> None:
+    cfg = _study(tmp_path)
+    pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
+    pipe.run()
+    search = pipe.ctx.find_study(pipe.ctx.study_name("search"))
+    assert search is not None
+    n_val = pipe.ctx.data().train_val().y_val.shape[0]
+    for t in search.get_trials():  # every trial of the library stage stored its outputs
+        outputs = read_outputs(pipe.ctx.artifacts, t.user_attrs[records.VAL_OUTPUTS])
+        assert outputs.shape == (n_val, 10) and outputs.dtype == np.float32
+    m = pipe.status().test_metrics
+    assert m is not None and m["ensemble"] == "greedy"
+    (trial,) = pipe.final_study().get_trials()
+    ens = trial.user_attrs[records.MEMBERS]
+    weights = [x["weight"] for x in ens["members"]]
+    assert sum(weights) == 6 and m["members"] == len(weights)
+    assert len(ens["path"]) == 6 and ens["path"] == sorted(ens["path"], reverse=True)  # loss never rises
+    assert {(x["stage"], x["trial"]) for x in ens["members"]} <= {
+        (x["stage"], x["trial"]) for x in ens["library"]
+    }
+    assert ens["evidence"]["metric"] == "accuracy" and ens["evidence"]["n"] == n_val
+    # the model file holds each member as often as it was chosen, with its own configuration
+    model = pipe.final_model()
+    assert len(model.payloads) == 6 and model.member_configs is not None
+    hidden = [c.hidden for c in model.configs()]
+    want = [x["config"]["hidden"] for x in ens["members"] for _ in range(x["weight"])]
+    assert [list(h) for h in hidden] == want
+    # hpo predict on exactly the test rows gives the stored test accuracy
+    test_rows = pd.read_csv(tmp_path / "table.csv").iloc[pipe.dataset().split.test]
+    test_rows.to_csv(tmp_path / "test_rows.csv", index=False)
+    code = cli.main(
+        ["-q", "predict", "--config", str(cfg), *_args(tmp_path),
+         "--input", str(tmp_path / "test_rows.csv"), "--output", str(tmp_path / "pred.csv")]
+    )  # fmt: skip
+    assert code == 0
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    accuracy = float(
+        (pred["class"].astype(str).to_numpy() == test_rows["target"].astype(str).to_numpy()).mean()
+    )
+    assert accuracy == pytest.approx(m["accuracy"], abs=1e-12)
+    # status and report say what the figures are
+    line = cli._test_line(m)
+    assert f"a greedy ensemble of {m['members']} models (its best single member: accuracy" in line
+    from hpo.present import report
+
+    text = " ".join(str(b.get("text", "")) for b in report.result_section(pipe).blocks)
+    assert "greedy ensemble" in text
+
+
+def test_a_greedy_ensemble_exports_to_onnx_as_predict_computes_it(tmp_path: Path) -> None:
+    from conftest import require_module
+
+    ort = require_module("onnxruntime", "HPO_REQUIRE_ONNX")
+    require_module("onnxscript", "HPO_REQUIRE_ONNX")
+    cfg = _study(tmp_path, GREEDY.replace("max_members = 6", "max_members = 3"))
+    assert cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)]) == 0
+    out = tmp_path / "model.onnx"
+    code = cli.main(
+        ["-q", "export-model", "--config", str(cfg), *_args(tmp_path), "--format", "onnx", "--out", str(out)]
+    )
+    assert code == 0
+    pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
+    model = pipe.final_model()
+    frame = pd.read_csv(tmp_path / "table.csv").drop(columns="target")
+    want = model.task_of().predictions(model.outputs(frame.to_numpy(np.float64)))
+    session = ort.InferenceSession(str(out))
+    feeds = {i.name: frame[i.name].to_numpy(np.float32).reshape(-1, 1) for i in session.get_inputs()}
+    got = session.run(None, feeds)[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("final", "message"),
+    [
+        (
+            'ensemble = "greedy"\nmembers_from = ["nope"]',
+            "stages.final.members_from: names 'nope', which is not a stage",
+        ),
+        ('ensemble = "greedy"', 'ensemble = "greedy" needs members_from'),
+        ('ensemble = "greedy"\nmembers_from = ["search"]\nmax_members = 0', "stages.final.max_members = 0"),
+        ('members_from = ["search"]', "members_from belong to a greedy ensemble"),
+        (
+            'ensemble = "greedy"\nmembers_from = ["search"]\nseeds = 3',
+            "trains each chosen configuration once",
+        ),
+    ],
+)
+def test_a_greedy_final_that_cannot_be_made_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], final: str, message: str
+) -> None:
+    cfg = _study(tmp_path, final)
+    code = cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert message in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "hpo.db").exists() and not (tmp_path / "artifacts").exists()
+
+
+def test_a_cross_validated_stage_cannot_feed_the_library(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _study(tmp_path)
+    text = cfg.read_text().replace('pruner = "none"', 'pruner = "none"\ncv = 3')
+    cfg.write_text(text)
+    code = cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "leave no validation outputs" in err[0], err
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_a_library_stage_run_before_the_greedy_final_named_it_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = _study(tmp_path, "", name="plain")
+    assert cli.main(["-q", "run-stage", "search", "--config", str(plain), *_args(tmp_path)]) == 0
+    pipe = Pipeline.load(plain, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
+    search = pipe.ctx.find_study(pipe.ctx.study_name("search"))
+    assert search is not None and all(records.VAL_OUTPUTS not in t.user_attrs for t in search.get_trials())
+    capsys.readouterr()
+    code = cli.main(["-q", "run", "--config", str(_study(tmp_path)), *_args(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "stored no validation outputs" in err[0] and "hpo run-stage search --force" in err[0]
+    assert pipe.ctx.find_study(pipe.ctx.study_name("final")) is None  # nothing written for the final
+
+
+def test_the_greedy_keys_leave_a_plain_final_fingerprint_as_it_was() -> None:
+    assert FinalSettings().model_dump(mode="json") == {
+        "kind": "final", "requires": None, "epochs": 15, "patience": 5, "seeds": 1, "ensemble": False,
+    }  # fmt: skip
+    greedy = FinalSettings(ensemble="greedy", members_from=["search"]).model_dump(mode="json")
+    assert greedy["ensemble"] == "greedy" and greedy["members_from"] == ["search"] and "bags" not in greedy
+
+
+def test_a_model_file_whose_member_configurations_do_not_match_its_members_is_one_line(
+    tmp_path: Path,
+) -> None:
+    cfg = _study(tmp_path, GREEDY.replace("max_members = 6", "max_members = 2"))
+    pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
+    pipe.run()
+    path = tmp_path / "model.pt"
+    read_model_artifact(pipe.ctx.artifacts, pipe.final_model_artifact(), path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "hpo-model/6" and len(raw["member_configs"]) == len(raw["payloads"]) == 2
+    raw["member_configs"] = raw["member_configs"][:1]
+    torch.save(raw, path)
+    with pytest.raises(DataFileError, match="'member_configs' is not one configuration per member"):
+        load_model_file(path)
