@@ -3,9 +3,11 @@
 Caruana, Niculescu-Mizil, Crew & Ksikes (2004), the method AutoGluon's weighted ensemble and
 FLAML's ``ensemble=True`` descend from: start from the empty ensemble; at each step add (again,
 if it is already in) the library member whose addition gives the lowest validation loss of the
-ensemble; stop after ``max_members`` additions. A member's weight is the number of times it was
-chosen. With ``bags``, the selection runs on that many random halves of the library (a fixed
-seed) and the counts add up, which keeps one lucky member from taking every slot.
+ensemble; after ``max_members`` additions keep the nested ensemble (the first k additions) with
+the lowest validation loss, since a round adds the best member even where that raises the loss.
+A member's weight is the number of times it was chosen. With ``bags``, the selection runs on
+that many random halves of the library (a fixed seed) and the counts add up, which keeps one
+lucky member from taking every slot.
 
 The ensemble averages the members where the task averages them (:meth:`hpo.tasks.Task.blend`:
 class probabilities, or values), so a step costs one pass over the validation rows per library
@@ -52,7 +54,9 @@ def _greedy(
         total += blended[best]
         chosen.append(best)
         losses.append(best_loss)
-    return chosen, losses
+    # the nested ensemble with the lowest loss (Caruana et al. 2004): a round may only raise it
+    keep = int(np.argmin(losses)) + 1
+    return chosen[:keep], losses
 
 
 def greedy_select(

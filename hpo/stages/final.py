@@ -15,9 +15,10 @@ With ``ensemble = "greedy"`` the members are configurations, not seeds: the stag
 ``members_from`` store each trial's validation outputs, and the final stage selects among their
 ``candidates`` best trials by Caruana's forward selection with replacement (``max_members``
 rounds, optionally ``bags`` selections on random halves of the library, :mod:`hpo.stages._greedy`),
-retrains each chosen configuration once with its own settings, tests each member and the
-ensemble (weighted by the selection counts), and stores the evidence of the ensemble against its
-best single member on the validation rows.
+retrains each chosen configuration with its own settings (``seeds`` models of it, stacked; a
+member's outputs are its seeds' mean), tests each member and the ensemble (weighted by the
+selection counts), and stores the evidence of the ensemble against its best single member on the
+validation rows.
 """
 
 from __future__ import annotations
@@ -73,11 +74,6 @@ class FinalSettings(NewerKeys):
                 raise ValueError(
                     'ensemble = "greedy" needs members_from, the stages whose trials form the '
                     'library (e.g. members_from = ["search"])'
-                )
-            if self.seeds != 1:
-                raise ValueError(
-                    f'ensemble = "greedy" trains each chosen configuration once (got seeds = '
-                    f"{self.seeds}); leave seeds out"
                 )
             return self
         greedy_keys = sorted(k for k in self.omitted_unset if k in self.model_fields_set)
@@ -168,9 +164,10 @@ class Final(GridStage):
 
     def _greedy_objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         """Select the ensemble on the library's stored validation outputs, retrain each chosen
-        configuration once (stacked where shapes allow), read the test rows once per member, and
-        save the ensemble (each member's payload as many times as it was chosen: the weighted
-        mean is the plain mean of that multiset, so predict and ONNX need no weights)."""
+        configuration (``seeds`` models of it, stacked where shapes allow), read the test rows
+        once per model, and save the ensemble (each model's payload as many times as its
+        configuration was chosen: the weighted mean is the plain mean of that multiset, so
+        predict and ONNX need no weights)."""
         s = self.settings
         data = ctx.data()
         task = data.task
@@ -193,20 +190,26 @@ class Final(GridStage):
                     trial,
                     c.config,
                     Budget(epochs=s.epochs, patience=s.patience),
+                    seeds=s.seeds,
                     name=f"{label} member {c.stage} trial {c.number}",
-                    attrs={"members": len(members)},
+                    attrs={"members": len(members), "seeds": s.seeds},
                 )
             records.write_config(trial, cfg_in)
             results = batch.train(stack=True)
             trial.set_user_attr(records.HISTORY, results[0].history_dicts())
             trial.set_user_attr(records.BEST_EPOCH, results[0].best.epoch)
             outputs, per_member, y_test = [], [], None
-            for m, result in zip(members, results, strict=True):
+            for i, m in enumerate(members):  # a member's models: its seeds, in order
                 c = m.candidate
-                x_test, y_test = data.read_test_rows(
-                    reader=f"stage {self.name} member {c.stage} trial {c.number}"
-                )
-                outputs.append(family.outputs(result.model, x_test, task.n_outputs))
+                own = []
+                for job in range(i * s.seeds, (i + 1) * s.seeds):
+                    x_test, y_test = data.read_test_rows(
+                        reader=f"stage {self.name} member {c.stage} trial {c.number} "
+                        f"seed {batch.jobs[job].train.seed}"
+                    )
+                    own.append(family.outputs(results[job].model, x_test, task.n_outputs))
+                assert y_test is not None
+                outputs.append(own[0] if len(own) == 1 else task.combine(own))
                 per_member.append(task.test_metrics(outputs[-1], y_test))
             assert y_test is not None
             weights = [float(m.count) for m in members]
@@ -245,9 +248,10 @@ class Final(GridStage):
                 },
             )
             payloads, configs = [], []
-            for m, result in zip(members, results, strict=True):
-                payloads += [family.payload(result.model)] * m.count
-                configs += [m.candidate.config.to_record()] * m.count
+            for i, m in enumerate(members):
+                for result in results[i * s.seeds : (i + 1) * s.seeds]:
+                    payloads += [family.payload(result.model)] * m.count
+                    configs += [m.candidate.config.to_record()] * m.count
             _save_model(ctx, trial, cfg_in, payloads, member_configs=configs)
             if isinstance(results[0].model, nn.Module):
                 trial.set_user_attr(records.PARAMETERS, sum(count_parameters(r.model) for r in results))
