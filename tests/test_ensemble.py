@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import predict_test_rows
 
 from hpo import cli
 from hpo.pipeline import Pipeline
@@ -79,18 +80,9 @@ def test_an_ensemble_stores_its_own_and_each_members_test_metrics(tmp_path: Path
     assert model.ensemble and len(model.payloads) == 3
     # hpo predict on exactly the test rows scores what the stage stored for the ensemble
     prepared = pipe.dataset()
-    table = pd.read_csv(tmp_path / "table.csv")
-    test_rows = table.iloc[prepared.split.test]
-    test_rows.to_csv(tmp_path / "test_rows.csv", index=False)
-    code = cli.main(
-        ["-q", "predict", "--config", str(cfg), "--storage", f"sqlite:///{tmp_path / 'hpo.db'}",
-         "--artifacts", str(tmp_path / "artifacts"), "--input", str(tmp_path / "test_rows.csv"),
-         "--output", str(tmp_path / "pred.csv")]
-    )  # fmt: skip
-    assert code == 0
-    pred = pd.read_csv(tmp_path / "pred.csv")
-    accuracy = float(
-        (pred["class"].astype(str).to_numpy() == test_rows["target"].astype(str).to_numpy()).mean()
+    args = ["--storage", f"sqlite:///{tmp_path / 'hpo.db'}", "--artifacts", str(tmp_path / "artifacts")]
+    test_rows, pred, accuracy = predict_test_rows(
+        cfg, tmp_path / "table.csv", prepared.split.test, tmp_path, args=args
     )
     assert accuracy == pytest.approx(m["accuracy"], abs=1e-12)
     # the ensemble is the mean of its members' probabilities, each member restored on its own

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import predict_test_rows
 
 from hpo import cli
 from hpo.errors import DataFileError
@@ -74,17 +75,8 @@ def test_a_greedy_final_selects_retrains_tests_and_saves_the_weighted_members(tm
     want = [x["config"]["hidden"] for x in ens["members"] for _ in range(x["weight"])]
     assert [list(h) for h in hidden] == want
     # hpo predict on exactly the test rows gives the stored test accuracy
-    test_rows = pd.read_csv(tmp_path / "table.csv").iloc[pipe.dataset().split.test]
-    test_rows.to_csv(tmp_path / "test_rows.csv", index=False)
-    code = cli.main(
-        ["-q", "predict", "--config", str(cfg), *_args(tmp_path),
-         "--input", str(tmp_path / "test_rows.csv"), "--output", str(tmp_path / "pred.csv")]
-    )  # fmt: skip
-    assert code == 0
-    pred = pd.read_csv(tmp_path / "pred.csv")
-    accuracy = float(
-        (pred["class"].astype(str).to_numpy() == test_rows["target"].astype(str).to_numpy()).mean()
-    )
+    split = pipe.dataset().split.test
+    _, _, accuracy = predict_test_rows(cfg, tmp_path / "table.csv", split, tmp_path, args=_args(tmp_path))
     assert accuracy == pytest.approx(m["accuracy"], abs=1e-12)
     # status and report say what the figures are
     line = cli._test_line(m)
