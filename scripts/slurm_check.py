@@ -211,15 +211,20 @@ def main() -> None:
         f"task {termed} released its trials and exited {first['ExitCode']} ({first['JobState']}); "
         "requeueing it"
     )
-    # slurmd removes an ended job's spool files (its copy of the script, its step's socket) after
-    # the job has ended; requeued at once, the task runs again under the same job id, and that
-    # cleanup can race with the new run (CI, once: the requeued task exited 1 after 0 s). Wait.
+    # slurmd revokes an ended job's credential and refuses to launch that job id again with a
+    # credential not newer than the revocation, at one-second resolution ("Job 4 already killed,
+    # do not launch batch job": CI and here, the requeued run failed after 0 s when requeued within
+    # the second its first run ended). Wait until slurmd is done with the job and has cleared its
+    # spool files, then let the clock pass the next second.
     jobid = int(first["JobId"])
+    slurmd_log = ROOT / "log" / "slurmd.log"
     deadline = time.time() + 30
-    while time.time() < deadline and [
-        f for f in (ROOT / "spool").iterdir() if f.name == f"job{jobid:05d}" or f"_{jobid}." in f.name
-    ]:
+    while time.time() < deadline and (
+        f"[{jobid}.batch] done with job" not in slurmd_log.read_text(errors="replace")
+        or [f for f in (ROOT / "spool").iterdir() if f.name == f"job{jobid:05d}" or f"_{jobid}." in f.name]
+    ):
         time.sleep(0.2)
+    time.sleep(2.0)
     run("scontrol", "requeue", f"{array}_{termed}")
     run("scontrol", "update", f"JobId={array}_{termed}", "StartTime=now")  # no requeue delay
     others = [t for t in TASKS if t != termed]
