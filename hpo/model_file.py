@@ -12,10 +12,11 @@ training rows (:class:`hpo.data.preprocess.Preprocessor`: imputation, missing in
 standardisation, category levels, target encodings) and the raw input columns as read
 (:class:`hpo.data.Column`), which ``hpo predict`` reads raw rows by; ``feature_names`` are those
 raw columns. Format 6 adds each member's configuration (``member_configs``: a greedy ensemble's
-members were tuned apart; a member chosen k times is held k times, so the members' plain mean is
-the selection's weighted mean). Files of format 5, 4 (a scaler, numeric complete features),
-3 (one model) and 2 (an MLP classifier, before families existed) still load, the last three as
-numeric-only models.
+members were tuned apart, on tracks of different families, each restored by its own
+configuration's family; ``family`` is then the final stage's; a member chosen k times is held k
+times, so the members' plain mean is the selection's weighted mean). Files of format 5, 4 (a
+scaler, numeric complete features), 3 (one model) and 2 (an MLP classifier, before families
+existed) still load, the last three as numeric-only models.
 
 A file that is not one (random bytes, cut short, another format, a field of the wrong type), a
 model that cannot be restored from it or that does not fit its own features is one line naming
@@ -121,18 +122,16 @@ class ModelFile:
         from hpo.families import FAMILIES
 
         configs = self.configs()
-        for cfg in configs:
-            if self.family != cfg.family:
-                raise HpoError(
-                    f"{self.origin}: the model file says family {self.family!r} "
-                    f"but was trained as {cfg.family!r}"
-                )
+        if self.member_configs is None and self.family != configs[0].family:
+            raise HpoError(
+                f"{self.origin}: the model file says family {self.family!r} "
+                f"but was trained as {configs[0].family!r}"
+            )
         if not self.payloads:
             raise HpoError(f"{self.origin}: the model file holds no model; export it again")
-        family = lookup(FAMILIES, self.family, "family")
         try:
             return [
-                family.restore(
+                lookup(FAMILIES, cfg.family, "family").restore(
                     payload,
                     cfg,
                     n_features=self.n_inputs,
@@ -184,12 +183,12 @@ class ModelFile:
         combined by the task); ``slots``: the categorical columns' (format 5)."""
         from hpo.families import FAMILIES
 
-        family = lookup(FAMILIES, self.family, "family")
         task = self.task_of()
         models = self.models(trusted=trusted)
+        families = [lookup(FAMILIES, c.family, "family") for c in self.configs()]
         rows = torch.as_tensor(self.inputs(x, slots))
         try:
-            outs = [family.outputs(m, rows, task.n_outputs).cpu() for m in models]
+            outs = [f.outputs(m, rows, task.n_outputs).cpu() for f, m in zip(families, models, strict=True)]
         except _BAD_CONTENT as exc:
             raise HpoError(
                 f"{self.origin}: the model does not predict from its {self.n_inputs} features "

@@ -28,7 +28,12 @@ estimator, :func:`hpo.onnx_export._voting`), and its graph, every name prefixed 
 appended behind it (the ``ai.onnx.ml`` opset the newer of the two). HistGradientBoosting given
 native categorical codes: the torch part gives each column's code (NaN empty) and, after the
 matrix, one indicator column per distinct categorical split, and :mod:`hpo.onnx_trees` writes the
-trees (no set membership needed); LightGBM's native codes are refused in one line. Measured on the
+trees (no set membership needed); LightGBM's native codes are refused in one line.
+A greedy ensemble across families (torch members beside estimators, on the one matrix encoding a
+pipeline with an MLP track takes): the torch part hands out both its members' mean and the
+matrix, the estimators' graph is appended on the matrix, and the output is the two means
+weighted by their member counts, which is the mean over every member that ``hpo predict``
+computes. Measured on the
 penguins (all 344 rows, empty cells included): the MLP's graph differs from ``hpo predict`` by at
 most 5.8e-7 in a probability, LogisticRegression's by 5.3e-7.
 """
@@ -56,6 +61,8 @@ OPSET = 18
 ML_OPSET = 3
 NUMERIC_INPUT, SLOTS_INPUT = "hpo_numeric", "hpo_slots"
 FEATURES = "hpo_features"  # the preprocessed matrix, an estimator's input
+# a mixed ensemble's two parts: the torch members' mean and the estimators' mean
+TORCH_PART, ESTIMATOR_PART = "hpo_torch_members", "hpo_estimator_members"
 
 
 def _onehot_table(c: Categorical) -> torch.Tensor:
@@ -84,8 +91,11 @@ class RawDeployed(nn.Module):
         prep: Preprocessor,
         model_file: ModelFile,
         splits: Sequence[npt.NDArray[np.float32]] = (),
+        *,
+        with_features: bool = False,
     ) -> None:
         super().__init__()
+        self.with_features = with_features  # also hand out the matrix (estimators beside)
         self.native = prep.encoding == NATIVE
         self.members = nn.ModuleList(members)
         self.register_buffer("median", torch.as_tensor(prep.median.astype(np.float32)))
@@ -133,12 +143,15 @@ class RawDeployed(nn.Module):
             return value * self.target_std + self.target_mean
         return torch.stack([torch.softmax(o, dim=1) for o in outs]).mean(dim=0)
 
-    def forward(self, hpo_numeric: torch.Tensor, hpo_slots: torch.Tensor) -> torch.Tensor:
+    def forward(self, hpo_numeric: torch.Tensor, hpo_slots: torch.Tensor) -> Any:
         return self.finish(self.features(hpo_numeric, hpo_slots))
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """The head, or for an estimator (no torch members) the feature matrix it takes."""
-        return self.head(x) if len(self.members) else x
+    def finish(self, x: torch.Tensor) -> Any:
+        """The head, or for an estimator (no torch members) the feature matrix it takes; with
+        estimators beside torch members, both."""
+        if not len(self.members):
+            return x
+        return (self.head(x), x) if self.with_features else self.head(x)
 
 
 class _NumericOnly(nn.Module):
@@ -146,7 +159,7 @@ class _NumericOnly(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, hpo_numeric: torch.Tensor) -> torch.Tensor:
+    def forward(self, hpo_numeric: torch.Tensor) -> Any:
         return self.inner.finish(self.inner.features(hpo_numeric, None))
 
 
@@ -155,7 +168,7 @@ class _SlotsOnly(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, hpo_slots: torch.Tensor) -> torch.Tensor:
+    def forward(self, hpo_slots: torch.Tensor) -> Any:
         return self.inner.finish(self.inner.features(None, hpo_slots))
 
 
@@ -178,11 +191,12 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
             )
         members, splits = unfold(members, prep.categorical, len(prep.numeric_names), width)
         width += sum(t.shape[1] for t in splits)
-    torch_members = all(isinstance(m, nn.Module) for m in members)
-    deployed = RawDeployed(
-        [m.eval() for m in members] if torch_members else [], prep, model_file, splits
-    ).eval()
-    torch_output = output if torch_members else FEATURES
+    modules = [m.eval() for m in members if isinstance(m, nn.Module)]
+    estimators = [m for m in members if not isinstance(m, nn.Module)]
+    torch_members = not estimators
+    mixed = bool(modules) and bool(estimators)  # a greedy ensemble across families
+    deployed = RawDeployed(modules, prep, model_file, splits, with_features=mixed).eval()
+    torch_outputs = [output] if torch_members else [TORCH_PART, FEATURES] if mixed else [FEATURES]
     n_num, n_cat = len(prep.numeric_names), len(prep.categorical)
     module: nn.Module
     example: tuple[torch.Tensor, ...]
@@ -192,15 +206,15 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
     if n_num and n_cat:
         module, example, names = deployed, (numeric_example, slots_example), [NUMERIC_INPUT, SLOTS_INPUT]
     elif n_num:
-        module, example, names = _NumericOnly(deployed), (numeric_example,), [NUMERIC_INPUT]
+        module, example, names = _NumericOnly(deployed).eval(), (numeric_example,), [NUMERIC_INPUT]
     else:
-        module, example, names = _SlotsOnly(deployed), (slots_example,), [SLOTS_INPUT]
+        module, example, names = _SlotsOnly(deployed).eval(), (slots_example,), [SLOTS_INPUT]
     with tempfile.TemporaryDirectory() as tmp:
         program = torch.onnx.export(
             module,
             example,
             input_names=names,
-            output_names=[torch_output],
+            output_names=torch_outputs,
             dynamic_shapes={n: {0: batch} for n in names},
             opset_version=OPSET,
             dynamo=True,
@@ -255,7 +269,10 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend([*front, *nodes])
-    if not torch_members:  # the estimator's own graph (skl2onnx) after the preprocessing
+    if mixed:  # the estimators' graph beside the torch members', then their weighted mean
+        _append_estimator(graph_model, estimators, model_file, width, ESTIMATOR_PART)
+        _mean_of_parts(graph_model, len(modules), len(estimators), output)
+    elif not torch_members:  # the estimator's own graph (skl2onnx) after the preprocessing
         _append_estimator(graph_model, members, model_file, width, output)
     if not any(o.domain == "ai.onnx.ml" for o in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
@@ -329,3 +346,32 @@ def _append_estimator(
         versions["ai.onnx.ml"] = max(versions["ai.onnx.ml"], ML_OPSET)
     del graph_model.opset_import[:]
     graph_model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+
+
+def _mean_of_parts(graph_model: Any, n_torch: int, n_estimators: int, output: str) -> None:
+    """``output`` = the mean over every member: the two parts' means weighted by their member
+    counts (a member chosen k times is held k times), in place of the two parts' outputs."""
+    from onnx import TensorProto, helper
+
+    g = graph_model.graph
+    total = n_torch + n_estimators
+    g.initializer.extend(
+        [
+            helper.make_tensor("hpo_torch_share", TensorProto.FLOAT, [], [n_torch / total]),
+            helper.make_tensor("hpo_estimator_share", TensorProto.FLOAT, [], [n_estimators / total]),
+        ]
+    )
+    g.node.extend(
+        [
+            helper.make_node("Mul", [TORCH_PART, "hpo_torch_share"], ["hpo_torch_weighted"]),
+            helper.make_node("Mul", [ESTIMATOR_PART, "hpo_estimator_share"], ["hpo_estimator_weighted"]),
+            helper.make_node("Add", ["hpo_torch_weighted", "hpo_estimator_weighted"], [output]),
+        ]
+    )
+    shape = next(o for o in g.output if o.name == ESTIMATOR_PART).type
+    kept = [o for o in g.output if o.name not in (TORCH_PART, ESTIMATOR_PART)]
+    del g.output[:]
+    g.output.extend(kept)
+    out = helper.make_empty_tensor_value_info(output)
+    out.type.CopyFrom(shape)
+    g.output.append(out)

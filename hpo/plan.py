@@ -17,9 +17,10 @@ fix, raised before anything is written anywhere.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,11 @@ from hpo.families import FAMILIES, ModelFamily, tunable
 from hpo.sections import DataSettings, PipelineSection, ReportSettings, StageSettings
 from hpo.settings import (
     FAMILY_KEY,
+    FAMILY_KEYS,
+    FAMILY_SETTINGS,
     SETTINGS,
     TRAINING_SETTINGS,
+    UNTUNED,
     RunConfig,
     describe_error,
     error_path,
@@ -60,6 +64,8 @@ class Plan:
     stages: tuple[Stage, ...]  # in run order
     requires: Mapping[str, tuple[str, ...]]
     overrides: tuple[str, ...] = ()  # the --set KEY=VALUE applied to the file, in order
+    # each stage's track: the configuration it starts from ([defaults], or its own family's)
+    bases: Mapping[str, RunConfig] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -80,9 +86,39 @@ class Plan:
         """The stages whose trials store their validation outputs (a greedy final's library)."""
         return frozenset(name for s in self.stages for name in s.library())
 
+    def base(self, name: str) -> RunConfig:
+        """What stage ``name``'s track starts from: ``[defaults]``, or its own family's defaults."""
+        return self.bases.get(name, self.defaults)
+
+    def track_bases(self) -> list[RunConfig]:
+        """Each track's configuration once, ``[defaults]`` first."""
+        out = {_track_key(self.defaults): self.defaults}
+        for base in self.bases.values():
+            out.setdefault(_track_key(base), base)
+        return list(out.values())
+
+    def same_track(self, a: str, b: str) -> bool:
+        return _track_key(self.base(a)) == _track_key(self.base(b))
+
+    def track_of(self, name: str) -> str:
+        """How messages name stage ``name``'s track: its family (``family "sklearn" (...)``)."""
+        return _describe(self.base(name))
+
+    def other_tracks(self) -> list[str]:
+        """How messages name the tracks besides ``[defaults]``' (none: one family)."""
+        return [_describe(b) for b in self.track_bases()[1:]]
+
+    def tracks(self) -> dict[str, list[str]]:
+        """The stages of each track in run order, keyed by how messages name its family."""
+        out: dict[str, list[str]] = {}
+        for stage in self.stages:
+            out.setdefault(self.track_of(stage.name), []).append(stage.name)
+        return out
+
     def input_stage(self, name: str) -> str | None:
-        """The stage whose selection ``name`` starts from (the last it requires), if any."""
-        required = self.requires[name]
+        """The stage whose selection ``name`` starts from (the last it requires of its own
+        track), if any; a required stage of another track only has to be complete first."""
+        required = [r for r in self.requires[name] if self.same_track(r, name)]
         if not required:
             return None
         order = [s.name for s in self.stages]
@@ -95,8 +131,16 @@ class Plan:
             "data": self.data.model_dump(mode="json"),
         }
         if self.input_stage(stage.name) is None:
-            material["defaults"] = self.defaults.to_record()
+            material["defaults"] = self.base(stage.name).to_record()
         return material
+
+
+def _track_key(cfg: RunConfig) -> str:
+    return json.dumps({k: getattr(cfg, k) for k in FAMILY_KEYS}, sort_keys=True)
+
+
+def _describe(cfg: RunConfig) -> str:
+    return FAMILIES[cfg.family].describe(cfg)
 
 
 def _fail(path: str, where: str, problem: str) -> ConfigError:
@@ -171,9 +215,12 @@ def _expand(path: str, name: str, table: Mapping[str, Any]) -> list[tuple[str, d
     return [(name, table)]
 
 
-def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> ModelFamily:
-    """The pipeline's family, checked before anything runs: its settings in ``[defaults]``,
-    its module or estimator (importable, callable, the right kind for the task), its params."""
+def _check_family(
+    shown: str, cfg: RunConfig, data: DataSettings, raw: Any, prefix: str = "defaults"
+) -> ModelFamily:
+    """The pipeline's family (or a track's, ``prefix`` its stage), checked before anything runs:
+    its settings in ``[defaults]``, its module or estimator (importable, callable, the right kind
+    for the task), its params."""
     family = FAMILIES[cfg.family]
     what = family.describe(cfg)
     given = set(raw) if isinstance(raw, Mapping) else set()
@@ -182,12 +229,12 @@ def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> M
             names = ", ".join(k for k in cfg.own) + (", params" if cfg.family in FAMILY_KEY else "")
             raise _fail(
                 shown,
-                f"defaults.{key}",
+                f"{prefix}.{key}",
                 f"is not a setting of {what}; its settings are: {names} (a parameter of your module "
                 "or estimator goes in params = { ... })",
             )
     key = FAMILY_KEY.get(cfg.family, "family")
-    where = f"defaults.{key}"
+    where = f"{prefix}.{key}"
     shown_value = f"= {format_input(getattr(cfg, key))}: "
     try:
         family.own_params(cfg)
@@ -197,7 +244,7 @@ def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> M
         try:
             family.check_value(cfg, name, value)
         except ValueError as exc:
-            raise _fail(shown, f"defaults.params.{name}", f"= {format_input(value)}: {exc}") from None
+            raise _fail(shown, f"{prefix}.params.{name}", f"= {format_input(value)}: {exc}") from None
     try:
         family.check(cfg, data.task)
     except ValueError as exc:
@@ -207,7 +254,7 @@ def _check_family(shown: str, cfg: RunConfig, data: DataSettings, raw: Any) -> M
             if name in cfg.own and getattr(cfg, name) != plain:
                 raise _fail(
                     shown,
-                    f"defaults.{name}",
+                    f"{prefix}.{name}",
                     f'= {format_input(getattr(cfg, name))}: applies to task = "classification"; remove it',
                 )
     return family
@@ -312,6 +359,19 @@ def _check_library(shown: str, stages: Sequence[Stage]) -> None:
                 )
 
 
+def _track_base(shown: str, where: str, track: Mapping[str, Any], defaults: RunConfig) -> RunConfig:
+    """A track's configuration: its family's defaults, with ``[defaults]``' settings of how to train
+    (seed, precision, compile, device) where its family has them."""
+    shared = {k: getattr(defaults, k) for k in UNTUNED if k in FAMILY_SETTINGS[str(track["family"])]}
+    try:
+        return RunConfig.model_validate({**shared, **track})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        at = error_path((where, *loc)) if loc else where
+        raise _fail(shown, at, describe_error(first)) from None
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     shown = str(path)
     try:
@@ -394,10 +454,22 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
     family = _check_family(shown, defaults, data, raw.get("defaults", {}))
     defaults = family.complete(defaults)
     built: list[Stage] = []
+    bases: dict[str, RunConfig] = {}
+    tracks: dict[str, tuple[RunConfig, ModelFamily]] = {_track_key(defaults): (defaults, family)}
     for name, table in declared:
         cls = KINDS[table["kind"]]
         settings: StageSettings = _validate(shown, f"stages.{name}", cls.settings_model, table)
-        built.append(_for_family(shown, cls(name, settings), defaults, family, data))
+        base, own = defaults, family
+        declared_track = settings.track()
+        if declared_track is not None:
+            base = _track_base(shown, f"stages.{name}", declared_track, defaults)
+            key = _track_key(base)
+            if key not in tracks:
+                own = _check_family(shown, base, data, {}, prefix=f"stages.{name}")
+                tracks[key] = (own.complete(base), own)
+            base, own = tracks[key]
+            bases[name] = base
+        built.append(_for_family(shown, cls(name, settings), base, own, data))
     finals = [s for s in built if s.reads_test_rows]
     if len(finals) > 1:
         raise _fail(
@@ -408,8 +480,13 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
     names = [s.name for s in ordered]
     for i, stage in enumerate(ordered):
         req = stage.settings.requires
-        if req is None:
-            requires[stage.name] = (names[i - 1],) if i else ()
+        if req is None:  # the previous stage of its track
+            same = [
+                s.name
+                for s in ordered[:i]
+                if _track_key(bases.get(s.name, defaults)) == _track_key(bases.get(stage.name, defaults))
+            ]
+            requires[stage.name] = (same[-1],) if same else ()
             continue
         for r in req:
             if r not in names:
@@ -435,4 +512,5 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
         stages=tuple(ordered),
         requires=requires,
         overrides=tuple(overrides),
+        bases=bases,
     )

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from hpo.settings import _STRICT, Metric, NonNegativeInt, PositiveInt, TaskName
+from hpo.settings import _STRICT, FamilyName, Metric, NonNegativeInt, PositiveInt, TaskName
 from hpo.tasks._kinds import task_kind
 
 
@@ -159,28 +159,58 @@ class ReportSettings(Section):
     features: Annotated[list[str], Field(min_length=1, max_length=48)] | None = None  # histograms, box plots
 
 
+#: A stage's own family (a track, :mod:`hpo.plan`): stored only when set, so the fingerprints of
+#: study files written before tracks existed still match.
+TRACK_KEYS: tuple[str, ...] = ("family", "module", "estimator", "params")
+
+
 class StageSettings(Section):
-    """Settings every stage kind has. Each kind extends it (``hpo.stages``)."""
+    """Settings every stage kind has. Each kind extends it (``hpo.stages``).
+
+    ``family`` (with ``module`` / ``estimator`` / ``params``) puts the stage on a track of its own:
+    it starts from that family's defaults (``[defaults]``' seed, precision, compile and device
+    beside), and its selection carries forward only to later stages naming the same family, module,
+    estimator and params (:meth:`hpo.plan.Plan.input_stage`)."""
 
     kind: str
     requires: list[str] | None = None  # stages that must be complete first (default: the previous one)
+    family: FamilyName | None = None  # a track of its own (hpo.families)
+    module: str | None = None  # family = "torch": your factory
+    estimator: str | None = None  # family = "sklearn": the estimator class
+    params: dict[str, Any] | None = None  # the family's own parameters (factory / constructor)
+    omitted_unset: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _track_keys_need_a_family(self) -> StageSettings:
+        if self.family is None:
+            given = [k for k in TRACK_KEYS[1:] if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} belong to a stage's own family; add family = "
+                    '"torch" or "sklearn" beside them (or set them in [defaults])'
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _newer_keys_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        fields = type(self).model_fields
+        for key in self.omitted_unset | frozenset(TRACK_KEYS):
+            if key in out and out[key] == fields[key].default:
+                del out[key]
+        return out
+
+    def track(self) -> dict[str, Any] | None:
+        """The stage's own family declaration (None: the pipeline's, ``[defaults]``)."""
+        if self.family is None:
+            return None
+        return {k: getattr(self, k) for k in TRACK_KEYS if getattr(self, k) is not None}
 
 
 class NewerKeys(StageSettings):
     """A kind with keys newer than the kind itself (``omitted_unset``): they are stored only when
     set to other than their default, so the stored fingerprints of study files written before
     they existed still match."""
-
-    omitted_unset: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _newer_keys_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        fields = type(self).model_fields
-        for key in self.omitted_unset:
-            if key in out and out[key] == fields[key].default:
-                del out[key]
-        return out
 
 
 SelectPolicy = Literal["best", "keep_unless_better"]

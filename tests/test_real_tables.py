@@ -479,7 +479,7 @@ def test_a_lower_max_bins_keeps_fewer_native_levels(tmp_path: Path) -> None:
         '[stages.final]\nkind = "final"\n'
     )
     p = plan.load(study)
-    assert native_levels(p.defaults, p.stages) == 30
+    assert native_levels([p.defaults], p.stages) == 30
     r = np.random.default_rng(5)
     n = 3000
     codes = r.integers(0, 100, n).astype(np.int32)[:, None]

@@ -67,7 +67,9 @@ class Validate(Command):
             "task": p.data.task,
             "family": family_of(p.defaults).describe(p.defaults),
             "stages": [
-                {"stage": s.name, "kind": s.kind, "requires": list(p.requires[s.name])} for s in p.stages
+                {"stage": s.name, "kind": s.kind, "requires": list(p.requires[s.name])}
+                | ({"track": p.track_of(s.name)} if len(p.track_bases()) > 1 else {})
+                for s in p.stages
             ],
         }
         if p.data.source in ("csv", "parquet"):  # a user's table: every column as read, if it is here
@@ -79,7 +81,7 @@ class Validate(Command):
 
                 prepared = data.cache.inspect(p.data, folds=p.folds())
                 out["data"] = column_listing(
-                    prepared, data_encoding(p.defaults), native_levels(p.defaults, p.stages)
+                    prepared, data_encoding(*p.track_bases()), native_levels(p.track_bases(), p.stages)
                 )
             else:
                 out["data_note"] = (
@@ -97,7 +99,8 @@ class Validate(Command):
         ]
         for s in r["stages"]:
             after = f" (after {', '.join(s['requires'])})" if s["requires"] else ""
-            lines.append(f"  {s['stage']:<24}{s['kind']}{after}")
+            track = f" [{s['track']}]" if s.get("track") else ""
+            lines.append(f"  {s['stage']:<24}{s['kind']}{after}{track}")
         if r.get("data"):
             lines += _render_columns(r["data"])
         elif r.get("data_note"):

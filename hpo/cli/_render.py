@@ -21,6 +21,8 @@ def _render_state(st: dict[str, Any]) -> list[str]:
     line = f"{st['study']:<40}{st['state']:<13}{trials}"
     if st.get("precision"):
         line += f" ({'/'.join(st['precision'])})"
+    if st.get("track"):
+        line += f" [{st['track']}]"
     sel = st.get("selection")
     if sel:
         line += f"  -> {_fmt_selected(sel['selected'])}"

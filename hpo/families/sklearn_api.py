@@ -84,30 +84,35 @@ def _checked(cls: Any, spec: str) -> type:
     return cls
 
 
-def data_encoding(cfg: RunConfig) -> str:
-    """How the rows reach ``cfg``'s estimator: ``"native"`` (category codes with NaN, their
-    columns passed as ``categorical_features``, or to LightGBM's fit as ``categorical_feature``)
-    for HistGradientBoosting* and LightGBM, else ``"matrix"`` (one-hot / target encoded, imputed,
-    standardised)."""
+def data_encoding(*cfgs: RunConfig) -> str:
+    """How the rows reach the estimators of ``cfgs`` (a pipeline's tracks): ``"native"`` (category
+    codes with NaN, their columns passed as ``categorical_features``, or to LightGBM's fit as
+    ``categorical_feature``) where every one is a HistGradientBoosting* or LightGBM estimator, else
+    ``"matrix"`` (one-hot / target encoded, imputed, standardised), which every family takes. One
+    encoding per pipeline, so that one preprocessor serves every member of an ensemble across
+    tracks (the model file holds one)."""
     from hpo.data.encodings import encoding_for
     from hpo.data.preprocess import MATRIX
 
-    if cfg.family != "sklearn" or cfg.estimator is None:
-        return MATRIX
-    try:
-        cls = estimator_class(cfg)
-        return encoding_for(cls(**cfg.params))
-    except Exception:  # an estimator that cannot be built is refused, in one line, by check()
-        return MATRIX
+    found = set()
+    for cfg in cfgs:
+        if cfg.family != "sklearn" or cfg.estimator is None:
+            return MATRIX
+        try:
+            cls = estimator_class(cfg)
+            found.add(encoding_for(cls(**cfg.params)))
+        except Exception:  # an estimator that cannot be built is refused, in one line, by check()
+            return MATRIX
+    return found.pop() if len(found) == 1 else MATRIX
 
 
-def native_levels(defaults: RunConfig, stages: Iterable[Any]) -> int:
+def native_levels(bases: Iterable[RunConfig], stages: Iterable[Any]) -> int:
     """The most levels a categorical column keeps under the native encoding: 254 (with the
     infrequent code, HistGradientBoosting's 255 categories), fewer where the study file sets or
     tunes ``max_bins`` lower (a search's range by its low end), so every trial's fit takes it."""
     from hpo.data.preprocess import NATIVE_MAX_LEVELS
 
-    values = [defaults.params.get("max_bins")]
+    values = [base.params.get("max_bins") for base in bases]
     values += [v for stage in stages for tuned in stage.tuned().values() for v in tuned.get("max_bins", [])]
     bins = [int(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     return max(1, min([NATIVE_MAX_LEVELS, *(b - 1 for b in bins)]))

@@ -48,7 +48,7 @@ def search_budget(pipe: Pipeline, name: str, trials: Sequence[FrozenTrial]) -> b
     if trained == 0:
         return None
     spent = sum(budget.busy(_trials(pipe, s)) or 0.0 for s in before)
-    later = sum(s.planned(pipe.plan.defaults, rows).samples for s in after)
+    later = sum(s.planned(pipe.plan.base(s.name), rows).samples for s in after)
     keep = later * seconds / trained * budget.RESERVE_FACTOR
     return budget.TimeLimit(
         total - spent - keep,

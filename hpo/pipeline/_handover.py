@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
 
 def input_config(pipe: Pipeline, stage: Stage) -> RunConfig:
-    """The handed-on configuration of the stage ``stage`` builds on, rebuilt on ``[defaults]``, else
-    ``[defaults]`` (see :meth:`hpo.pipeline.Pipeline.input_config`)."""
+    """The handed-on configuration of the stage ``stage`` builds on, rebuilt on its track's base
+    (``[defaults]``, or the stage's own family), else that base (see
+    :meth:`hpo.pipeline.Pipeline.input_config`)."""
     source = pipe.plan.input_stage(stage.name)
     if source is None:
-        return pipe.plan.defaults
+        return pipe.plan.base(stage.name)
     study = pipe.ctx.find_study(pipe.ctx.study_name(source))
     assert study is not None
     where = f"stage {source!r} in {pipe.ctx.storage_url} hands on"
@@ -38,10 +39,4 @@ def input_config(pipe: Pipeline, stage: Stage) -> RunConfig:
         value = format_input(error.get("input"))
         raise ConfigError(f"{where} {key} = {value}: {describe_error(error)}; {fix}") from None
     assert selection is not None
-    return rebuild(pipe, selection.config_out, where, fix)
-
-
-def rebuild(pipe: Pipeline, carried: RunConfig, where: str, fix: str) -> RunConfig:
-    """``[defaults]`` plus ``carried``'s values of the settings a stage may tune, each checked by the
-    study file's family; ``carried`` must name the study file's family, module and estimator."""
-    return rebuilt(pipe.plan.defaults, carried, where=where, fix=fix)
+    return rebuilt(pipe.plan.base(stage.name), selection.config_out, where=where, fix=fix)

@@ -57,17 +57,22 @@ def run_stage(pipe: Pipeline, stage: Stage, cfg_in: RunConfig, *, force: bool) -
 
 
 def check_ready(pipe: Pipeline) -> None:
-    """Prepare the data and check the family's model for them, and for every value a stage tunes."""
+    """Prepare the data and check each track's model for them, and for every value a stage tunes."""
     data = pipe.ctx.data()
-    cfg = pipe.plan.defaults
-    family = family_of(cfg)
     shape = {"n_features": data.n_features, "n_outputs": data.n_outputs}
-    try:
-        family.check_model(cfg, **shape)
-    except ValueError as exc:
-        key = FAMILY_KEY.get(cfg.family, "family")
-        raise ConfigError(f"{pipe.plan.path}: defaults.{key} = {getattr(cfg, key)!r}: {exc}") from None
+    owners = {"defaults": pipe.plan.defaults}  # each track's model, where the study file declares it
+    for stage in pipe.plan.stages:
+        if stage.name in pipe.plan.bases and pipe.plan.bases[stage.name] not in owners.values():
+            owners[f"stages.{stage.name}"] = pipe.plan.bases[stage.name]
+    for where, cfg in owners.items():
+        try:
+            family_of(cfg).check_model(cfg, **shape)
+        except ValueError as exc:
+            key = FAMILY_KEY.get(cfg.family, "family")
+            raise ConfigError(f"{pipe.plan.path}: {where}.{key} = {getattr(cfg, key)!r}: {exc}") from None
     for stage in pipe.plan.stages:  # every value a stage tunes of the family's own parameters
+        cfg = pipe.plan.base(stage.name)
+        family = family_of(cfg)
         for key, settings in stage.tuned().items():
             for name, values in settings.items():
                 for value in values if name not in cfg.own else ():

@@ -19,7 +19,9 @@ logger = logging.getLogger("hpo.pipeline")
 
 def decide(pipe: Pipeline) -> Numerics | None:
     """The numerics the storage holds (else measured here now and stored), with the values pinned in
-    ``[defaults]``, checked runnable here; said at INFO. None for a family that trains no torch model."""
+    ``[defaults]``, checked runnable here; said at INFO. None where no track trains a torch model.
+    One set per pipeline: every track shares it (the tracks take ``[defaults]``' precision and
+    compile)."""
     decided = _decide(pipe)
     if decided is not None:
         logger.info("pipeline %s trains in %s", pipe.plan.name, decided.describe())
@@ -27,10 +29,11 @@ def decide(pipe: Pipeline) -> Numerics | None:
 
 
 def _decide(pipe: Pipeline) -> Numerics | None:
-    cfg = pipe.plan.defaults
-    if not family_of(cfg).torch_based:
+    trained = [b for b in pipe.plan.track_bases() if family_of(b).torch_based]
+    if not trained:
         return None
-    width = max(s.stack_width(cfg) for s in pipe.plan.stages)
+    cfg = trained[0]  # [defaults], else the first track that trains a torch model
+    width = max(s.stack_width(pipe.plan.base(s.name)) for s in pipe.plan.stages)
     decided = numerics_mod.decide(
         pipe.ctx.storage, pipe.plan.name, lambda: pipe.ctx.measure_numerics(cfg, width)
     )

@@ -62,9 +62,10 @@ class Pipeline:
             data_dir=data_dir,
             folds=plan.folds(),
             progress=progress or LogProgress(),
-            encoding=data_encoding(plan.defaults),
-            native_levels=native_levels(plan.defaults, plan.stages),
+            encoding=data_encoding(*plan.track_bases()),
+            native_levels=native_levels(plan.track_bases(), plan.stages),
             library=plan.library(),
+            bases={s.name: plan.base(s.name) for s in plan.stages},
         )
         pipe = cls(plan=plan, ctx=ctx, progress=ctx.progress)
         ctx.search_budget = pipe.search_budget
@@ -91,8 +92,7 @@ class Pipeline:
     def announce(self, *, force: bool) -> None:
         """Tell the progress display every stage's planned work, and which are complete already."""
         rows = self.ctx.data().train_rows
-        cfg = self.plan.defaults
-        planned = [(s.name, *astuple(s.planned(cfg, rows))) for s in self.plan.stages]
+        planned = [(s.name, *astuple(s.planned(self.plan.base(s.name), rows))) for s in self.plan.stages]
         complete = [] if force else [s.name for s in self.plan.stages if self._complete(s)]
         self.progress.pipeline(self.plan.name, planned, complete)
 
@@ -207,9 +207,9 @@ class Pipeline:
         return str(self.final_study().user_attrs[records.MODEL_ARTIFACT])
 
     def trusted(self) -> list[str]:
-        """What the study file vouches for: its module or estimator, the only code a saved model
-        of those families may be restored with."""
-        return [e for e in (self.plan.defaults.module, self.plan.defaults.estimator) if e]
+        """What the study file vouches for: the modules and estimators of its tracks, the only code
+        a saved model of those families may be restored with."""
+        return [e for b in self.plan.track_bases() for e in (b.module, b.estimator) if e]
 
     def final_model(self) -> ModelFile:
         """The final stage's model, read back from the artifact store (load it with

@@ -26,6 +26,7 @@ class StudyState:
     selection: dict[str, Any] | None = None  # records.Selection.to_dict()
     precision: list[str] = field(default_factory=list)  # what its trials trained in ("auto" resolved)
     stopped: dict[str, Any] | None = None  # a search stopped by its time limit (records.STOPPED_ASKING)
+    track: str | None = None  # its track's family, where the pipeline has several (hpo.plan.Plan.tracks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,8 +71,9 @@ def study_state(pipe: Pipeline, stage: Stage) -> StudyState:
     """``stage``'s study as stored: its state, trial counts, selection, precisions, stop."""
     name = pipe.ctx.study_name(stage.name)
     study = pipe.ctx.find_study(name)
+    track = pipe.plan.track_of(stage.name) if len(pipe.plan.track_bases()) > 1 else None
     if study is None:
-        return StudyState(stage.name, stage.kind, name, "not started", {})
+        return StudyState(stage.name, stage.kind, name, "not started", {}, track=track)
     counts: dict[str, int] = {}
     precisions: set[str] = set()
     for t in study.get_trials(deepcopy=False):
@@ -90,6 +92,7 @@ def study_state(pipe: Pipeline, stage: Stage) -> StudyState:
         selection,
         sorted(precisions),
         study.user_attrs.get(records.STOPPED_ASKING),
+        track,
     )
 
 

@@ -210,16 +210,23 @@ def _members(section: Section, m: dict[str, Any]) -> None:
     if m.get("ensemble") == "greedy":
         key = "accuracy" if "accuracy" in m else "rmse"
         section.p(
-            f"The final model is a greedy ensemble of {m['members']} models chosen from the search's "
-            "trials on their validation outputs (each weighted by how often the selection took it); "
-            "the figures above are the ensemble's. Each member alone on the test rows:"
+            f"The final model is a greedy ensemble of {m['members']} models chosen from the library "
+            "stages' trials on their validation outputs (each weighted by how often the selection "
+            "took it); the figures above are the ensemble's. Each member alone on the test rows:"
         )
         section.table(
             [
-                [str(x["stage"]), str(x["trial"]), str(x["weight"]), f"{x[key]:.4g}", f"{x['loss']:.4f}"]
+                [
+                    str(x["stage"]),
+                    str(x["trial"]),
+                    str(x.get("family", "")),
+                    str(x["weight"]),
+                    f"{x[key]:.4g}",
+                    f"{x['loss']:.4f}",
+                ]
                 for x in m["member_figures"]
             ],
-            ["stage", "trial", "weight", f"test {key}", "test loss"],
+            ["stage", "trial", "family", "weight", f"test {key}", "test loss"],
         )
         return
     seeds = int(m.get("seeds", 1))
@@ -421,7 +428,9 @@ COMPARED = (
 
 def _what(pipe: PipelineView) -> str:
     d = pipe.plan.defaults
-    return f" ({d.module or d.estimator})" if d.module or d.estimator else ""
+    more = pipe.plan.other_tracks()
+    beside = f" (tracks beside: {'; '.join(more)})" if more else ""
+    return (f" ({d.module or d.estimator})" if d.module or d.estimator else "") + beside
 
 
 def write_comparison(pipes: Sequence[PipelineView], out: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ caller, so a test can prove that no other stage saw them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -262,6 +262,9 @@ class StageContext:
     native_levels: int = NATIVE_MAX_LEVELS  # levels kept per column, native (sklearn_api.native_levels)
     # stages whose trials store their validation outputs: the library of a greedy final
     library: frozenset[str] = frozenset()
+    # what each stage's track starts from (hpo.plan.Plan.base): a library trial's configuration
+    # is rebuilt on its own stage's
+    bases: Mapping[str, RunConfig] = field(default_factory=dict)
     _data: StageData | None = field(default=None, repr=False)
 
     def data(self) -> StageData:

@@ -5,8 +5,10 @@ and the evidence that the ensemble beats its best single member on the validatio
 The library is read stage by stage, each stage's ``candidates`` best complete trials (by the
 stage's own objective) that stored their outputs (float32, :func:`hpo.stages._scoring.read_outputs`).
 A trial's configuration is read from the storage and taken in as any handed-on configuration is
-(:func:`hpo.families.rebuilt`): the study file's family, module and estimator, each tuned value
-checked by the family, so the storage never chooses what code runs.
+(:func:`hpo.families.rebuilt`): the family, module and estimator the study file gives its stage's
+track, each tuned value checked by that family, so the storage never chooses what code runs. The
+library may mix families (an MLP search beside a gradient-boosting one): outputs are compared as
+the task combines them (probabilities, values), whatever model made them.
 """
 
 from __future__ import annotations
@@ -87,12 +89,12 @@ def check_library(ctx: StageContext, stage: str, members_from: Sequence[str]) ->
             )
 
 
-def library(
-    ctx: StageContext, base: RunConfig, members_from: Sequence[str], candidates: int, rows: int
-) -> list[Candidate]:
-    """The library: each stage's ``candidates`` best trials with stored outputs, stage by stage."""
+def library(ctx: StageContext, members_from: Sequence[str], candidates: int, rows: int) -> list[Candidate]:
+    """The library: each stage's ``candidates`` best trials with stored outputs, stage by stage,
+    each configuration rebuilt on its own stage's track (its family, module and estimator)."""
     out: list[Candidate] = []
     for name in members_from:
+        base = ctx.bases[name]
         study = ctx.find_study(ctx.study_name(name))
         assert study is not None
         for t in _stored(study)[:candidates]:

@@ -108,14 +108,19 @@ class Batch:
 
     def train(self, *, stack: bool, only: Sequence[int] | None = None) -> list[FitResult]:
         """Train the batch's jobs (``only``: those at these positions), stacked where the
-        family can and ``stack``; one result per job, in order."""
+        family can and ``stack``; one result per job, in order. A batch may hold jobs of several
+        families (a greedy final's members): each family trains its own."""
         picked = list(range(len(self.jobs))) if only is None else list(only)
-        if not picked:
-            return []
-        jobs = [self.jobs[i] for i in picked]
-        family = family_of(jobs[0].config)
-        callbacks = [self.callbacks[i] for i in picked]
-        return family.fit_many(Fitting(jobs, self.datasets, self.ctx.data().task, callbacks, stack))
+        by_family: dict[str, list[int]] = {}
+        for i in picked:
+            by_family.setdefault(self.jobs[i].config.family, []).append(i)
+        results: dict[int, FitResult] = {}
+        for positions in by_family.values():
+            jobs = [self.jobs[i] for i in positions]
+            callbacks = [self.callbacks[i] for i in positions]
+            fitting = Fitting(jobs, self.datasets, self.ctx.data().task, callbacks, stack)
+            results.update(zip(positions, family_of(jobs[0].config).fit_many(fitting), strict=True))
+        return [results[i] for i in picked]
 
 
 def train_claims(

@@ -172,13 +172,12 @@ class Final(GridStage):
         data = ctx.data()
         task = data.task
         tv = data.train_val()
-        family = family_of(cfg_in)
         label = ctx.study_name(self.name)
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             (claim,) = claims
             trial = claim.trial
-            lib = _greedy.library(ctx, cfg_in, self.library(), s.candidates, int(tv.y_val.shape[0]))
+            lib = _greedy.library(ctx, self.library(), s.candidates, int(tv.y_val.shape[0]))
             members, chosen = _greedy.select(
                 lib, tv.y_val, task, max_members=s.max_members, bags=s.bags, seed=cfg_in.seed
             )
@@ -201,6 +200,7 @@ class Final(GridStage):
             outputs, per_member, y_test = [], [], None
             for i, m in enumerate(members):  # a member's models: its seeds, in order
                 c = m.candidate
+                family = family_of(c.config)
                 own = []
                 for job in range(i * s.seeds, (i + 1) * s.seeds):
                     x_test, y_test = data.read_test_rows(
@@ -221,7 +221,13 @@ class Final(GridStage):
                 members=len(members),
                 best_member={headline: per_member[best][headline], "loss": per_member[best]["loss"]},
                 member_figures=[
-                    {**m.candidate.label, "weight": m.count, headline: pm[headline], "loss": pm["loss"]}
+                    {
+                        **m.candidate.label,
+                        "family": family_of(m.candidate.config).describe(m.candidate.config),
+                        "weight": m.count,
+                        headline: pm[headline],
+                        "loss": pm["loss"],
+                    }
                     for m, pm in zip(members, per_member, strict=True)
                 ],
             )
@@ -237,6 +243,7 @@ class Final(GridStage):
                     "members": [
                         {
                             **m.candidate.label,
+                            "family": family_of(m.candidate.config).describe(m.candidate.config),
                             "weight": m.count,
                             "val_score": m.candidate.value,
                             f"test_{headline}": pm[headline],
@@ -250,11 +257,12 @@ class Final(GridStage):
             payloads, configs = [], []
             for i, m in enumerate(members):
                 for result in results[i * s.seeds : (i + 1) * s.seeds]:
-                    payloads += [family.payload(result.model)] * m.count
+                    payloads += [family_of(m.candidate.config).payload(result.model)] * m.count
                     configs += [m.candidate.config.to_record()] * m.count
             _save_model(ctx, trial, cfg_in, payloads, member_configs=configs)
-            if isinstance(results[0].model, nn.Module):
-                trial.set_user_attr(records.PARAMETERS, sum(count_parameters(r.model) for r in results))
+            modules = [r.model for r in results if isinstance(r.model, nn.Module)]
+            if modules:
+                trial.set_user_attr(records.PARAMETERS, sum(count_parameters(m) for m in modules))
             return [float(metrics[headline])]
 
         return objective
