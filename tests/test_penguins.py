@@ -128,6 +128,7 @@ def _onnx_outputs(model: Path, frame: pd.DataFrame) -> Any:
         "logistic regression",
         "histgradientboosting, native",
         "histgradientboosting, native, regression",
+        "mlp and histgradientboosting tracks, greedy",
     ],
 )
 def test_onnx_from_raw_rows_agrees_with_predict(
@@ -157,6 +158,18 @@ def test_onnx_from_raw_rows_agrees_with_predict(
         if case.endswith(", regression"):
             text = text.replace("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
             text = text.replace('target = "species"', 'target = "body_mass_g"\ntask = "regression"')
+    elif case.endswith("greedy"):  # two families in one ensemble: trees on the one-hot matrix
+        # (the MLP's learning rates held low, so that no MLP alone is near perfect on validation)
+        text = text.replace("choices = { lr = [1e-3, 3e-3, 1e-2] }", "choices = { lr = [1e-3, 3e-3] }")
+        text = text.replace(
+            '[stages.final]\nkind = "final"\n',
+            '[stages.hgb]\nkind = "grid"\nfamily = "sklearn"\n'
+            'estimator = "sklearn.ensemble.HistGradientBoostingClassifier"\n'
+            "params = { max_iter = 50, early_stopping = false, min_samples_leaf = 5 }\n"
+            "grid = { learning_rate = [0.1, 0.3] }\n\n"
+            '[stages.final]\nkind = "final"\nensemble = "greedy"\nmembers_from = ["lr", "hgb"]\n'
+            "max_members = 8\n",
+        )
     elif case != "mlp classifier":
         (tmp_path / "residual_mlp.py").write_text((REPO / "examples" / "residual_mlp.py").read_text())
         text = text.replace("hidden = [64, 64]", 'family = "torch"\nmodule = "residual_mlp.py:make"')
@@ -165,6 +178,11 @@ def test_onnx_from_raw_rows_agrees_with_predict(
     cfg.write_text(text)
     assert _cli(tmp_path, "run", "--config", str(cfg)) == 0
     assert _cli(tmp_path, "export-model", "--config", str(cfg), "--format", "onnx", "--out", "m.onnx") == 0
+    if case.endswith("greedy"):
+        from hpo.pipeline import Pipeline
+
+        pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+        assert {c.family for c in pipe.final_model().configs()} == {"mlp", "sklearn"}
     rows = frame.copy()
     rows.loc[0, "island"] = "Atlantis"  # unseen: infrequent
     rows.loc[1, ["sex", "bill_depth_mm"]] = None
