@@ -84,6 +84,10 @@ class RawDeployed(nn.Module):
     mean: torch.Tensor
     scale: torch.Tensor
     indicator: torch.Tensor
+    ramp_start: torch.Tensor
+    ramp_knot: torch.Tensor
+    ramp_width: torch.Tensor
+    ramp_slope: torch.Tensor
 
     def __init__(
         self,
@@ -102,6 +106,12 @@ class RawDeployed(nn.Module):
         self.register_buffer("mean", torch.as_tensor(prep.scaler.mean.astype(np.float32)))
         self.register_buffer("scale", torch.as_tensor(prep.scaler.scale.astype(np.float32)))
         self.register_buffer("indicator", torch.as_tensor(np.flatnonzero(prep.indicator), dtype=torch.int64))
+        self.normal = prep.normal is not None  # scaling = "quantile": normal scores first
+        if prep.normal is not None:
+            for name, array in zip(
+                ("ramp_start", "ramp_knot", "ramp_width", "ramp_slope"), prep.normal.ramps(), strict=True
+            ):
+                self.register_buffer(name, torch.as_tensor(array))
         tables = []
         for c in prep.categorical:
             if c.mode == ONEHOT:
@@ -124,17 +134,28 @@ class RawDeployed(nn.Module):
     def features(self, numeric: torch.Tensor | None, slots: torch.Tensor | None) -> torch.Tensor:
         blocks = []
         if numeric is not None and self.native:  # NaN kept: the estimator takes it
-            blocks.append((numeric - self.mean) / self.scale)
+            blocks.append((self.scores(numeric) - self.mean) / self.scale)
         elif numeric is not None:
             nan = torch.isnan(numeric)
             filled = torch.where(nan, self.median, numeric)
-            blocks.append((filled - self.mean) / self.scale)
+            blocks.append((self.scores(filled) - self.mean) / self.scale)
             if self.indicator.numel():
                 blocks.append(nan.index_select(1, self.indicator).float())
         if slots is not None:
             for j, table in zip(self.table_columns, self.tables, strict=True):
                 blocks.append(table.index_select(0, slots[:, j]))
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantile normalisation as clipped ramps (:meth:`hpo.data.normal_scores.NormalScores.ramps`;
+        NaN kept as NaN), or ``x`` itself."""
+        if not self.normal:
+            return x
+        nan = torch.isnan(x)
+        safe = torch.where(nan, torch.zeros_like(x), x)
+        ramp = torch.minimum(torch.clamp(safe.unsqueeze(2) - self.ramp_knot, min=0.0), self.ramp_width)
+        out = self.ramp_start + (ramp * self.ramp_slope).sum(dim=2)
+        return torch.where(nan, x, out)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         outs = [member(x).float() for member in self.members]

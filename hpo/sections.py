@@ -92,6 +92,9 @@ class DataSettings(Section):
     origin: Annotated[float, Field(allow_inf_nan=False)] | None = None
     class_names: Annotated[list[str], Field(min_length=2)] | None = None
     head_rows: PositiveInt | None = None  # split = "head": the first N rows train, the rest test
+    # "quantile": numeric columns to normal scores by their training quantiles, then standardised
+    # (hpo.data.normal_scores); stored only when set
+    scaling: Literal["standard", "quantile"] = "standard"
 
     @model_serializer(mode="wrap")
     def _without_unset_table_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -101,6 +104,8 @@ class DataSettings(Section):
         for key in TABLE_TYPING_KEYS:
             if out.get(key) is None:
                 out.pop(key, None)
+        if out.get("scaling") == "standard":
+            out.pop("scaling")
         return out
 
     @model_validator(mode="after")

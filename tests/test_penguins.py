@@ -129,6 +129,7 @@ def _onnx_outputs(model: Path, frame: pd.DataFrame) -> Any:
         "histgradientboosting, native",
         "histgradientboosting, native, regression",
         "mlp and histgradientboosting tracks, greedy",
+        "mlp classifier, quantile scaling",
     ],
 )
 def test_onnx_from_raw_rows_agrees_with_predict(
@@ -158,6 +159,8 @@ def test_onnx_from_raw_rows_agrees_with_predict(
         if case.endswith(", regression"):
             text = text.replace("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
             text = text.replace('target = "species"', 'target = "body_mass_g"\ntask = "regression"')
+    elif case.endswith("quantile scaling"):  # normal scores inside the graph, empty cells kept
+        text = text.replace('split = "stratified"', 'split = "stratified"\nscaling = "quantile"')
     elif case.endswith("greedy"):  # two families in one ensemble: trees on the one-hot matrix
         # (the MLP's learning rates held low, so that no MLP alone is near perfect on validation)
         text = text.replace("choices = { lr = [1e-3, 3e-3, 1e-2] }", "choices = { lr = [1e-3, 3e-3] }")
@@ -178,11 +181,15 @@ def test_onnx_from_raw_rows_agrees_with_predict(
     cfg.write_text(text)
     assert _cli(tmp_path, "run", "--config", str(cfg)) == 0
     assert _cli(tmp_path, "export-model", "--config", str(cfg), "--format", "onnx", "--out", "m.onnx") == 0
-    if case.endswith("greedy"):
+    if case.endswith(("greedy", "quantile scaling")):
         from hpo.pipeline import Pipeline
 
-        pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}")
-        assert {c.family for c in pipe.final_model().configs()} == {"mlp", "sklearn"}
+        model = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}").final_model()
+        if case.endswith("greedy"):
+            assert {c.family for c in model.configs()} == {"mlp", "sklearn"}
+        else:
+            prep = model.prep()
+            assert prep is not None and prep.normal is not None
     rows = frame.copy()
     rows.loc[0, "island"] = "Atlantis"  # unseen: infrequent
     rows.loc[1, ["sex", "bill_depth_mm"]] = None

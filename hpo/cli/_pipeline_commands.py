@@ -81,7 +81,10 @@ class Validate(Command):
 
                 prepared = data.cache.inspect(p.data, folds=p.folds())
                 out["data"] = column_listing(
-                    prepared, data_encoding(*p.track_bases()), native_levels(p.track_bases(), p.stages)
+                    prepared,
+                    data_encoding(*p.track_bases()),
+                    native_levels(p.track_bases(), p.stages),
+                    p.data.scaling,
                 )
             else:
                 out["data_note"] = (

@@ -65,6 +65,8 @@ def describe_columns(
                 how = "standardised, empty cells the training median + an indicator column"
             else:
                 how = "standardised (an empty cell at predict time: the training median)"
+            if prep.normal is not None:  # scaling = "quantile"
+                how = how.replace("standardised", "normal scores by the training quantiles, standardised", 1)
             row["encoding"] = (f"parts {', '.join(c.parts)}: " if c.kind == DATETIME else "") + how
         out.append(row)
     for gone in left_out:

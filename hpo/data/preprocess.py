@@ -14,6 +14,8 @@ What is fit (on ``rows`` only, nothing else is read):
   was empty) for each column whose training rows have empty cells, then the mean and standard
   deviation (:class:`hpo.data.Scaler`, on the filled values). A numeric complete table goes
   through exactly ``Scaler.fit(x).transform(x)``: byte-identical to the scaler before (tested).
+  With ``[data] scaling = "quantile"`` each numeric column (filled) is first mapped to normal
+  scores by its training quantiles (:mod:`hpo.data.normal_scores`), then standardised.
 * **categorical** columns: the levels seen at least :data:`MIN_FREQUENCY` times in the training
   rows are kept; rarer ones, and at predict time unseen ones, join one "infrequent" level; an
   empty cell is a level of its own where the training rows have empty cells (else infrequent).
@@ -64,6 +66,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from hpo.data.columns import codes_of
+from hpo.data.normal_scores import NormalScores
 from hpo.data.splits import Scaler
 from hpo.tasks import CLASSIFICATION, task_kind
 
@@ -81,6 +84,9 @@ NATIVE_MAX_LEVELS = 254
 #: TargetEncoder's inner folds (fewer where a class has fewer training rows)
 TARGET_CV = 5
 STATE_VERSION = 1
+NORMAL_STATE_VERSION = 2  # with quantile normalisation (hpo.data.normal_scores)
+#: ``[data] scaling``: standardise the numeric columns, or map them to normal scores first
+STANDARD, QUANTILE = "standard", "quantile"
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class Preprocessor:
     scaler: Scaler
     categorical: list[Categorical] = field(default_factory=list)
     n_target: int = 1  # target encoding's columns per column (1, or the classes)
+    normal: NormalScores | None = None  # scaling = "quantile": normal scores before standardising
     target_tables: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)  # [n_slots, k]
     # training only: each categorical column's cache code + 1 -> slot (not saved)
     remap: list[npt.NDArray[np.int64]] = field(default_factory=list, repr=False)
@@ -142,7 +149,9 @@ class Preprocessor:
     @property
     def plain(self) -> bool:
         """Numeric columns only, no indicator: exactly the standardisation of before."""
-        return not self.categorical and not (self.encoding == MATRIX and bool(self.indicator.any()))
+        if self.categorical or self.normal is not None:
+            return False
+        return not (self.encoding == MATRIX and bool(self.indicator.any()))
 
     def categorical_columns(self) -> tuple[int, ...]:
         """Native encoding: the output columns that are categorical (``categorical_features``)."""
@@ -185,13 +194,16 @@ class Preprocessor:
         groups: npt.NDArray[Any] | None = None,
         strata: npt.NDArray[np.int64] | None = None,
         native_levels: int = NATIVE_MAX_LEVELS,
+        scaling: str = STANDARD,
     ) -> tuple[Preprocessor, npt.NDArray[np.float32]]:
         """Fit on these rows (and only these) and return the fit with these rows' matrix (target
         encoded columns cross-fitted). ``layout``: the split's fit, whose layout a fold keeps.
         ``groups`` (with ``strata``, the classes or a regressor's deciles): the target encoding's
         inner folds keep each group whole, as every other split of hpo does. ``native_levels``:
         the most levels a column keeps under the native encoding (fewer than 254 where the
-        study file sets or tunes HistGradientBoosting's ``max_bins`` below 255)."""
+        study file sets or tunes HistGradientBoosting's ``max_bins`` below 255). ``scaling``:
+        ``"quantile"`` maps each numeric column to normal scores first (:mod:`hpo.data.normal_scores`,
+        fit on these rows)."""
         x = np.asarray(numeric, dtype=np.float32)
         nan = np.isnan(x)
         median = _median(x, nan)
@@ -201,7 +213,10 @@ class Preprocessor:
             indicator = np.asarray(nan.any(axis=0), dtype=bool)
             if encoding != MATRIX:  # native: the estimator takes NaN itself
                 indicator[:] = False
-        filled = _fill(x, nan, median) if encoding == MATRIX else x
+        filled: npt.NDArray[np.floating[Any]] = _fill(x, nan, median) if encoding == MATRIX else x
+        normal = NormalScores.fit(filled, seed=seed) if scaling == QUANTILE and x.shape[1] else None
+        if normal is not None:
+            filled = normal.transform(filled)
         scaler = Scaler.fit(filled) if x.shape[1] else Scaler(np.zeros(0), np.ones(0))
         cats: list[Categorical] = []
         remap: list[npt.NDArray[np.int64]] = []
@@ -238,6 +253,7 @@ class Preprocessor:
             scaler=scaler,
             categorical=cats,
             n_target=1 if not task_kind(task).has_classes or n_classes <= 2 else n_classes,
+            normal=normal,
             remap=remap,
         )
         slots = prep.slots_of_codes(codes)
@@ -279,12 +295,11 @@ class Preprocessor:
     ) -> npt.NDArray[np.float32]:
         """The model's input for rows of numeric values (NaN empty) and categorical slots."""
         x = np.asarray(numeric, dtype=np.float32)
-        if self.encoding == MATRIX:
-            nan = np.isnan(x)
-            scaled = self.scaler.transform(_fill(x, nan, self.median)) if x.shape[1] else x
-        else:
-            nan = None
-            scaled = self.scaler.transform(x) if x.shape[1] else x
+        nan = np.isnan(x) if self.encoding == MATRIX else None
+        values: npt.NDArray[np.floating[Any]] = x if nan is None else _fill(x, nan, self.median)
+        if self.normal is not None:
+            values = self.normal.transform(values)
+        scaled = self.scaler.transform(values) if x.shape[1] else x
         blocks = [scaled]
         if nan is not None and self.indicator.any():
             blocks.append(nan[:, self.indicator].astype(np.float32))
@@ -312,8 +327,11 @@ class Preprocessor:
         """Tensors, strings, numbers, lists and dicts (``torch.load(weights_only=True)``)."""
         import torch
 
+        normal = {} if self.normal is None else {"normal": self.normal.to_state()}
         return {
-            "version": STATE_VERSION,
+            # version 2 only where it matters: a file an older hpo would misread says so
+            "version": STATE_VERSION if self.normal is None else NORMAL_STATE_VERSION,
+            **normal,
             "encoding": self.encoding,
             "numeric_names": list(self.numeric_names),
             "median": torch.as_tensor(self.median, dtype=torch.float64),
@@ -331,8 +349,11 @@ class Preprocessor:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Preprocessor:
         """The saved fit (KeyError, TypeError or ValueError on a malformed one)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"preprocessor version {state.get('version')!r}, this hpo reads {STATE_VERSION}")
+        if state.get("version") not in (STATE_VERSION, NORMAL_STATE_VERSION):
+            raise ValueError(
+                f"preprocessor version {state.get('version')!r}, this hpo reads {STATE_VERSION} and "
+                f"{NORMAL_STATE_VERSION}"
+            )
         names = [str(n) for n in state["numeric_names"]]
         vectors = [np.asarray(state[k].numpy(), dtype=np.float64) for k in ("median", "mean", "scale")]
         indicator = np.asarray(state["indicator"].numpy(), dtype=bool)
@@ -355,6 +376,9 @@ class Preprocessor:
         for c in cats:
             if c.mode == TARGET and tables[c.name].shape != (c.n_slots, n_target):
                 raise ValueError(f"the target encoding of {c.name!r} does not fit its levels")
+        normal = None
+        if state["version"] == NORMAL_STATE_VERSION:
+            normal = NormalScores.from_state(state["normal"], len(names))
         return cls(
             encoding=str(state["encoding"]),
             numeric_names=names,
@@ -364,6 +388,7 @@ class Preprocessor:
             categorical=cats,
             n_target=n_target,
             target_tables=tables,
+            normal=normal,
         )
 
 

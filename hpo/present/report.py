@@ -113,7 +113,7 @@ def data_section(pipe: PipelineView) -> Section:
         ]
     )
     if meta.get("columns") is not None:  # a user's table: every column as read, and its encoding
-        listing = column_listing(prepared, pipe.ctx.encoding, pipe.ctx.native_levels)
+        listing = column_listing(prepared, pipe.ctx.encoding, pipe.ctx.native_levels, pipe.plan.data.scaling)
         dropped = listing["dropped_target_rows"]
         section.p(
             f"{len(meta['columns'])} feature columns as read, {listing['model_inputs']} model inputs "

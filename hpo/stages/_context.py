@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial
 
 from hpo import data
 from hpo.data.encodings import describe_columns
-from hpo.data.preprocess import MATRIX, NATIVE_MAX_LEVELS, Preprocessor
+from hpo.data.preprocess import MATRIX, NATIVE_MAX_LEVELS, STANDARD, Preprocessor
 from hpo.families import family_of
 from hpo.present.progress import LogProgress, Progress
 from hpo.sections import DataSettings
@@ -48,11 +48,16 @@ class StageData:
     training rows' mean and standard deviation (:class:`hpo.tasks.Regression`)."""
 
     def __init__(
-        self, prepared: data.Prepared, encoding: str = MATRIX, native_levels: int = NATIVE_MAX_LEVELS
+        self,
+        prepared: data.Prepared,
+        encoding: str = MATRIX,
+        native_levels: int = NATIVE_MAX_LEVELS,
+        scaling: str = STANDARD,
     ) -> None:
         self._prepared = prepared
         self.encoding = encoding
         self.native_levels = native_levels
+        self.scaling = scaling
         self._folds: dict[tuple[int, int], list[TensorData]] = {}
         self.test_reads: list[str] = []  # who read the test rows (audit)
         self.fit_rows: list[npt.NDArray[np.int64]] = []  # rows each preprocessor was fit on (audit)
@@ -137,6 +142,7 @@ class StageData:
             groups=None if p.groups is None else np.asarray(p.groups[rows]),
             strata=np.asarray(p.labels[rows], dtype=np.int64),
             native_levels=self.native_levels,
+            scaling=self.scaling,
         )
 
     def _apply(self, prep: Preprocessor, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
@@ -221,12 +227,12 @@ class StageData:
 
 
 def column_listing(
-    prepared: data.Prepared, encoding: str, native_levels: int = NATIVE_MAX_LEVELS
+    prepared: data.Prepared, encoding: str, native_levels: int = NATIVE_MAX_LEVELS, scaling: str = STANDARD
 ) -> dict[str, Any]:
     """Every column of a prepared table as read, and what the model gets of it (the split's
     preprocessing fit on its training rows, as the pipeline fits it): ``hpo validate``, ``hpo
     data explore`` and the report's data section."""
-    prep = StageData(prepared, encoding, native_levels).preprocessor
+    prep = StageData(prepared, encoding, native_levels, scaling).preprocessor
     return {
         "rows": prepared.rows,
         "dropped_target_rows": prepared.dropped_target_rows,
@@ -274,7 +280,7 @@ class StageContext:
             prepared = data.prepare(
                 self.data_settings, data_dir=self.data_dir, progressbar=False, folds=self.folds
             )
-            self._data = StageData(prepared, self.encoding, self.native_levels)
+            self._data = StageData(prepared, self.encoding, self.native_levels, self.data_settings.scaling)
         return self._data
 
     def precision(self, cfg: RunConfig) -> TrainPrecision:

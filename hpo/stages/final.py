@@ -365,7 +365,11 @@ def _save_model(
     the trial's Optuna artifact."""
     data = ctx.data()
     # a numeric complete table keeps format 4 (its scaler is the whole preprocessing)
-    plain = member_configs is None and all(c.kind == NUMERIC and c.missing == 0 for c in data.input_columns)
+    plain = (
+        member_configs is None
+        and data.preprocessor.normal is None
+        and all(c.kind == NUMERIC and c.missing == 0 for c in data.input_columns)
+    )
     model_file = ModelFile(
         family=family_of(cfg_in).name,
         payloads=payloads,
