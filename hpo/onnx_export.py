@@ -85,7 +85,7 @@ def export(model_file: ModelFile, out: Path, *, trusted: Sequence[str] = ()) -> 
         written = export_raw(model_file, models, output, out)
         return {
             "path": str(out),
-            "family": model_file.family,
+            "family": ", ".join(dict.fromkeys(c.family for c in model_file.configs())),
             "members": len(models),
             "input": ", ".join(written["inputs"]),
             "output": f"{output} float32 "
@@ -103,7 +103,7 @@ def export(model_file: ModelFile, out: Path, *, trusted: Sequence[str] = ()) -> 
         _sklearn_graph(_voting(models, model_file), model_file, n_features, output, out)
     return {
         "path": str(out),
-        "family": model_file.family,
+        "family": ", ".join(dict.fromkeys(c.family for c in model_file.configs())),
         "members": len(models),
         "input": f"{INPUT} float32 [N, {n_features}]",
         "output": f"{output} float32 "

@@ -61,8 +61,9 @@ OPSET = 18
 ML_OPSET = 3
 NUMERIC_INPUT, SLOTS_INPUT = "hpo_numeric", "hpo_slots"
 FEATURES = "hpo_features"  # the preprocessed matrix, an estimator's input
-# a mixed ensemble's two parts: the torch members' mean and the estimators' mean
-TORCH_PART, ESTIMATOR_PART = "hpo_torch_members", "hpo_estimator_members"
+# a mixed ensemble's parts: the torch members' mean, the trees' (hpo.onnx_trees), the other
+# estimators' (skl2onnx)
+TORCH_PART, TREES_PART, ESTIMATOR_PART = "hpo_torch_members", "hpo_tree_members", "hpo_estimator_members"
 
 
 def _onehot_table(c: Categorical) -> torch.Tensor:
@@ -215,9 +216,14 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
     modules = [m.eval() for m in members if isinstance(m, nn.Module)]
     estimators = [m for m in members if not isinstance(m, nn.Module)]
     torch_members = not estimators
-    mixed = bool(modules) and bool(estimators)  # a greedy ensemble across families
+    trees = [m for m in estimators if is_hist_gradient_boosting(m)]
+    others = [m for m in estimators if not is_hist_gradient_boosting(m)]
+    # a greedy ensemble across families: torch members beside estimators, or trees beside others
+    mixed = (bool(modules) and bool(estimators)) or (bool(trees) and bool(others))
     deployed = RawDeployed(modules, prep, model_file, splits, with_features=mixed).eval()
-    torch_outputs = [output] if torch_members else [TORCH_PART, FEATURES] if mixed else [FEATURES]
+    torch_outputs = [output] if torch_members else [FEATURES]
+    if mixed and modules:
+        torch_outputs = [TORCH_PART, FEATURES]
     n_num, n_cat = len(prep.numeric_names), len(prep.categorical)
     module: nn.Module
     example: tuple[torch.Tensor, ...]
@@ -290,9 +296,13 @@ def export_raw(model_file: ModelFile, members: Sequence[Any], output: str, out: 
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend([*front, *nodes])
-    if mixed:  # the estimators' graph beside the torch members', then their weighted mean
-        _append_estimator(graph_model, estimators, model_file, width, ESTIMATOR_PART)
-        _mean_of_parts(graph_model, len(modules), len(estimators), output)
+    if mixed:  # each part's graph on the matrix, then their mean weighted by member counts
+        parts = [(TORCH_PART, len(modules))] if modules else []
+        for name, group in ((TREES_PART, trees), (ESTIMATOR_PART, others)):
+            if group:
+                _append_estimator(graph_model, group, model_file, width, name)
+                parts.append((name, len(group)))
+        _mean_of_parts(graph_model, parts, output)
     elif not torch_members:  # the estimator's own graph (skl2onnx) after the preprocessing
         _append_estimator(graph_model, members, model_file, width, output)
     if not any(o.domain == "ai.onnx.ml" for o in graph_model.opset_import):
@@ -369,28 +379,23 @@ def _append_estimator(
     graph_model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
 
 
-def _mean_of_parts(graph_model: Any, n_torch: int, n_estimators: int, output: str) -> None:
-    """``output`` = the mean over every member: the two parts' means weighted by their member
-    counts (a member chosen k times is held k times), in place of the two parts' outputs."""
+def _mean_of_parts(graph_model: Any, parts: Sequence[tuple[str, int]], output: str) -> None:
+    """``output`` = the mean over every member: the parts' means (each an output of the graph)
+    weighted by their member counts (a member chosen k times is held k times), in place of the
+    parts' outputs."""
     from onnx import TensorProto, helper
 
     g = graph_model.graph
-    total = n_torch + n_estimators
-    g.initializer.extend(
-        [
-            helper.make_tensor("hpo_torch_share", TensorProto.FLOAT, [], [n_torch / total]),
-            helper.make_tensor("hpo_estimator_share", TensorProto.FLOAT, [], [n_estimators / total]),
-        ]
-    )
-    g.node.extend(
-        [
-            helper.make_node("Mul", [TORCH_PART, "hpo_torch_share"], ["hpo_torch_weighted"]),
-            helper.make_node("Mul", [ESTIMATOR_PART, "hpo_estimator_share"], ["hpo_estimator_weighted"]),
-            helper.make_node("Add", ["hpo_torch_weighted", "hpo_estimator_weighted"], [output]),
-        ]
-    )
-    shape = next(o for o in g.output if o.name == ESTIMATOR_PART).type
-    kept = [o for o in g.output if o.name not in (TORCH_PART, ESTIMATOR_PART)]
+    total = sum(n for _, n in parts)
+    weighted = []
+    for name, n in parts:
+        g.initializer.append(helper.make_tensor(f"{name}_share", TensorProto.FLOAT, [], [n / total]))
+        g.node.append(helper.make_node("Mul", [name, f"{name}_share"], [f"{name}_weighted"]))
+        weighted.append(f"{name}_weighted")
+    g.node.append(helper.make_node("Sum", weighted, [output]))
+    names = {name for name, _ in parts}
+    shape = next(o for o in g.output if o.name == parts[-1][0]).type
+    kept = [o for o in g.output if o.name not in names]
     del g.output[:]
     g.output.extend(kept)
     out = helper.make_empty_tensor_value_info(output)

@@ -91,22 +91,32 @@ class Plan:
         return self.bases.get(name, self.defaults)
 
     def track_bases(self) -> list[RunConfig]:
-        """Each track's configuration once, ``[defaults]`` first."""
-        out = {_track_key(self.defaults): self.defaults}
-        for base in self.bases.values():
+        """Each track's configuration once, in the order of their first stages: ``[defaults]``
+        only where a stage starts from it."""
+        out: dict[str, RunConfig] = {}
+        for stage in self.stages:
+            base = self.base(stage.name)
             out.setdefault(_track_key(base), base)
-        return list(out.values())
+        return list(out.values()) or [self.defaults]
 
     def same_track(self, a: str, b: str) -> bool:
         return _track_key(self.base(a)) == _track_key(self.base(b))
 
     def track_of(self, name: str) -> str:
-        """How messages name stage ``name``'s track: its family (``family "sklearn" (...)``)."""
-        return _describe(self.base(name))
+        """How messages name stage ``name``'s track: its family (``family "sklearn" (...)``),
+        with its params where another track has the same family and module or estimator."""
+        base = self.base(name)
+        same = [b for b in self.track_bases() if _describe(b) == _describe(base)]
+        if len(same) < 2:
+            return _describe(base)
+        return f"{_describe(base)} params {json.dumps(base.params, sort_keys=True)}"
 
     def other_tracks(self) -> list[str]:
         """How messages name the tracks besides ``[defaults]``' (none: one family)."""
-        return [_describe(b) for b in self.track_bases()[1:]]
+        first = {b.model_dump_json(): s.name for s in reversed(self.stages) for b in [self.base(s.name)]}
+        return [
+            self.track_of(first[b.model_dump_json()]) for b in self.track_bases() if b is not self.defaults
+        ]
 
     def tracks(self) -> dict[str, list[str]]:
         """The stages of each track in run order, keyed by how messages name its family."""
@@ -463,12 +473,11 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
         declared_track = settings.track()
         if declared_track is not None:
             base = _track_base(shown, f"stages.{name}", declared_track, defaults)
-            key = _track_key(base)
-            if key not in tracks:
-                own = _check_family(shown, base, data, {}, prefix=f"stages.{name}")
-                tracks[key] = (own.complete(base), own)
-            base, own = tracks[key]
-            bases[name] = base
+            own = _check_family(shown, base, data, {}, prefix=f"stages.{name}")
+            base = own.complete(base)  # keyed as completed, as [defaults] is
+            base, own = tracks.setdefault(_track_key(base), (base, own))
+            if base is not defaults:
+                bases[name] = base
         built.append(_for_family(shown, cls(name, settings), base, own, data))
     finals = [s for s in built if s.reads_test_rows]
     if len(finals) > 1:
@@ -486,7 +495,8 @@ def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
                 for s in ordered[:i]
                 if _track_key(bases.get(s.name, defaults)) == _track_key(bases.get(stage.name, defaults))
             ]
-            requires[stage.name] = (same[-1],) if same else ()
+            # and a greedy final waits for its library's stages, whatever their track
+            requires[stage.name] = tuple(dict.fromkeys([*same[-1:], *stage.library()]))
             continue
         for r in req:
             if r not in names:

@@ -73,3 +73,11 @@ def test_a_preprocessor_with_quantile_scaling_is_saved_and_read_back() -> None:
 def test_scaling_is_stored_only_when_set() -> None:
     assert "scaling" not in DataSettings().model_dump(mode="json")
     assert DataSettings(scaling="quantile").model_dump(mode="json")["scaling"] == "quantile"
+
+
+def test_an_empty_cell_stays_empty_in_a_column_of_one_value() -> None:
+    x = np.stack([np.full(50, 3.0), np.arange(50.0)], axis=1).astype(np.float32)
+    fit = NormalScores.fit(x)
+    assert int(fit.count[0]) == 1
+    out = fit.transform(np.array([[np.nan, 1.0], [3.0, np.nan], [10.0, 2.0]], dtype=np.float32))
+    assert np.isnan(out[0, 0]) and np.isnan(out[1, 1]) and out[2, 0] == out[1, 0]

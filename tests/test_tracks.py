@@ -55,7 +55,8 @@ def test_a_stage_of_another_family_starts_its_own_track(tmp_path: Path) -> None:
     # each stage follows the previous one of its own track; a track starts from its family's
     # defaults, with [defaults]' seed
     assert p.requires["hgb_rate"] == () and p.requires["hgb"] == ("hgb_rate",)
-    assert p.requires["final"] == ("search",) and p.input_stage("final") == "search"
+    # the final follows its own track's search, and waits for every stage of its library
+    assert p.requires["final"] == ("search", "hgb") and p.input_stage("final") == "search"
     base = p.base("hgb")
     assert base.family == "sklearn" and base.estimator == HGB and base.seed == 7
     assert base.params == {"max_iter": 15, "early_stopping": False} and p.base("search") is p.defaults
@@ -162,3 +163,94 @@ def test_a_greedy_ensemble_across_tracks_predicts_and_exports_as_one_model(tmp_p
     # a model file naming an estimator no track of the study file names is refused
     with pytest.raises(HpoError, match="which the study file does not"):
         model.models(trusted=[e for e in pipe.trusted() if e != HGB])
+
+
+def test_tracks_are_keyed_as_completed_labelled_apart_and_defaults_only_where_used(tmp_path: Path) -> None:
+    from hpo.families.sklearn_api import data_encoding
+
+    # a stage repeating [defaults]' own torch module is on [defaults]' track (the factory's
+    # default arguments written out on both sides)
+    module = Path(__file__).resolve().parents[1] / "examples" / "residual_mlp.py"
+    cfg = tmp_path / "torch.toml"
+    cfg.write_text(
+        '[pipeline]\nname = "t"\n\n[data]\nsource = "synthetic"\nrows = 2000\n\n'
+        f'[defaults]\nfamily = "torch"\nmodule = "{module}:make"\nlr = 3e-3\n\n'
+        '[stages.a]\nkind = "sweep"\nchoices = { weight_decay = [0.0, 1e-4] }\n\n'
+        f'[stages.b]\nkind = "sweep"\nfamily = "torch"\nmodule = "{module}:make"\n'
+        "choices = { lr = [1e-3, 3e-3] }\n\n"
+        '[stages.final]\nkind = "final"\n'
+    )
+    p = plan.load(cfg)
+    assert p.base("b") is p.defaults and p.requires["b"] == ("a",) and len(p.track_bases()) == 1
+    # two gradient-boosting tracks and no stage on [defaults]: the MLP of [defaults] is no track
+    # (the pipeline keeps the native encoding); tracks apart only by params are labelled apart
+    both = _study(tmp_path).read_text()
+    both = both.replace(
+        '[stages.search]\nkind = "search"\n',
+        f'[stages.search]\nkind = "search"\nfamily = "sklearn"\nestimator = "{HGB}"\n',
+    )
+    both = both.replace(
+        "lr = { low = 1e-3, high = 1e-2, log = true }", "learning_rate = { low = 0.05, high = 0.3 }"
+    )
+    both = both.replace(
+        '[stages.final]\nkind = "final"\n',
+        f'[stages.final]\nkind = "final"\nfamily = "sklearn"\nestimator = "{HGB}"\n',
+    )
+    (tmp_path / "hgb2.toml").write_text(both)
+    q = plan.load(tmp_path / "hgb2.toml")
+    assert all(b.family == "sklearn" for b in q.track_bases()) and len(q.track_bases()) == 2
+    assert data_encoding(*q.track_bases()) == "native"
+    labels = {q.track_of(n) for n in ("search", "hgb")}
+    assert len(labels) == 2 and any("max_iter" in label for label in labels)
+    # a greedy final waits for its library's stages, whatever their track
+    assert set(q.requires["final"]) == {"search", "hgb"}
+
+
+@pytest.mark.slow
+def test_trees_beside_another_estimator_export_one_graph(tmp_path: Path) -> None:
+    """A greedy ensemble of HistGradientBoosting and LogisticRegression members: the trees written
+    by hpo, the other estimator by skl2onnx, their means weighted by the member counts."""
+    from conftest import require_module
+
+    ort = require_module("onnxruntime", "HPO_REQUIRE_ONNX")
+    require_module("onnxscript", "HPO_REQUIRE_ONNX")
+    require_module("skl2onnx", "HPO_REQUIRE_ONNX")
+    logistic = "sklearn.linear_model.LogisticRegression"
+    text = _study(tmp_path).read_text()
+    text = text.replace(
+        '[stages.search]\nkind = "search"\n',
+        f'[stages.search]\nkind = "search"\nfamily = "sklearn"\nestimator = "{logistic}"\n'
+        "params = { max_iter = 300 }\n",
+    )
+    text = text.replace(
+        "lr = { low = 1e-3, high = 1e-2, log = true }", "C = { low = 0.01, high = 1.0, log = true }"
+    )
+    text = text.replace(
+        '[stages.final]\nkind = "final"\n',
+        f'[stages.final]\nkind = "final"\nfamily = "sklearn"\nestimator = "{logistic}"\n'
+        "params = { max_iter = 300 }\n",
+    )
+    cfg = tmp_path / "estimators.toml"
+    cfg.write_text(text)
+    assert cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)]) == 0
+    pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
+    model = pipe.final_model()
+    assert {c.estimator for c in model.configs()} == {logistic, HGB}
+    out = tmp_path / "model.onnx"
+    args = [
+        "-q",
+        "export-model",
+        "--config",
+        str(cfg),
+        *_args(tmp_path),
+        "--format",
+        "onnx",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    frame = pd.read_csv(tmp_path / "table.csv").drop(columns="target")
+    want = model.task_of().predictions(model.outputs(frame.to_numpy(np.float64), trusted=pipe.trusted()))
+    session = ort.InferenceSession(str(out))
+    feeds = {i.name: frame[i.name].to_numpy(np.float32).reshape(-1, 1) for i in session.get_inputs()}
+    np.testing.assert_allclose(session.run(None, feeds)[0], want, atol=1e-4)

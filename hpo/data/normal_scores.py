@@ -73,7 +73,11 @@ class NormalScores:
         out = np.empty(x.shape, dtype=np.float64)
         for j in range(x.shape[1]):
             k = int(self.count[j])
-            out[:, j] = np.interp(x[:, j], self.knots[j, :k], self.scores[j, :k])
+            column = x[:, j]
+            # np.interp gives a one-knot column's score to NaN too: keep an empty cell empty
+            out[:, j] = np.where(
+                np.isnan(column), np.nan, np.interp(column, self.knots[j, :k], self.scores[j, :k])
+            )
         return out
 
     def ramps(self) -> tuple[npt.NDArray[np.float32], ...]:

@@ -116,7 +116,11 @@ def _members_figure(trial: FrozenTrial, m: Mapping[str, Any], prefix: str) -> li
     fig = _fig(f"Test {key}: each model and {what}", xaxis_title="model", yaxis_title=f"test {key}")
     fig.add_bar(
         x=[
-            f"{x['stage']} trial {x['trial']} (x{x['weight']})" if greedy else f"member {i}"
+            f"{x['stage']} trial {x['trial']} (x{x['weight']}"
+            + (f", {x['family'].split()[1].strip(chr(34))}" if "family" in x else "")
+            + ")"
+            if greedy
+            else f"member {i}"
             for i, x in enumerate(per_seed)
         ],
         y=[float(x[key]) for x in per_seed],

@@ -203,7 +203,13 @@ def stage_note(study: optuna.Study, title: str) -> str:
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     lines += [f"**Trials:** {n} complete" + (f", {pruned} pruned" if pruned else ""), ""]
-    if selection is not None:
+    if selection is not None and isinstance(selection.extra.get("members"), list):  # a greedy ensemble
+        lines += ["| member | family | weight |", "|---|---|---|"]
+        lines += [
+            f"| {m['stage']} trial {m['trial']} | {m.get('family', '')} | {m['weight']} |"
+            for m in selection.extra["members"]
+        ]
+    elif selection is not None:
         lines += ["| setting | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in selection.config_out.to_record().items()]
     return "\n".join(lines) + "\n"

@@ -247,7 +247,8 @@ def _members(section: Section, m: dict[str, Any]) -> None:
 def stage_sections(pipe: PipelineView) -> list[Section]:
     out = []
     for i, stage in enumerate(pipe.plan.stages, start=1):
-        section = Section(f"stage-{stage.name}", f"{i}. {stage.name} ({stage.kind})", stage=stage.name)
+        track = f", {pipe.plan.track_of(stage.name)}" if len(pipe.plan.track_bases()) > 1 else ""
+        section = Section(f"stage-{stage.name}", f"{i}. {stage.name} ({stage.kind}{track})", stage=stage.name)
         name = pipe.ctx.study_name(stage.name)
         study = pipe.ctx.find_study(name)
         if not records.is_complete(study):
@@ -280,9 +281,19 @@ def stage_sections(pipe: PipelineView) -> list[Section]:
             section.p(text, "tie" if ev.within_noise else "sure")
         for fid, fig in stage.figures(study):
             section.figure(fid, fig)
-        section.details(
-            "resulting configuration", [[k, fmt(v)] for k, v in selection.config_out.to_record().items()]
-        )
+        members = selection.extra.get("members")
+        if isinstance(members, list):  # a greedy ensemble: its members, each with its configuration
+            section.details(
+                "the ensemble's members",
+                [
+                    [f"{m['stage']} trial {m['trial']} x{m['weight']}", fmt(m.get("config", {}))]
+                    for m in members
+                ],
+            )
+        else:
+            section.details(
+                "resulting configuration", [[k, fmt(v)] for k, v in selection.config_out.to_record().items()]
+            )
         out.append(section)
     return out
 

@@ -195,8 +195,10 @@ class Final(GridStage):
                 )
             records.write_config(trial, cfg_in)
             results = batch.train(stack=True)
-            trial.set_user_attr(records.HISTORY, results[0].history_dicts())
-            trial.set_user_attr(records.BEST_EPOCH, results[0].best.epoch)
+            # the curves shown: the first member trained by epochs (an estimator has one point)
+            shown = next((r for r in results if len(r.history) > 1), results[0])
+            trial.set_user_attr(records.HISTORY, shown.history_dicts())
+            trial.set_user_attr(records.BEST_EPOCH, shown.best.epoch)
             outputs, per_member, y_test = [], [], None
             for i, m in enumerate(members):  # a member's models: its seeds, in order
                 c = m.candidate
@@ -336,8 +338,9 @@ class Final(GridStage):
                 f"greedy forward selection with replacement (Caruana et al. 2004) over the stored "
                 f"validation outputs of {len(ens['library'])} trial(s) of {', '.join(self.library())} "
                 f"({s.max_members} rounds{f', {s.bags} bags' if s.bags else ''}): {chosen}; each "
-                f"retrained {s.epochs} epochs, early stopping with patience {s.patience}; test rows "
-                "evaluated once per member, the ensemble's figures its weighted mean's"
+                f"retrained on the training rows (a torch model {s.epochs} epochs, early stopping with "
+                f"patience {s.patience}; an estimator refitted); test rows evaluated once per member, "
+                "the ensemble's figures its weighted mean's"
             ),
             config_out=cfg_in,
             evidence=Evidence.from_dict(ens["evidence"]),
