@@ -58,3 +58,32 @@ def predict_test_rows(
     pred = pd.read_csv(out_dir / "pred.csv")
     hits = pred["class"].astype(str).to_numpy() == rows["target"].astype(str).to_numpy()
     return rows, pred, float(hits.mean())
+
+
+def storage_args(tmp_path: Path) -> list[str]:
+    """``--storage`` and ``--artifacts`` of a test's own SQLite storage and artifact store."""
+    return ["--storage", f"sqlite:///{tmp_path / 'hpo.db'}", "--artifacts", str(tmp_path / "artifacts")]
+
+
+def onnx_agrees_with_predict(cfg: Path, tmp_path: Path, table: Path, target: str = "target") -> None:
+    """``hpo export-model --format onnx`` of the pipeline's final model, run by onnxruntime on
+    every row of ``table``: within 1e-4 of what the model file predicts (one input per column)."""
+    from conftest import require_module
+
+    from hpo import cli
+    from hpo.pipeline import Pipeline
+
+    ort = require_module("onnxruntime", "HPO_REQUIRE_ONNX")
+    require_module("onnxscript", "HPO_REQUIRE_ONNX")
+    out = tmp_path / "model.onnx"
+    args = ["-q", "export-model", "--config", str(cfg), *storage_args(tmp_path)]
+    assert cli.main([*args, "--format", "onnx", "--out", str(out)]) == 0
+    pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
+    model = pipe.final_model()
+    frame = pd.read_csv(table).drop(columns=target)
+    want = model.task_of().predictions(model.outputs(frame.to_numpy(np.float64), trusted=pipe.trusted()))
+    session = ort.InferenceSession(str(out))
+    feeds = {i.name: frame[i.name].to_numpy(np.float32).reshape(-1, 1) for i in session.get_inputs()}
+    got = session.run(None, feeds)[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4)

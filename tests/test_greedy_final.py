@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from helpers import predict_test_rows
+from helpers import onnx_agrees_with_predict, predict_test_rows, storage_args
 
 from hpo import cli
 from hpo.errors import DataFileError
@@ -40,10 +39,6 @@ def _study(tmp_path: Path, final: str = GREEDY, *, name: str = "greedy") -> Path
         f'[stages.final]\nkind = "final"\nepochs = 3\n{final}\n'
     )
     return cfg
-
-
-def _args(tmp_path: Path) -> list[str]:
-    return ["--storage", f"sqlite:///{tmp_path / 'hpo.db'}", "--artifacts", str(tmp_path / "artifacts")]
 
 
 def test_a_greedy_final_selects_retrains_tests_and_saves_the_weighted_members(tmp_path: Path) -> None:
@@ -76,7 +71,9 @@ def test_a_greedy_final_selects_retrains_tests_and_saves_the_weighted_members(tm
     assert [list(h) for h in hidden] == want
     # hpo predict on exactly the test rows gives the stored test accuracy
     split = pipe.dataset().split.test
-    _, _, accuracy = predict_test_rows(cfg, tmp_path / "table.csv", split, tmp_path, args=_args(tmp_path))
+    _, _, accuracy = predict_test_rows(
+        cfg, tmp_path / "table.csv", split, tmp_path, args=storage_args(tmp_path)
+    )
     assert accuracy == pytest.approx(m["accuracy"], abs=1e-12)
     # status and report say what the figures are
     line = cli._test_line(m)
@@ -90,24 +87,11 @@ def test_a_greedy_final_selects_retrains_tests_and_saves_the_weighted_members(tm
 def test_a_greedy_ensemble_exports_to_onnx_as_predict_computes_it(tmp_path: Path) -> None:
     from conftest import require_module
 
-    ort = require_module("onnxruntime", "HPO_REQUIRE_ONNX")
+    require_module("onnxruntime", "HPO_REQUIRE_ONNX")
     require_module("onnxscript", "HPO_REQUIRE_ONNX")
     cfg = _study(tmp_path, GREEDY.replace("max_members = 6", "max_members = 3"))
-    assert cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)]) == 0
-    out = tmp_path / "model.onnx"
-    code = cli.main(
-        ["-q", "export-model", "--config", str(cfg), *_args(tmp_path), "--format", "onnx", "--out", str(out)]
-    )
-    assert code == 0
-    pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
-    model = pipe.final_model()
-    frame = pd.read_csv(tmp_path / "table.csv").drop(columns="target")
-    want = model.task_of().predictions(model.outputs(frame.to_numpy(np.float64)))
-    session = ort.InferenceSession(str(out))
-    feeds = {i.name: frame[i.name].to_numpy(np.float32).reshape(-1, 1) for i in session.get_inputs()}
-    got = session.run(None, feeds)[0]
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert cli.main(["-q", "run", "--config", str(cfg), *storage_args(tmp_path)]) == 0
+    onnx_agrees_with_predict(cfg, tmp_path, tmp_path / "table.csv")
 
 
 @pytest.mark.parametrize(
@@ -126,7 +110,7 @@ def test_a_greedy_final_that_cannot_be_made_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], final: str, message: str
 ) -> None:
     cfg = _study(tmp_path, final)
-    code = cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)])
+    code = cli.main(["-q", "run", "--config", str(cfg), *storage_args(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert message in err[0] and "Traceback" not in err[0]
@@ -139,7 +123,7 @@ def test_a_cross_validated_stage_cannot_feed_the_library(
     cfg = _study(tmp_path)
     text = cfg.read_text().replace('pruner = "none"', 'pruner = "none"\ncv = 3')
     cfg.write_text(text)
-    code = cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)])
+    code = cli.main(["-q", "run", "--config", str(cfg), *storage_args(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "leave no validation outputs" in err[0], err
     assert not (tmp_path / "hpo.db").exists()
@@ -149,12 +133,12 @@ def test_a_library_stage_run_before_the_greedy_final_named_it_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     plain = _study(tmp_path, "", name="plain")
-    assert cli.main(["-q", "run-stage", "search", "--config", str(plain), *_args(tmp_path)]) == 0
+    assert cli.main(["-q", "run-stage", "search", "--config", str(plain), *storage_args(tmp_path)]) == 0
     pipe = Pipeline.load(plain, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
     search = pipe.ctx.find_study(pipe.ctx.study_name("search"))
     assert search is not None and all(records.VAL_OUTPUTS not in t.user_attrs for t in search.get_trials())
     capsys.readouterr()
-    code = cli.main(["-q", "run", "--config", str(_study(tmp_path)), *_args(tmp_path)])
+    code = cli.main(["-q", "run", "--config", str(_study(tmp_path)), *storage_args(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "stored no validation outputs" in err[0] and "hpo run-stage search --force" in err[0]

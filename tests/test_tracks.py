@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from helpers import predict_test_rows
+from helpers import onnx_agrees_with_predict, predict_test_rows, storage_args
 
 from hpo import cli, plan
 from hpo.errors import ConfigError, HpoError
@@ -43,10 +41,6 @@ def _study(tmp_path: Path, *, final: str | None = None, extra: str = "") -> Path
         f'{extra}[stages.final]\nkind = "final"\nepochs = 4\n{final}\n'
     )
     return cfg
-
-
-def _args(tmp_path: Path) -> list[str]:
-    return ["--storage", f"sqlite:///{tmp_path / 'hpo.db'}", "--artifacts", str(tmp_path / "artifacts")]
 
 
 def test_a_stage_of_another_family_starts_its_own_track(tmp_path: Path) -> None:
@@ -97,14 +91,15 @@ def test_a_bad_track_is_one_line_naming_its_stage(tmp_path: Path, override: str,
         plan.load(cfg, overrides=overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert (
-        cli.main(["-q", "run", "--config", str(cfg), *[f"--set={o}" for o in overrides], *_args(tmp_path)])
+        cli.main(
+            ["-q", "run", "--config", str(cfg), *[f"--set={o}" for o in overrides], *storage_args(tmp_path)]
+        )
         == 2
     )
     assert not (tmp_path / "hpo.db").exists()
 
 
 def test_a_greedy_ensemble_across_tracks_predicts_and_exports_as_one_model(tmp_path: Path) -> None:
-    from conftest import require_module
 
     cfg = _study(tmp_path)
     pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
@@ -132,7 +127,9 @@ def test_a_greedy_ensemble_across_tracks_predicts_and_exports_as_one_model(tmp_p
     assert {c.family for c in model.configs()} == {"mlp", "sklearn"}
     # hpo predict on exactly the test rows gives the stored test accuracy
     split = pipe.dataset().split.test
-    _, _, accuracy = predict_test_rows(cfg, tmp_path / "table.csv", split, tmp_path, args=_args(tmp_path))
+    _, _, accuracy = predict_test_rows(
+        cfg, tmp_path / "table.csv", split, tmp_path, args=storage_args(tmp_path)
+    )
     assert accuracy == pytest.approx(m["accuracy"], abs=1e-12)
     # status names each stage's track; the report lists each member's family
     status = pipe.status()
@@ -146,20 +143,7 @@ def test_a_greedy_ensemble_across_tracks_predicts_and_exports_as_one_model(tmp_p
     tables = [b for b in report.result_section(pipe).blocks if b.get("kind") == "table"]
     assert any("family" in (t["head"] or []) for t in tables), tables
     # one ONNX graph: the MLP members and the trees, weighted, as predict computes them
-    ort = require_module("onnxruntime", "HPO_REQUIRE_ONNX")
-    require_module("onnxscript", "HPO_REQUIRE_ONNX")
-    out = tmp_path / "model.onnx"
-    code = cli.main(
-        ["-q", "export-model", "--config", str(cfg), *_args(tmp_path), "--format", "onnx", "--out", str(out)]
-    )
-    assert code == 0
-    frame = pd.read_csv(tmp_path / "table.csv").drop(columns="target")
-    want = model.task_of().predictions(model.outputs(frame.to_numpy(np.float64), trusted=pipe.trusted()))
-    session = ort.InferenceSession(str(out))
-    feeds = {i.name: frame[i.name].to_numpy(np.float32).reshape(-1, 1) for i in session.get_inputs()}
-    got = session.run(None, feeds)[0]
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    onnx_agrees_with_predict(cfg, tmp_path, tmp_path / "table.csv")
     # a model file naming an estimator no track of the study file names is refused
     with pytest.raises(HpoError, match="which the study file does not"):
         model.models(trusted=[e for e in pipe.trusted() if e != HGB])
@@ -212,7 +196,7 @@ def test_trees_beside_another_estimator_export_one_graph(tmp_path: Path) -> None
     by hpo, the other estimator by skl2onnx, their means weighted by the member counts."""
     from conftest import require_module
 
-    ort = require_module("onnxruntime", "HPO_REQUIRE_ONNX")
+    require_module("onnxruntime", "HPO_REQUIRE_ONNX")
     require_module("onnxscript", "HPO_REQUIRE_ONNX")
     require_module("skl2onnx", "HPO_REQUIRE_ONNX")
     logistic = "sklearn.linear_model.LogisticRegression"
@@ -232,25 +216,8 @@ def test_trees_beside_another_estimator_export_one_graph(tmp_path: Path) -> None
     )
     cfg = tmp_path / "estimators.toml"
     cfg.write_text(text)
-    assert cli.main(["-q", "run", "--config", str(cfg), *_args(tmp_path)]) == 0
+    assert cli.main(["-q", "run", "--config", str(cfg), *storage_args(tmp_path)]) == 0
     pipe = Pipeline.load(cfg, storage=f"sqlite:///{tmp_path / 'hpo.db'}", artifacts=tmp_path / "artifacts")
     model = pipe.final_model()
     assert {c.estimator for c in model.configs()} == {logistic, HGB}
-    out = tmp_path / "model.onnx"
-    args = [
-        "-q",
-        "export-model",
-        "--config",
-        str(cfg),
-        *_args(tmp_path),
-        "--format",
-        "onnx",
-        "--out",
-        str(out),
-    ]
-    assert cli.main(args) == 0
-    frame = pd.read_csv(tmp_path / "table.csv").drop(columns="target")
-    want = model.task_of().predictions(model.outputs(frame.to_numpy(np.float64), trusted=pipe.trusted()))
-    session = ort.InferenceSession(str(out))
-    feeds = {i.name: frame[i.name].to_numpy(np.float32).reshape(-1, 1) for i in session.get_inputs()}
-    np.testing.assert_allclose(session.run(None, feeds)[0], want, atol=1e-4)
+    onnx_agrees_with_predict(cfg, tmp_path, tmp_path / "table.csv")
