@@ -18,7 +18,6 @@ fix, raised before anything is written anywhere.
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from hpo._study_toml import TOP_LEVEL, apply_overrides, read_toml
 from hpo.errors import ConfigError
 from hpo.families import FAMILIES, ModelFamily, tunable
 from hpo.sections import DataSettings, PipelineSection, ReportSettings, StageSettings
@@ -46,7 +46,6 @@ from hpo.stages import KINDS, Stage
 from hpo.stages._evaluation import EvaluatedSettings, HoldOut
 from hpo.tasks import metrics_of, task_kind
 
-TOP_LEVEL = ("pipeline", "data", "defaults", "report", "stages")
 LEGACY_COMPONENTS = ("init", "activation", "norm", "optimizer")
 # <pipeline>.workers is the registry of live workers; <pipeline>.numerics holds the decided numerics
 RESERVED = {"workers": "the worker registry", "numerics": "the pipeline's decided numerics"}
@@ -382,60 +381,11 @@ def _track_base(shown: str, where: str, track: Mapping[str, Any], defaults: RunC
         raise _fail(shown, at, describe_error(first)) from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    shown = str(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{shown}: no such study file; see studies/ for the shipped ones") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{shown}: is a directory; pass a study file (.toml)") from None
-    except PermissionError:
-        raise ConfigError(f"{shown}: cannot be read (permission denied); check its permissions") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{shown}: is not a text file; pass a TOML study file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{shown}: not valid TOML ({exc}); fix the syntax") from None
-
-
-def _override_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word: a string (fp32, tpe, ...)
-
-
-def apply_overrides(shown: str, raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """The study file's tables with each ``KEY=VALUE`` (a dotted key path) set."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ConfigError(
-                f"--set {item}: expected KEY=VALUE with a dotted key, e.g. --set defaults.precision=fp32"
-            )
-        if parts[0] not in TOP_LEVEL:
-            raise ConfigError(
-                f"--set {item}: {parts[0]!r} is not a table; top-level tables: {', '.join(TOP_LEVEL)}"
-            )
-        table = raw
-        for i, part in enumerate(parts[:-1]):
-            nxt = table.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(
-                    f"--set {item}: {where} in {shown} is a value, not a table; set it directly"
-                )
-            table = nxt
-        table[parts[-1]] = _override_value(value.strip())
-    return raw
-
-
 def load(path: Path | str, *, overrides: Sequence[str] = ()) -> Plan:
     """Read and validate a study file, with ``--set KEY=VALUE`` overrides applied first."""
     file = Path(path)
     shown = str(path)
-    raw = apply_overrides(shown, _read_toml(file), overrides)
+    raw = apply_overrides(shown, read_toml(file), overrides)
     if overrides:
         shown = f"{shown} (--set {' '.join(overrides)})"
     for key in raw:
