@@ -112,10 +112,14 @@ class Plan:
 
     def other_tracks(self) -> list[str]:
         """How messages name the tracks besides ``[defaults]``' (none: one family)."""
-        first = {b.model_dump_json(): s.name for s in reversed(self.stages) for b in [self.base(s.name)]}
-        return [
-            self.track_of(first[b.model_dump_json()]) for b in self.track_bases() if b is not self.defaults
-        ]
+        seen: set[str] = set()
+        out = []
+        for stage in self.stages:  # each track once, named by its first stage
+            key = _track_key(self.base(stage.name))
+            if key not in seen and self.base(stage.name) is not self.defaults:
+                out.append(self.track_of(stage.name))
+            seen.add(key)
+        return out
 
     def tracks(self) -> dict[str, list[str]]:
         """The stages of each track in run order, keyed by how messages name its family."""
