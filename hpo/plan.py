@@ -85,6 +85,11 @@ class Plan:
         """The stages whose trials store their validation outputs (a greedy final's library)."""
         return frozenset(name for s in self.stages for name in s.library())
 
+    def kept(self) -> frozenset[str]:
+        """Of the library, the stages whose trials also store their trained models (a greedy
+        final with ``retrain = false`` keeps them as its members)."""
+        return frozenset(name for s in self.stages for name in s.kept())
+
     def base(self, name: str) -> RunConfig:
         """What stage ``name``'s track starts from: ``[defaults]``, or its own family's defaults."""
         return self.bases.get(name, self.defaults)

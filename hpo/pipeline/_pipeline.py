@@ -65,6 +65,7 @@ class Pipeline:
             encoding=data_encoding(*plan.track_bases()),
             native_levels=native_levels(plan.track_bases(), plan.stages),
             library=plan.library(),
+            kept=plan.kept(),
             bases={s.name: plan.base(s.name) for s in plan.stages},
         )
         pipe = cls(plan=plan, ctx=ctx, progress=ctx.progress)

@@ -268,6 +268,8 @@ class StageContext:
     native_levels: int = NATIVE_MAX_LEVELS  # levels kept per column, native (sklearn_api.native_levels)
     # stages whose trials store their validation outputs: the library of a greedy final
     library: frozenset[str] = frozenset()
+    # of them, the stages whose trials also store their trained models (a final keeps them)
+    kept: frozenset[str] = frozenset()
     # what each stage's track starts from (hpo.plan.Plan.base): a library trial's configuration
     # is rebuilt on its own stage's
     bases: Mapping[str, RunConfig] = field(default_factory=dict)

@@ -30,9 +30,9 @@ from hpo.sections import NewerKeys, SelectingSettings
 from hpo.settings import RunConfig
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget, train_claims
-from hpo.stages._scoring import Scorer, TrialScore
+from hpo.stages._scoring import Scorer, TrialScore, upload_models, upload_outputs
 from hpo.stages._selection import How, how_compared
-from hpo.training import Callback, EvalRecord
+from hpo.training import Callback, EvalRecord, FitResult
 from hpo.tuning import records, runner
 
 Folds = Annotated[int, Field(ge=2, le=20)]
@@ -64,6 +64,9 @@ class Candidates:
     seed: int  # the carried-in configuration's: it draws the CV folds
     group_order: bool = False  # train a batch ordered by the family's stacking groups
     keep_outputs: bool = False  # store each trial's validation outputs (a greedy final's library)
+    # store each trial's trained models and their own validation outputs (the library of a greedy
+    # final that keeps its members as trained: retrain = false)
+    keep_models: bool = False
 
 
 class Evaluation(Protocol):
@@ -133,7 +136,7 @@ class HoldOut:
                 family = family_of(run.configure(batch[0]))
                 order.sort(key=lambda i: family.group_key(run.configure(batch[i])))
             claims = [batch[i] for i in order]
-            scores = train_claims(
+            scores, results = train_claims(
                 ctx,
                 claims,
                 label=run.label,
@@ -144,7 +147,7 @@ class HoldOut:
                     seeds=run.seeds,
                     prune=run.prune,
                     last=self.last,
-                    keep_outputs=run.keep_outputs,
+                    keep_outputs=run.keep_outputs and not run.keep_models,
                 ),
                 budget=run.budget,
                 seeds=run.seeds,
@@ -157,10 +160,35 @@ class HoldOut:
                     outcomes[order[i]] = runner.Pruned()
                     continue
                 scored.store(metric=run.metric, artifacts=ctx.artifacts)
+                if run.keep_models:
+                    _keep_models(
+                        ctx, claim, run.configure(claim), results[i * run.seeds : (i + 1) * run.seeds]
+                    )
                 outcomes[order[i]] = scored.value
             return [outcomes[i] for i in range(len(batch))]
 
         return objective
+
+
+def _keep_models(
+    ctx: StageContext, claim: runner.Claim, cfg: RunConfig, results: Sequence[FitResult]
+) -> None:
+    """Store a trial's trained models (its seeds) and their own validation outputs (its seeds'
+    combined, as the task combines an ensemble's): a greedy final with ``retrain = false`` selects
+    on exactly the outputs of the models it keeps. Computed from the models as trained, not from
+    the scored evaluation (a trial trained without early stopping ends with its last epoch's
+    weights, while its score is its peak)."""
+    data = ctx.data()
+    task = data.task
+    family = family_of(cfg)
+    x_val = data.train_val().x_val
+    outs = [family.outputs(r.model, x_val, task.n_outputs).float().cpu() for r in results]
+    out = outs[0] if len(outs) == 1 else task.combine(outs)
+    trial = claim.trial
+    trial.set_user_attr(records.VAL_OUTPUTS, upload_outputs(ctx.artifacts, trial, out))
+    trial.set_user_attr(
+        records.TRIAL_MODELS, upload_models(ctx.artifacts, trial, [family.payload(r.model) for r in results])
+    )
 
 
 @dataclass(frozen=True)

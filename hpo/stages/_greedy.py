@@ -9,12 +9,18 @@ A trial's configuration is read from the storage and taken in as any handed-on c
 track, each tuned value checked by that family, so the storage never chooses what code runs. The
 library may mix families (an MLP search beside a gradient-boosting one): outputs are compared as
 the task combines them (probabilities, values), whatever model made them.
+
+With ``retrain = false`` the library holds only trials that stored their trained models too
+(:data:`hpo.tuning.records.TRIAL_MODELS`, with those models' own outputs), and the chosen ones are
+restored (:func:`restored`) as the family of their stage's track restores a model file's member:
+``weights_only`` bytes, the module or estimator the study file names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,11 +32,11 @@ from pydantic import ValidationError
 
 from hpo import evidence
 from hpo.ensemble import Selected, greedy_select
-from hpo.errors import ConfigError, PrerequisiteError
-from hpo.families import rebuilt
+from hpo.errors import ConfigError, PrerequisiteError, first_line
+from hpo.families import family_of, rebuilt
 from hpo.settings import RunConfig
 from hpo.stages._context import StageContext
-from hpo.stages._scoring import read_outputs
+from hpo.stages._scoring import read_models, read_outputs
 from hpo.tasks import Task, greater_is_better
 from hpo.tuning import records
 from hpo.tuning.records import Evidence
@@ -45,6 +51,8 @@ class Candidate:
     value: float  # its stage's objective
     config: RunConfig
     outputs: npt.NDArray[np.float32]  # raw validation outputs
+    models: str | None = None  # the artifact id of its trained models (a stage whose models are kept)
+    history: tuple[dict[str, float], ...] = ()  # its first model's learning curve
 
     @property
     def label(self) -> dict[str, str | int]:
@@ -59,20 +67,24 @@ class Member:
     count: int
 
 
-def _stored(study: optuna.Study) -> list[FrozenTrial]:
-    """The complete trials that stored their validation outputs, best first (ties: trial order)."""
+def _stored(study: optuna.Study, *, models: bool = False) -> list[FrozenTrial]:
+    """The complete trials that stored their validation outputs (``models``: and their trained
+    models), best first (ties: trial order)."""
+    keys = (records.VAL_OUTPUTS, records.TRIAL_MODELS) if models else (records.VAL_OUTPUTS,)
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if records.VAL_OUTPUTS in t.user_attrs and t.value is not None
+        if all(k in t.user_attrs for k in keys) and t.value is not None
     ]
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     return sorted(trials, key=lambda t: (sign * float(t.value or 0.0), t.number))
 
 
-def check_library(ctx: StageContext, stage: str, members_from: Sequence[str]) -> None:
-    """Each library stage is complete and stored validation outputs; one line saying what to run
-    otherwise (nothing written)."""
+def check_library(
+    ctx: StageContext, stage: str, members_from: Sequence[str], *, models: bool = False
+) -> None:
+    """Each library stage is complete and stored validation outputs (``models``: and its trained
+    models); one line saying what to run otherwise (nothing written)."""
     for name in members_from:
         study = ctx.find_study(ctx.study_name(name))
         if not records.is_complete(study):
@@ -81,23 +93,28 @@ def check_library(ctx: StageContext, stage: str, members_from: Sequence[str]) ->
                 f"{ctx.storage_url}; run first: hpo run-stage {name} --config {ctx.study_file}"
             )
         assert study is not None
-        if not _stored(study):
+        if not _stored(study, models=models):
+            what = "trained models" if _stored(study) else "validation outputs"
             raise PrerequisiteError(
-                f"stage {name!r} in {ctx.storage_url} stored no validation outputs for stage {stage!r}'s "
-                f"greedy ensemble (it ran before members_from named it); run it again: hpo run-stage "
-                f"{name} --force --config {ctx.study_file}"
+                f"stage {name!r} in {ctx.storage_url} stored no {what} for stage {stage!r}'s "
+                f"greedy ensemble (it ran before members_from named it"
+                f"{' with retrain = false' if what == 'trained models' else ''}); run it again: "
+                f"hpo run-stage {name} --force --config {ctx.study_file}"
             )
 
 
-def library(ctx: StageContext, members_from: Sequence[str], candidates: int, rows: int) -> list[Candidate]:
-    """The library: each stage's ``candidates`` best trials with stored outputs, stage by stage,
-    each configuration rebuilt on its own stage's track (its family, module and estimator)."""
+def library(
+    ctx: StageContext, members_from: Sequence[str], candidates: int, rows: int, *, models: bool = False
+) -> list[Candidate]:
+    """The library: each stage's ``candidates`` best trials with stored outputs (``models``: and
+    trained models), stage by stage, each configuration rebuilt on its own stage's track (its
+    family, module and estimator)."""
     out: list[Candidate] = []
     for name in members_from:
         base = ctx.bases[name]
         study = ctx.find_study(ctx.study_name(name))
         assert study is not None
-        for t in _stored(study)[:candidates]:
+        for t in _stored(study, models=models)[:candidates]:
             where = f"trial {t.number} of stage {name!r} in {ctx.storage_url} holds"
             fix = f"start that stage over (hpo run-stage {name} --force --config {ctx.study_file})"
             try:
@@ -115,8 +132,31 @@ def library(ctx: StageContext, members_from: Sequence[str], candidates: int, row
                 raise ConfigError(
                     f"{where} outputs for {outputs.shape[0]} rows, not the {rows} validation rows; {fix}"
                 )
-            out.append(Candidate(name, t.number, float(t.value or 0.0), config, outputs))
+            kept = str(t.user_attrs[records.TRIAL_MODELS]) if models else None
+            history = tuple(t.user_attrs.get(records.HISTORY, ()))
+            out.append(Candidate(name, t.number, float(t.value or 0.0), config, outputs, kept, history))
     return out
+
+
+def restored(ctx: StageContext, member: Candidate, *, n_features: int, n_outputs: int) -> list[Any]:
+    """A kept member's trained models (its seeds), restored by its configuration's family from
+    the stored payloads; one line naming the trial and the fix when they cannot be."""
+    assert member.models is not None
+    cfg = member.config
+    where = f"trial {member.number} of stage {member.stage!r} in {ctx.storage_url}"
+    fix = f"start that stage over (hpo run-stage {member.stage} --force --config {ctx.study_file})"
+    family = family_of(cfg)
+    trusted = [name for name in (cfg.module, cfg.estimator) if name]
+    try:
+        payloads = read_models(ctx.artifacts, member.models)
+        return [
+            family.restore(p, cfg, n_features=n_features, n_outputs=n_outputs, trusted=trusted)
+            for p in payloads
+        ]
+    except (ValueError, OSError, ArtifactNotFound, RuntimeError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{where} holds trained models that cannot be restored ({first_line(exc, 200)}); {fix}"
+        ) from None
 
 
 def select(

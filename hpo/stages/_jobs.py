@@ -133,10 +133,11 @@ def train_claims(
     budget: Budget,
     seeds: int,
     stack: bool,
-) -> list[TrialScore]:
+) -> tuple[list[TrialScore], list[FitResult]]:
     """Train every claim's configuration on the training/validation rows (``seeds`` jobs each;
     stacked where shapes allow and ``stack``), record each trial's history of its first seed,
-    and return the scores in claim order for the caller to store or prune (sweeps, searches)."""
+    and return the scores in claim order for the caller to store or prune (sweeps, searches),
+    with the results (a claim's ``seeds`` in a row)."""
     batch = Batch(ctx, [ctx.data().train_val()], label)
     scores: list[TrialScore] = []
     for claim in claims:
@@ -153,4 +154,4 @@ def train_claims(
     results = batch.train(stack=stack)
     for i, claim in enumerate(claims):
         claim.trial.set_user_attr(records.HISTORY, results[i * seeds].history_dicts())
-    return scores
+    return scores, results

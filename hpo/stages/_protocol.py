@@ -112,6 +112,11 @@ class Stage(Protocol):
         final's ``members_from``; none for the others)."""
         ...
 
+    def kept(self) -> tuple[str, ...]:
+        """The stages whose trials' trained models this stage keeps as they are (a greedy final
+        with ``retrain = false``; none for the others): those stages store their models."""
+        ...
+
     def check_inputs(self, ctx: StageContext) -> None:
         """That what it reads of other stages besides their selections is in the storage (one
         line saying what to run otherwise); writes nothing."""
@@ -163,6 +168,9 @@ class GridStage:
         return self.settings.model_copy(update=values) if values else self.settings
 
     def library(self) -> tuple[str, ...]:
+        return ()
+
+    def kept(self) -> tuple[str, ...]:
         return ()
 
     def check_inputs(self, ctx: StageContext) -> None:

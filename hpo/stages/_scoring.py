@@ -8,7 +8,10 @@ asks the pruner then, and keeps each seed's best evaluation (and, for one seed, 
 per-row predictions and losses, which paired comparisons between trials need). With
 ``keep_outputs`` (a stage a greedy final draws its library from) it also keeps the first seed's
 raw validation outputs at its scored evaluation and stores them as an Optuna artifact (float32
-``.npy``; its id in ``hpo:val_outputs``), read back by :func:`read_outputs`.
+``.npy``; its id in ``hpo:val_outputs``), read back by :func:`read_outputs`. A stage whose
+trained models a greedy final keeps (``retrain = false``) stores each trial's models
+(:func:`upload_models`, read back by :func:`read_models`) and those models' own validation
+outputs instead (:func:`upload_outputs`).
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class TrialScore:
         if self.keep_outputs and out is not None:
             if artifacts is None:
                 raise ValueError("keep_outputs needs the artifact store to write the outputs to")
-            self.trial.set_user_attr(records.VAL_OUTPUTS, _upload(artifacts, self.trial, out))
+            self.trial.set_user_attr(records.VAL_OUTPUTS, upload_outputs(artifacts, self.trial, out))
         if self.seeds > 1:
             self.trial.set_user_attr(records.SEED_SCORES, self.seed_scores)
             return
@@ -132,7 +135,8 @@ class TrialScore:
             self.trial.set_user_attr(records.VAL_LOSSES, records.pack_floats(s.nll.numpy()))
 
 
-def _upload(artifacts: Any, trial: optuna.Trial, out: torch.Tensor) -> str:
+def upload_outputs(artifacts: Any, trial: optuna.Trial, out: torch.Tensor) -> str:
+    """Store a trial's raw validation outputs (float32 ``.npy``); the artifact's id."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"val_outputs_{trial.number}.npy"
         np.save(path, out.float().numpy(), allow_pickle=False)
@@ -150,6 +154,33 @@ def read_outputs(artifacts: Any, artifact_id: str) -> npt.NDArray[np.float32]:
     if arr.dtype != np.float32 or arr.ndim not in (1, 2):
         raise ValueError(f"artifact {artifact_id} is not a float32 matrix of outputs")
     return arr
+
+
+def upload_models(artifacts: Any, trial: optuna.Trial, payloads: Sequence[dict[str, Any]]) -> str:
+    """Store a trial's trained models (one family payload per seed: tensors and plain values,
+    :meth:`hpo.families.ModelFamily.payload`); the artifact's id."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"models_{trial.number}.pt"
+        torch.save({"payloads": list(payloads)}, path)
+        return upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=trial)
+
+
+def read_models(artifacts: Any, artifact_id: str) -> list[dict[str, Any]]:
+    """A trial's stored models (:func:`upload_models`), read with ``weights_only``: the bytes
+    can hold tensors and plain values only, never code; ValueError when they are not payloads."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "models.pt"
+        download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=artifact_id)
+        try:
+            raw = torch.load(path, weights_only=True)
+        except Exception as exc:  # random bytes, a file cut short, pickled objects
+            raise ValueError(
+                f"artifact {artifact_id} is not a file of models ({type(exc).__name__})"
+            ) from None
+    payloads = raw.get("payloads") if isinstance(raw, dict) else None
+    if not isinstance(payloads, list) or not payloads or not all(isinstance(p, dict) for p in payloads):
+        raise ValueError(f"artifact {artifact_id} holds no list of model payloads")
+    return payloads
 
 
 def seed_values(base: int, seeds: int) -> Sequence[int]:

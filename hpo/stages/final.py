@@ -18,7 +18,12 @@ rounds, optionally ``bags`` selections on random halves of the library, :mod:`hp
 retrains each chosen configuration with its own settings (``seeds`` models of it, stacked; a
 member's outputs are its seeds' mean), tests each member and the ensemble (weighted by the
 selection counts), and stores the evidence of the ensemble against its best single member on the
-validation rows.
+validation rows. With ``retrain = false`` it trains nothing: the library stages store each
+trial's trained models beside the validation outputs those models give, and the chosen trials'
+models are the members as their stages trained them (the search's compute is the ensemble's; the
+members are then trained on the same training rows, but selected on the validation rows their
+stages also scored them on, so the validation figures lean optimistic, and the test rows, read
+once per model here, are the honest figure).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from hpo.settings import PositiveInt, RunConfig
 from hpo.stages import _greedy
 from hpo.stages._context import StageContext
 from hpo.stages._jobs import Batch, Budget
-from hpo.stages._protocol import GridStage
+from hpo.stages._protocol import GridStage, Work
 from hpo.stages._scoring import Scorer, TrialScore
 from hpo.tasks import metrics_of, task_kind
 from hpo.tuning import records, runner
@@ -65,7 +70,12 @@ class FinalSettings(NewerKeys):
     candidates: Annotated[int, Field(ge=1, le=100)] = 10  # each stage's best trials in the library
     max_members: Annotated[int, Field(ge=1, le=100)] = 10  # selection rounds (with replacement)
     bags: Annotated[int, Field(ge=0, le=100)] = 0  # selections on random halves of the library, summed
-    omitted_unset: ClassVar[frozenset[str]] = frozenset({"members_from", "candidates", "max_members", "bags"})
+    # false: the members are the library trials' own trained models (stored by their stages), not
+    # retrained: the final trains nothing
+    retrain: bool = True
+    omitted_unset: ClassVar[frozenset[str]] = frozenset(
+        {"members_from", "candidates", "max_members", "bags", "retrain"}
+    )
 
     @model_validator(mode="after")
     def _ensemble_has_members(self) -> FinalSettings:
@@ -74,6 +84,13 @@ class FinalSettings(NewerKeys):
                 raise ValueError(
                     'ensemble = "greedy" needs members_from, the stages whose trials form the '
                     'library (e.g. members_from = ["search"])'
+                )
+            trains = sorted({"epochs", "patience", "seeds"} & self.model_fields_set)
+            if not self.retrain and trains:
+                raise ValueError(
+                    f"{', '.join(trains)} set with retrain = false: the members are the library trials' "
+                    "own models, trained by their stages, and the final trains none; leave "
+                    f"{'it' if len(trains) == 1 else 'them'} out, or retrain = true"
                 )
             return self
         greedy_keys = sorted(k for k in self.omitted_unset if k in self.model_fields_set)
@@ -106,9 +123,15 @@ class Final(GridStage):
     def library(self) -> tuple[str, ...]:
         return tuple(self.settings.members_from or ()) if self.settings.greedy else ()
 
+    def kept(self) -> tuple[str, ...]:
+        return () if self.settings.retrain else self.library()
+
+    def planned(self, cfg: RunConfig, train_rows: int) -> Work:
+        return Work(0, 0) if self.kept() else super().planned(cfg, train_rows)
+
     def check_inputs(self, ctx: StageContext) -> None:
         if self.settings.greedy:
-            _greedy.check_library(ctx, self.name, self.library())
+            _greedy.check_library(ctx, self.name, self.library(), models=bool(self.kept()))
 
     def objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         if self.settings.greedy:
@@ -164,7 +187,8 @@ class Final(GridStage):
 
     def _greedy_objective(self, ctx: StageContext, cfg_in: RunConfig) -> runner.BatchObjective:
         """Select the ensemble on the library's stored validation outputs, retrain each chosen
-        configuration (``seeds`` models of it, stacked where shapes allow), read the test rows
+        configuration (``seeds`` models of it, stacked where shapes allow; with ``retrain =
+        false`` restore the models its stage trained instead), read the test rows
         once per model, and save the ensemble (each model's payload as many times as its
         configuration was chosen: the weighted mean is the plain mean of that multiset, so
         predict and ONNX need no weights)."""
@@ -172,44 +196,42 @@ class Final(GridStage):
         data = ctx.data()
         task = data.task
         tv = data.train_val()
-        label = ctx.study_name(self.name)
 
         def objective(claims: Sequence[runner.Claim]) -> list[runner.Outcome]:
             (claim,) = claims
             trial = claim.trial
-            lib = _greedy.library(ctx, self.library(), s.candidates, int(tv.y_val.shape[0]))
+            kept = bool(self.kept())
+            lib = _greedy.library(ctx, self.library(), s.candidates, int(tv.y_val.shape[0]), models=kept)
             members, chosen = _greedy.select(
                 lib, tv.y_val, task, max_members=s.max_members, bags=s.bags, seed=cfg_in.seed
             )
             ev, val_figures, best = _greedy.versus_best_member(members, tv.y_val, task, task.headline)
-            batch = Batch(ctx, [tv], label)
-            for m in members:
-                c = m.candidate
-                batch.add(
-                    trial,
-                    c.config,
-                    Budget(epochs=s.epochs, patience=s.patience),
-                    seeds=s.seeds,
-                    name=f"{label} member {c.stage} trial {c.number}",
-                    attrs={"members": len(members), "seeds": s.seeds},
+            if kept:
+                models = [
+                    _greedy.restored(
+                        ctx, m.candidate, n_features=int(tv.x_train.shape[1]), n_outputs=task.n_outputs
+                    )
+                    for m in members
+                ]
+                # the curves shown: the first member trained by epochs, as its stage trained it
+                shown = next(
+                    (m.candidate for m in members if len(m.candidate.history) > 1), members[0].candidate
                 )
-            records.write_config(trial, cfg_in)
-            results = batch.train(stack=True)
-            # the curves shown: the first member trained by epochs (an estimator has one point)
-            shown = next((r for r in results if len(r.history) > 1), results[0])
-            trial.set_user_attr(records.HISTORY, shown.history_dicts())
-            trial.set_user_attr(records.BEST_EPOCH, shown.best.epoch)
+                trial.set_user_attr(records.HISTORY, list(shown.history))
+            else:
+                models = self._retrained(ctx, trial, members)
+            records.write_config(trial, cfg_in)  # the carried configuration, not a member's
             outputs, per_member, y_test = [], [], None
-            for i, m in enumerate(members):  # a member's models: its seeds, in order
+            for m, own_models in zip(members, models, strict=True):  # a member's models: its seeds
                 c = m.candidate
                 family = family_of(c.config)
                 own = []
-                for job in range(i * s.seeds, (i + 1) * s.seeds):
+                for k, model in enumerate(own_models):
                     x_test, y_test = data.read_test_rows(
-                        reader=f"stage {self.name} member {c.stage} trial {c.number} "
-                        f"seed {batch.jobs[job].train.seed}"
+                        reader=f"stage {self.name} member {c.stage} trial {c.number}"
+                        + (f" model {k + 1}" if len(own_models) > 1 else "")
                     )
-                    own.append(family.outputs(results[job].model, x_test, task.n_outputs))
+                    own.append(family.outputs(model, x_test, task.n_outputs))
                 assert y_test is not None
                 outputs.append(own[0] if len(own) == 1 else task.combine(own))
                 per_member.append(task.test_metrics(outputs[-1], y_test))
@@ -257,17 +279,42 @@ class Final(GridStage):
                 },
             )
             payloads, configs = [], []
-            for i, m in enumerate(members):
-                for result in results[i * s.seeds : (i + 1) * s.seeds]:
-                    payloads += [family_of(m.candidate.config).payload(result.model)] * m.count
+            for m, own_models in zip(members, models, strict=True):
+                for model in own_models:
+                    payloads += [family_of(m.candidate.config).payload(model)] * m.count
                     configs += [m.candidate.config.to_record()] * m.count
             _save_model(ctx, trial, cfg_in, payloads, member_configs=configs)
-            modules = [r.model for r in results if isinstance(r.model, nn.Module)]
+            modules = [x for own_models in models for x in own_models if isinstance(x, nn.Module)]
             if modules:
                 trial.set_user_attr(records.PARAMETERS, sum(count_parameters(m) for m in modules))
             return [float(metrics[headline])]
 
         return objective
+
+    def _retrained(
+        self, ctx: StageContext, trial: optuna.Trial, members: Sequence[_greedy.Member]
+    ) -> list[list[Any]]:
+        """Each member's configuration trained anew (``seeds`` models of it, stacked where shapes
+        allow); each member's models, and the curves of the first trained by epochs."""
+        s = self.settings
+        label = ctx.study_name(self.name)
+        batch = Batch(ctx, [ctx.data().train_val()], label)
+        for m in members:
+            c = m.candidate
+            batch.add(
+                trial,
+                c.config,
+                Budget(epochs=s.epochs, patience=s.patience),
+                seeds=s.seeds,
+                name=f"{label} member {c.stage} trial {c.number}",
+                attrs={"members": len(members), "seeds": s.seeds},
+            )
+        results = batch.train(stack=True)
+        # the curves shown: the first member trained by epochs (an estimator has one point)
+        shown = next((r for r in results if len(r.history) > 1), results[0])
+        trial.set_user_attr(records.HISTORY, shown.history_dicts())
+        trial.set_user_attr(records.BEST_EPOCH, shown.best.epoch)
+        return [[r.model for r in results[i * s.seeds : (i + 1) * s.seeds]] for i in range(len(members))]
 
     def test_metrics(
         self, per_seed: Sequence[Mapping[str, Any]], ensemble: Mapping[str, Any] | None
@@ -337,10 +384,14 @@ class Final(GridStage):
             reason=(
                 f"greedy forward selection with replacement (Caruana et al. 2004) over the stored "
                 f"validation outputs of {len(ens['library'])} trial(s) of {', '.join(self.library())} "
-                f"({s.max_members} rounds{f', {s.bags} bags' if s.bags else ''}): {chosen}; each "
-                f"retrained on the training rows (a torch model {s.epochs} epochs, early stopping with "
-                f"patience {s.patience}; an estimator refitted); test rows evaluated once per member, "
-                "the ensemble's figures its weighted mean's"
+                f"({s.max_members} rounds{f', {s.bags} bags' if s.bags else ''}): {chosen}; "
+                + (
+                    "each member the models its stage trained, restored (not retrained); "
+                    if not s.retrain
+                    else f"each retrained on the training rows (a torch model {s.epochs} epochs, early "
+                    f"stopping with patience {s.patience}; an estimator refitted); "
+                )
+                + "test rows evaluated once per model, the ensemble's figures its weighted mean's"
             ),
             config_out=cfg_in,
             evidence=Evidence.from_dict(ens["evidence"]),

@@ -222,6 +222,7 @@ class Grid(GridStage):
                 prune=self.prunes(),
                 seed=cfg_in.seed,
                 keep_outputs=self.name in ctx.library,
+                keep_models=self.name in ctx.kept,
             ),
         )
 

@@ -214,6 +214,9 @@ class Search:
     def library(self) -> tuple[str, ...]:
         return ()
 
+    def kept(self) -> tuple[str, ...]:
+        return ()
+
     def check_inputs(self, ctx: StageContext) -> None:
         return None
 
@@ -339,6 +342,7 @@ class Search:
                 seed=cfg_in.seed,
                 group_order=True,
                 keep_outputs=self.name in ctx.library,
+                keep_models=self.name in ctx.kept,
             ),
         )
 

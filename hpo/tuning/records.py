@@ -63,6 +63,11 @@ VAL_LOSSES = "hpo:val_losses"  # per-row cross-entropy at the scored evaluation 
 #: the artifact id of the raw validation outputs at the scored evaluation (float32 .npy), stored for
 #: the stages a greedy final draws its library from (hpo.stages._scoring.read_outputs)
 VAL_OUTPUTS = "hpo:val_outputs"
+#: the artifact id of a library trial's trained models (its seeds' family payloads, torch-saved,
+#: read back with ``weights_only``), stored for the stages a greedy final with ``retrain = false``
+#: draws its members from (hpo.stages._scoring.read_models); its ``hpo:val_outputs`` are then
+#: those models' own outputs
+TRIAL_MODELS = "hpo:trial_models"
 #: the final stage's greedy ensemble: its members (stage, trial, configuration, weight)
 MEMBERS = "hpo:members"
 VAL_ACCURACY = "hpo:val_accuracy"
