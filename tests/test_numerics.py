@@ -97,6 +97,7 @@ def test_a_pipeline_decides_its_numerics_once_and_every_trial_trains_in_them(
     calls: list[precision.Shape] = []
     widths: list[int] = []
     monkeypatch.setattr(precision, "probe", _forced("bf16", calls))
+    monkeypatch.setattr(precision, "has_bf16", lambda: True)  # the decision, whatever CPU runs the test
     monkeypatch.setattr(stacked, "measure_compile", _compile_probe(widths, 1.0))
     Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a", data_dir=tmp_path / "d1").run()
     # one probe for the whole pipeline, at its widest stage's stack (the sweep's 2 choices)
@@ -127,6 +128,7 @@ def test_a_measured_compile_gain_compiles_every_stack_of_the_pipeline(
 ) -> None:
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     monkeypatch.setattr(precision, "probe", _forced("bf16", []))
+    monkeypatch.setattr(precision, "has_bf16", lambda: True)  # the decision, whatever CPU runs the test
     monkeypatch.setattr(stacked, "measure_compile", _compile_probe([], stacked.COMPILE_MIN_GAIN))
     monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)  # the decision, not the compiler
     pipe = Pipeline.load(_study(tmp_path), storage=db, artifacts=tmp_path / "a", data_dir=tmp_path / "d")
@@ -171,6 +173,7 @@ def test_a_worker_without_bf16_instructions_refuses_measured_bf16(
     cfg = _study(tmp_path)
     db = f"sqlite:///{tmp_path / 'hpo.db'}"
     monkeypatch.setattr(precision, "probe", _forced("bf16", []))
+    monkeypatch.setattr(precision, "has_bf16", lambda: True)  # the worker that measured it had them
     Pipeline.load(cfg, storage=db, artifacts=tmp_path / "a").run_stage("lr_range")
     monkeypatch.setattr(precision, "has_bf16", lambda: False)
     assert (
