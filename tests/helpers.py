@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pytest
 
 from hpo.families.mlp import build_model
 from hpo.settings import ModelConfig, OptimConfig, TrainConfig
@@ -87,3 +88,14 @@ def onnx_agrees_with_predict(cfg: Path, tmp_path: Path, table: Path, target: str
     got = session.run(None, feeds)[0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def refused_in_one_line(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """``hpo ARGS`` exits 2 with one line on stderr and no traceback; that line."""
+    from hpo import cli
+
+    code = cli.main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import onnx_agrees_with_predict, predict_test_rows, storage_args
+from helpers import onnx_agrees_with_predict, predict_test_rows, refused_in_one_line, storage_args
 
 from hpo import cli
 from hpo.errors import DataFileError
@@ -103,17 +103,16 @@ def test_a_greedy_ensemble_exports_to_onnx_as_predict_computes_it(tmp_path: Path
         ),
         ('ensemble = "greedy"', 'ensemble = "greedy" needs members_from'),
         ('ensemble = "greedy"\nmembers_from = ["search"]\nmax_members = 0', "stages.final.max_members = 0"),
-        ('members_from = ["search"]', "members_from belong to a greedy ensemble"),
+        ('members_from = ["search"]', "members_from belongs to a greedy ensemble"),
     ],
 )
 def test_a_greedy_final_that_cannot_be_made_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], final: str, message: str
 ) -> None:
     cfg = _study(tmp_path, final)
-    code = cli.main(["-q", "run", "--config", str(cfg), *storage_args(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert message in err[0] and "Traceback" not in err[0]
+    assert message in refused_in_one_line(
+        ["-q", "run", "--config", str(cfg), *storage_args(tmp_path)], capsys
+    )
     assert not (tmp_path / "hpo.db").exists() and not (tmp_path / "artifacts").exists()
 
 
@@ -123,9 +122,8 @@ def test_a_cross_validated_stage_cannot_feed_the_library(
     cfg = _study(tmp_path)
     text = cfg.read_text().replace('pruner = "none"', 'pruner = "none"\ncv = 3')
     cfg.write_text(text)
-    code = cli.main(["-q", "run", "--config", str(cfg), *storage_args(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "leave no validation outputs" in err[0], err
+    line = refused_in_one_line(["-q", "run", "--config", str(cfg), *storage_args(tmp_path)], capsys)
+    assert "leave no validation outputs" in line
     assert not (tmp_path / "hpo.db").exists()
 
 
@@ -138,10 +136,10 @@ def test_a_library_stage_run_before_the_greedy_final_named_it_is_one_line(
     search = pipe.ctx.find_study(pipe.ctx.study_name("search"))
     assert search is not None and all(records.VAL_OUTPUTS not in t.user_attrs for t in search.get_trials())
     capsys.readouterr()
-    code = cli.main(["-q", "run", "--config", str(_study(tmp_path)), *storage_args(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert "stored no validation outputs" in err[0] and "hpo run-stage search --force" in err[0]
+    line = refused_in_one_line(
+        ["-q", "run", "--config", str(_study(tmp_path)), *storage_args(tmp_path)], capsys
+    )
+    assert "stored no validation outputs" in line and "hpo run-stage search --force" in line
     assert pipe.ctx.find_study(pipe.ctx.study_name("final")) is None  # nothing written for the final
 
 

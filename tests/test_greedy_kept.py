@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import predict_test_rows, storage_args
+from helpers import predict_test_rows, refused_in_one_line, storage_args
 
 from hpo import cli
 from hpo.errors import ConfigError
@@ -128,16 +128,16 @@ def test_a_kept_member_of_several_seeds_is_their_mean(tmp_path: Path) -> None:
     [
         (KEPT + "\nepochs = 4", "epochs set with retrain = false"),
         (KEPT + "\nseeds = 2\npatience = 3", "patience, seeds set with retrain = false"),
-        ("retrain = false", "retrain belong to a greedy ensemble"),
+        ("retrain = false", "retrain belongs to a greedy ensemble"),
     ],
 )
 def test_a_kept_final_that_trains_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], final: str, message: str
 ) -> None:
-    code = cli.main(["-q", "run", "--config", str(_study(tmp_path, final)), *storage_args(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert message in err[0] and "Traceback" not in err[0]
+    line = refused_in_one_line(
+        ["-q", "run", "--config", str(_study(tmp_path, final)), *storage_args(tmp_path)], capsys
+    )
+    assert message in line
     assert not (tmp_path / "hpo.db").exists() and not (tmp_path / "artifacts").exists()
 
 
@@ -148,10 +148,10 @@ def test_a_library_stage_that_kept_no_models_is_one_line(
     for stage in ("search", "hgb"):
         assert cli.main(["-q", "run-stage", stage, "--config", str(retrained), *storage_args(tmp_path)]) == 0
     capsys.readouterr()
-    code = cli.main(["-q", "run", "--config", str(_study(tmp_path)), *storage_args(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert "stored no trained models" in err[0] and "hpo run-stage search --force" in err[0]
+    line = refused_in_one_line(
+        ["-q", "run", "--config", str(_study(tmp_path)), *storage_args(tmp_path)], capsys
+    )
+    assert "stored no trained models" in line and "hpo run-stage search --force" in line
     pipe = _load(_study(tmp_path), tmp_path)
     assert pipe.ctx.find_study(pipe.ctx.study_name("final")) is None  # nothing written for the final
 

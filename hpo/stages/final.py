@@ -96,7 +96,8 @@ class FinalSettings(NewerKeys):
         greedy_keys = sorted(k for k in self.omitted_unset if k in self.model_fields_set)
         if greedy_keys:
             raise ValueError(
-                f'{", ".join(greedy_keys)} belong to a greedy ensemble; set ensemble = "greedy" '
+                f"{', '.join(greedy_keys)} belong{'s' if len(greedy_keys) == 1 else ''} to a greedy "
+                'ensemble; set ensemble = "greedy" '
                 "or leave them out"
             )
         if self.ensemble and self.seeds < 2:
